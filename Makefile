@@ -1,0 +1,34 @@
+# LookThrough: `make demo` sets up and runs the main job; `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.lookthrough-installed
+NATIVE := $(shell find kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) CMakeLists.txt pyproject.toml
+
+.PHONY: setup demo test bench clean help
+help:  ## list targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup: $(STAMP)  ## create .venv, install pinned deps, build the C++ core (editable)
+
+$(STAMP): requirements/*.txt $(NATIVE)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements/runtime.txt -r requirements/build.txt -r requirements/test.txt
+	$(PIP) install -q --no-deps -r requirements/nodeps.txt
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: setup  ## the main job: enroll the astronaut, identify her flipped and masked, camera man unknown
+	$(PY) -m sdk demo --out out/demo
+
+test: setup  ## the whole test suite
+	$(PY) -m pytest -q
+
+bench: setup  ## per-stage latency JSON (benchmarks/results/)
+	mkdir -p benchmarks/results
+	$(PY) -m sdk bench --out benchmarks/results/sdk_bench.json
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf build out *.egg-info

@@ -1,0 +1,31 @@
+"""LookThrough SDK: recognise people whose faces are covered.
+
+    >>> import sdk
+    >>> rec = sdk.Recognizer()              # built-in baseline bundle, CPU, ONNX Runtime
+    >>> rec.enroll("alice", "alice.jpg")
+    >>> rec.identify(frame)                 # frame: BGR uint8 (H, W, 3), as cv2.imread gives
+
+The runtime never imports torch.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from sdk.errors import BundleError, GalleryError, LookThroughError, ModelFileError  # noqa: E402
+from sdk.types import Face, Match  # noqa: E402
+
+
+def __getattr__(name: str):  # lazy: importing sdk must stay cheap and not need the C++ core
+    if name in ("Recognizer", "RecognizerConfig", "Verification"):
+        from sdk import recognizer
+
+        return getattr(recognizer, name)
+    if name == "Gallery":
+        from sdk.gallery import Gallery
+
+        return Gallery
+    raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+
+
+__all__ = ["Recognizer", "RecognizerConfig", "Verification", "Gallery", "Face", "Match",
+           "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "__version__"]

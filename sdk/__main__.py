@@ -1,0 +1,217 @@
+"""``python -m sdk`` — the LookThrough command line.
+
+Examples::
+
+    python -m sdk demo                                   # the main job on the built-in models
+    python -m sdk enroll --gallery people.db alice a1.jpg a2.jpg
+    python -m sdk enroll --gallery people.db --folder faces/      # faces/<name>/*.jpg, progress bar
+    python -m sdk identify --gallery people.db door.jpg --out annotated/
+    python -m sdk verify a.jpg b.jpg
+    python -m sdk bench --out bench.json
+    python -m sdk info --gallery people.db
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+log = logging.getLogger("sdk")
+
+
+def _images_in(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]
+
+
+def _recognizer(args: argparse.Namespace):
+    from sdk.recognizer import Recognizer, RecognizerConfig
+
+    cfg = RecognizerConfig(threshold=args.threshold)
+    return Recognizer(args.model, gallery=getattr(args, "gallery", None), config=cfg)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sdk.errors import GalleryError
+
+    rec = _recognizer(args)
+    if args.folder:
+        people = sorted(d for d in Path(args.folder).iterdir() if d.is_dir())
+        if not people:
+            raise SystemExit(f"{args.folder}: no sub-folders (expected one folder per person: <folder>/<name>/*.jpg)")
+        jobs = [(d.name, _images_in(d)) for d in people]
+    else:
+        if not args.name or not args.images:
+            raise SystemExit("enroll needs NAME and IMAGE... (or --folder DIR)")
+        jobs = [(args.name, [p for img in args.images for p in _images_in(Path(img))])]
+    total = sum(len(imgs) for _, imgs in jobs)
+    added = skipped = 0
+    import numpy as np
+
+    with tqdm(total=total, desc="enroll", unit="img", disable=args.quiet) as bar:
+        for name, imgs in jobs:
+            embs, srcs = [], []
+            for img in imgs:
+                try:
+                    embs.append(rec.embed_largest(img, what=str(img)))
+                    srcs.append(str(img))
+                except (GalleryError, ValueError, FileNotFoundError) as e:
+                    if args.strict:
+                        raise SystemExit(f"enroll aborted, gallery unchanged for {name!r}: {e}")
+                    log.warning("skipped %s", e)
+                    skipped += 1
+                bar.update(1)
+            if embs:
+                added += rec.gallery.add(name, np.stack(embs), srcs)
+    print(f"enrolled {added} embeddings for {len(jobs)} identities into {rec.gallery.path or ':memory:'}"
+          f" ({skipped} images skipped: no face or unreadable)")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    import cv2
+
+    from sdk.draw import annotate
+    from sdk.frame import read_image
+
+    rec = _recognizer(args)
+    paths = [p for src in args.paths for p in _images_in(Path(src))]
+    if not paths:
+        raise SystemExit("no images found")
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in paths:
+        frame = read_image(p)
+        matches = rec.identify(frame)
+        if out:
+            cv2.imwrite(str(out / (p.stem + ".png")), annotate(frame, matches))
+        for i, m in enumerate(matches):
+            rows.append({"image": str(p), "face": i, **m.to_dict()})
+        if not matches:
+            rows.append({"image": str(p), "face": None, "identity": None, "similarity": None, "det_score": None, "box": None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'image':40s} {'face':>4s} {'identity':20s} {'similarity':>10s} {'det':>5s}  box")
+        for r in rows:
+            sim = "" if r["similarity"] is None else f"{r['similarity']:.3f}"
+            det = "" if r["det_score"] is None else f"{r['det_score']:.2f}"
+            face = "-" if r["face"] is None else str(r["face"])
+            ident = r["identity"] or ("no face" if r["face"] is None else "unknown")
+            box = "" if r["box"] is None else ",".join(f"{v:.0f}" for v in r["box"])
+            print(f"{Path(r['image']).name[:40]:40s} {face:>4s} {ident[:20]:20s} {sim:>10s} {det:>5s}  {box}")
+        print(f"threshold {rec.threshold:.3f} (cosine); gallery {len(rec.gallery.names)} identities"
+              + (f"; annotated images in {out}" if out else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    rec = _recognizer(args)
+    v = rec.verify(args.a, args.b)
+    print(json.dumps({"similarity": round(v.similarity, 4), "same": v.same, "threshold": v.threshold}))
+    return 0 if v.same else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sdk.bench import run_bench, write_report
+
+    report = run_bench(frames=args.frames, gallery_size=args.gallery_size, model=args.model)
+    print(write_report(report, Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sdk.demo import run_demo
+
+    rows = run_demo(Path(args.out), args.model)
+    print(f"{'probe':28s} {'faces':>5s} {'identity':12s} {'similarity':>10s}")
+    for r in rows:
+        sim = "" if r["similarity"] is None else f"{r['similarity']:.3f}"
+        print(f"{r['probe']:28s} {r['faces']:>5d} {str(r['identity'] or 'unknown'):12s} {sim:>10s}")
+    print(f"annotated images and results.json in {args.out}")
+    ok = [r["identity"] for r in rows] == ["astronaut", "astronaut", None]
+    if not ok:
+        print("UNEXPECTED: the demo should find the astronaut twice and report the camera man as unknown")
+    return 0 if ok else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sdk import _native
+    from sdk.bundle import load_bundle
+
+    b = load_bundle(args.model)
+    info = {"bundle": b.name, "mode": b.mode, "root": str(b.root), "match": b.match,
+            "stages": {k: (None if v is None else {"kind": v.kind, "files": {r: str(f.path) for r, f in v.files.items()}})
+                       for k, v in b.stages.items()},
+            "cuda": _native.cuda_info()}
+    if args.gallery:
+        rec = _recognizer(args)
+        info["gallery"] = {"path": args.gallery, "identities": len(rec.gallery.names), "embeddings": len(rec.gallery),
+                           "model_id": rec.gallery.model_id}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None, help="bundle: built-in name ('baseline', default), bundle folder or manifest.json")
+    common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match (default: the bundle's)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    gal = argparse.ArgumentParser(add_help=False)
+    gal.add_argument("--gallery", default=None, help="SQLite gallery file (created if missing); default: in memory")
+
+    p = argparse.ArgumentParser(prog="python -m sdk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    s = sub.add_parser("demo", parents=[common], help="enroll the astronaut, find her flipped, masked; camera man is unknown")
+    s.add_argument("--out", default="out/demo", help="folder for annotated PNGs and results.json (default out/demo)")
+    s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("enroll", parents=[common, gal], help="add people to a gallery",
+                       description="Enroll NAME from IMAGE files/folders, or every <DIR>/<name>/ sub-folder with --folder.")
+    s.add_argument("name", nargs="?", help="identity name")
+    s.add_argument("images", nargs="*", help="image files or folders of images (largest face of each is used)")
+    s.add_argument("--folder", help="folder with one sub-folder per person")
+    s.add_argument("--strict", action="store_true", help="abort (writing nothing for that person) when an image has no face")
+    s.set_defaults(fn=cmd_enroll)
+    s = sub.add_parser("identify", parents=[common, gal], help="identify faces in images or folders")
+    s.add_argument("paths", nargs="+", help="image files or folders")
+    s.add_argument("--out", help="write annotated PNGs here")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_identify)
+    s = sub.add_parser("verify", parents=[common], help="are two images the same person? (exit code 0 = same)")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("bench", parents=[common], help="per-stage latency p50/p95 with same-run baselines, JSON out")
+    s.add_argument("--frames", type=int, default=60, help="frames to time (>= 50 recommended; default 60)")
+    s.add_argument("--gallery-size", type=int, default=10000, help="gallery rows to search (default 10000)")
+    s.add_argument("--out", help="also write the JSON report here")
+    s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("info", parents=[common, gal], help="bundle, stages, files, CUDA and gallery facts")
+    s.set_defaults(fn=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if not args.quiet else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from sdk.errors import LookThroughError
+
+    try:
+        return int(args.fn(args) or 0)
+    except (LookThroughError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

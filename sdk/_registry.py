@@ -1,0 +1,67 @@
+"""Registry of stage implementations: ``(stage, kind) -> builder(spec, options) -> stage object``.
+
+A bundle manifest names a ``kind`` per stage; :func:`build_stage` finds the builder registered for it.
+New model families register here (one small builder each) without touching the Recognizer.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sdk.bundle import StageSpec
+from sdk.errors import BundleError
+
+Builder = Callable[[StageSpec, dict[str, Any]], Any]
+_BUILDERS: dict[tuple[str, str], Builder] = {}
+
+
+def register(stage: str, kind: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``fn`` as the builder of ``kind`` for ``stage``."""
+
+    def deco(fn: Builder) -> Builder:
+        _BUILDERS[(stage, kind)] = fn
+        return fn
+
+    return deco
+
+
+def kinds(stage: str) -> list[str]:
+    """Registered kinds for ``stage``."""
+    return sorted(k for s, k in _BUILDERS if s == stage)
+
+
+def build_stage(spec: StageSpec, options: dict[str, Any] | None = None) -> Any:
+    """Instantiate the stage described by ``spec``; ``options`` override ``spec.config`` values."""
+    fn = _BUILDERS.get((spec.name, spec.kind))
+    if fn is None:
+        raise BundleError(f"stage {spec.name!r}: unknown kind {spec.kind!r}; this SDK knows {kinds(spec.name)}")
+    return fn(spec, dict(options or {}))
+
+
+def _need(spec: StageSpec, *roles: str) -> list[Any]:
+    missing = [r for r in roles if r not in spec.files]
+    if missing:
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}) needs files {missing}")
+    return [spec.files[r].path for r in roles]
+
+
+@register("detect", "mtcnn")
+def _build_mtcnn(spec: StageSpec, options: dict[str, Any]) -> Any:
+    from dataclasses import fields
+
+    from sdk.detect import DetectorConfig, MTCNNDetector
+
+    known = {f.name for f in fields(DetectorConfig)}
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**spec.config, **options}.items() if k in known}
+    pnet, rnet, onet = _need(spec, "pnet", "rnet", "onet")
+    return MTCNNDetector(pnet, rnet, onet, DetectorConfig(**cfg))
+
+
+@register("embed", "dlib_resnet")
+def _build_dlib(spec: StageSpec, options: dict[str, Any]) -> Any:
+    from sdk.embed import DlibConfig, DlibResNetEmbedder
+
+    cfg = {**spec.config, **options}
+    (model,) = _need(spec, "model")
+    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
+    return DlibResNetEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5"),
+                                                    jitters=int(cfg.get("jitters", 0))))

@@ -1,0 +1,187 @@
+"""Model bundles: a versioned JSON manifest plus the model files it names.
+
+A bundle is a folder holding ``manifest.json``::
+
+    {
+      "format": "lookthrough.bundle", "format_version": 1, "name": "...", "description": "...",
+      "stages": {
+        "detect":   {"kind": "mtcnn", "files": {"pnet": FILE, ...}, "config": {...}},
+        "segment":  null | {"kind": ..., "files": ..., "config": ...},   # occlusion segmenter (later)
+        "complete": null | {...},                                        # inpainter (later)
+        "embed":    {"kind": "dlib_resnet" | ..., "files": {...}, "config": {...}}
+      },
+      "match": {"metric": "cosine", "threshold": 0.83}
+    }
+
+where ``FILE = {"path": P, "bytes": N, "sha256": H}``. ``P`` is relative to the manifest's folder, absolute,
+or ``pkg:<package>/<path inside it>`` for weights shipped inside an installed Python package (resolved
+without importing the package). ``bytes`` and ``sha256`` are checked on load: a truncated or replaced file
+raises :class:`~sdk.errors.ModelFileError` naming it. ``detect`` and ``embed`` are required; a ``null``
+stage is skipped (baseline mode has no ``segment`` / ``complete``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdk.embed import file_digest
+from sdk.errors import BundleError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lookthrough.bundle"
+FORMAT_VERSION = 1
+STAGES = ("detect", "segment", "complete", "embed")
+REQUIRED_STAGES = ("detect", "embed")
+#: Built-in bundles, by name: folders under ``sdk/models``.
+BUILTIN_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_BUNDLE = "baseline"
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A model file: where it is (resolved absolute path), and its expected size and SHA-256."""
+
+    role: str
+    path: Path
+    bytes: int | None = None
+    sha256: str | None = None
+
+    def check(self, verify_hash: bool = True) -> None:
+        """Raise :class:`ModelFileError` if the file is missing, of the wrong size or of the wrong hash."""
+        if not self.path.is_file():
+            raise ModelFileError(self.path, f"not found (bundle file {self.role!r})")
+        size = self.path.stat().st_size
+        if self.bytes is not None and size != self.bytes:
+            what = "truncated" if size < self.bytes else "larger than expected"
+            raise ModelFileError(self.path, f"is {size} bytes, the manifest says {self.bytes}: {what} or replaced")
+        if verify_hash and self.sha256 is not None:
+            digest = file_digest(self.path)
+            if digest != self.sha256:
+                raise ModelFileError(self.path, f"SHA-256 {digest[:12]}... does not match the manifest's {self.sha256[:12]}...: corrupt or replaced")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One pipeline stage: its implementation ``kind``, its files (by role) and its config values."""
+
+    name: str
+    kind: str
+    files: dict[str, FileRef]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, validated manifest."""
+
+    name: str
+    root: Path
+    stages: dict[str, StageSpec | None]
+    match: dict[str, Any]
+    description: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def threshold(self) -> float:
+        """Cosine-similarity threshold above which a match is accepted."""
+        return float(self.match.get("threshold", 0.5))
+
+    @property
+    def mode(self) -> str:
+        """``"baseline"`` without a completion stage, else ``"deocclusion"``."""
+        return "deocclusion" if self.stages.get("complete") else "baseline"
+
+    def check_files(self, verify_hash: bool = True) -> None:
+        """Check every file of every stage (see :meth:`FileRef.check`)."""
+        for spec in self.stages.values():
+            if spec is not None:
+                for ref in spec.files.values():
+                    ref.check(verify_hash)
+
+
+def resolve_path(p: str, root: Path) -> Path:
+    """Resolve a manifest path: ``pkg:<package>/<rel>``, absolute, or relative to ``root``."""
+    if p.startswith("pkg:"):
+        pkg, _, rel = p[4:].partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelFileError(p, f"Python package {pkg!r} is not installed (run `make setup`)")
+        return Path(list(spec.submodule_search_locations)[0]) / rel
+    path = Path(p)
+    return path if path.is_absolute() else root / path
+
+
+def find_manifest(model: str | Path | None) -> Path:
+    """Manifest path for ``model``: a built-in bundle name, a bundle folder, or a ``manifest.json``."""
+    if model is None:
+        model = DEFAULT_BUNDLE
+    if isinstance(model, str) and (BUILTIN_DIR / model / "manifest.json").is_file():
+        return BUILTIN_DIR / model / "manifest.json"
+    p = Path(model)
+    if p.is_dir():
+        p = p / "manifest.json"
+    if p.suffix in (".plan", ".engine"):
+        raise BundleError(
+            f"{p}: a bare TensorRT engine has no manifest. Pass the bundle folder that holds it "
+            "(export writes engines into a bundle with a manifest.json naming them)."
+        )
+    if not p.is_file():
+        builtins = sorted(d.name for d in BUILTIN_DIR.iterdir() if (d / "manifest.json").is_file())
+        raise BundleError(f"no model bundle at {model!s}: expected a bundle folder, a manifest.json, or one of {builtins}")
+    return p
+
+
+def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bundle:
+    """Load and validate a bundle (see the module docstring for the format).
+
+    Raises:
+        BundleError: malformed manifest or unsupported version.
+        ModelFileError: a named file is missing, truncated or replaced.
+    """
+    mpath = find_manifest(model)
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mpath}: not a JSON manifest ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not a LookThrough bundle manifest (\"format\" must be {FORMAT!r})")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {version!r} is not supported by this SDK (<= {FORMAT_VERSION})")
+    root = mpath.parent
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, dict):
+        raise BundleError(f"{mpath}: \"stages\" must be an object")
+    unknown = set(stages_raw) - set(STAGES)
+    if unknown:
+        raise BundleError(f"{mpath}: unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    stages: dict[str, StageSpec | None] = {}
+    for name in STAGES:
+        s = stages_raw.get(name)
+        if s is None:
+            if name in REQUIRED_STAGES:
+                raise BundleError(f"{mpath}: stage {name!r} is required")
+            stages[name] = None
+            continue
+        if not isinstance(s, dict) or not isinstance(s.get("kind"), str):
+            raise BundleError(f"{mpath}: stage {name!r} needs a \"kind\" string")
+        files = {}
+        for role, f in (s.get("files") or {}).items():
+            if isinstance(f, str):
+                f = {"path": f}
+            if not isinstance(f, dict) or "path" not in f:
+                raise BundleError(f"{mpath}: stage {name!r} file {role!r} needs a \"path\"")
+            files[role] = FileRef(role, resolve_path(f["path"], root), f.get("bytes"), f.get("sha256"))
+        stages[name] = StageSpec(name, s["kind"], files, dict(s.get("config") or {}))
+    bundle = Bundle(
+        name=str(raw.get("name", root.name)), root=root, stages=stages, match=dict(raw.get("match") or {}),
+        description=str(raw.get("description", "")), format_version=version,
+    )
+    bundle.check_files(verify_hash)
+    log.debug("loaded bundle %s from %s (mode %s)", bundle.name, mpath, bundle.mode)
+    return bundle

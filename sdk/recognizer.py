@@ -1,0 +1,198 @@
+"""The public API: ``Recognizer(model).identify(frame)``.
+
+Data flows one way: frame (BGR uint8) -> detect (faces: boxes + 5 landmarks) -> align (crops) ->
+[segment -> complete, when the bundle has them] -> embed (unit vectors) -> match (gallery top-k) -> Match.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+from sdk import _registry
+from sdk.bundle import Bundle, load_bundle
+from sdk.errors import GalleryError
+from sdk.frame import as_bgr, read_image
+from sdk.gallery import Gallery
+from sdk.types import Face, Match
+
+log = logging.getLogger(__name__)
+
+ImageLike = Union[np.ndarray, str, Path]
+STAGE_NAMES = ("detect", "align", "segment", "complete", "embed", "match")
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    """Run-time options (bundle values are the defaults where ``None``).
+
+    Attributes:
+        threshold: cosine similarity at or above which a face is given the best gallery identity.
+        top_k: candidates kept per face in :attr:`Match.candidates`.
+        min_face_size: smallest face the detector looks for, in frame pixels.
+        max_side: frames with a longer side are downscaled (for detection only) to this many pixels.
+        min_det_score: faces the detector scores below this are dropped.
+        verify_hashes: check every model file's SHA-256 against the manifest when loading.
+    """
+
+    threshold: float | None = None
+    top_k: int = 5
+    min_face_size: int | None = None
+    max_side: int | None = None
+    min_det_score: float = 0.9
+    verify_hashes: bool = True
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Result of :meth:`Recognizer.verify`: cosine ``similarity`` and whether it reaches ``threshold``."""
+
+    similarity: float
+    same: bool
+    threshold: float
+
+
+class Recognizer:
+    """Recognise (possibly masked) faces against an enrolled gallery.
+
+    Args:
+        model: built-in bundle name (``"baseline"``, the default), a bundle folder, or its ``manifest.json``.
+        gallery: SQLite gallery file (created if missing) or ``None`` for an in-memory gallery.
+        config: run-time options.
+
+    Example::
+
+        rec = Recognizer(gallery="people.db")
+        rec.enroll("alice", ["alice1.jpg", "alice2.jpg"])
+        for m in rec.identify(cv2.imread("door.jpg")):
+            print(m.identity, m.similarity, m.box)
+    """
+
+    def __init__(self, model: str | Path | None = None, gallery: str | Path | None = None,
+                 config: RecognizerConfig = RecognizerConfig()):
+        self.config = config
+        self.bundle: Bundle = load_bundle(model, verify_hash=config.verify_hashes)
+        det_opts = {k: v for k, v in (("min_face_size", config.min_face_size), ("max_side", config.max_side)) if v is not None}
+        self.detector = _registry.build_stage(self.bundle.stages["detect"], det_opts)
+        self.embedder = _registry.build_stage(self.bundle.stages["embed"])
+        for name in ("segment", "complete"):
+            if self.bundle.stages[name] is not None:
+                raise NotImplementedError(f"bundle stage {name!r} is not supported by this SDK version yet")
+        self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
+        self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
+        #: seconds spent per stage in the last call of :meth:`identify` (for benchmarks and logging).
+        self.last_timings: dict[str, float] = {}
+        log.info("Recognizer ready: bundle %s (%s mode), %r", self.bundle.name, self.bundle.mode, self.gallery)
+
+    # -- stages -----------------------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_timings[stage] = time.perf_counter() - t0
+
+    def prepare(self) -> "Recognizer":
+        """Warm up every stage (first-call latency), returns self."""
+        self.detector.prepare()
+        self.embedder.prepare()
+        return self
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces in a BGR uint8 frame (validated), best score first, below ``min_det_score`` dropped."""
+        bgr = as_bgr(frame)
+        return [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+
+    def embed_faces(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """(N, dim) float32 unit-norm embeddings for ``faces`` of ``frame``."""
+        bgr = as_bgr(frame)
+        with self._timed("align"):
+            crops = self.embedder.crops(bgr, faces)
+        with self._timed("embed"):
+            return self.embedder.embed_crops(crops)
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def identify(self, frame: np.ndarray) -> list[Match]:
+        """Detect, embed and match every face in ``frame``.
+
+        Args:
+            frame: uint8 ``(H, W, 3)`` BGR (OpenCV order); grey ``(H, W)`` and BGRA are converted.
+
+        Returns:
+            One :class:`Match` per face, best detection first; ``identity`` is ``None`` for faces whose
+            best similarity is below the threshold. A frame with no face returns ``[]``.
+        """
+        self.last_timings = {}
+        bgr = as_bgr(frame)
+        with self._timed("detect"):
+            faces = [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+        emb = self.embed_faces(bgr, faces)
+        with self._timed("match"):
+            hits = self.gallery.search(emb, self.config.top_k) if faces else []
+        matches = []
+        for face, face_hits in zip(faces, hits):
+            best = face_hits[0] if face_hits else None
+            sim = best.similarity if best else float("nan")
+            ident = best.name if best is not None and sim >= self.threshold else None
+            matches.append(Match(face.box, face.landmarks, face.score, None, ident, sim,
+                                 [(h.name, h.similarity) for h in face_hits]))
+        return matches
+
+    def embed_largest(self, image: ImageLike, *, what: str = "image") -> np.ndarray:
+        """(dim,) embedding of the largest face in ``image`` (a frame or a file path).
+
+        Raises:
+            GalleryError: no face was found (the message names ``what``).
+        """
+        frame = read_image(image) if isinstance(image, (str, Path)) else as_bgr(image, name=what)
+        faces = self.detect(frame)
+        if not faces:
+            raise GalleryError(f"{what}: no face found")
+        largest = max(faces, key=lambda f: f.width * f.height)
+        return self.embed_faces(frame, [largest])[0]
+
+    def enroll(self, name: str, images: ImageLike | Sequence[ImageLike]) -> int:
+        """Add ``name`` to the gallery from one or more images (frames or file paths), largest face of each.
+
+        All images are processed before anything is written: if any image is unreadable or has no face,
+        :class:`GalleryError` (or the frame's ``TypeError``/``ValueError``) is raised and the gallery is
+        unchanged. Returns the number of embeddings added.
+        """
+        if isinstance(images, (np.ndarray, str, Path)):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise GalleryError(f"enroll {name!r}: no images given")
+        embs, sources = [], []
+        for i, img in enumerate(images):
+            what = f"enroll {name!r}: image {i}" + (f" ({img})" if isinstance(img, (str, Path)) else "")
+            try:
+                embs.append(self.embed_largest(img, what=what))
+            except (FileNotFoundError, ValueError, TypeError) as e:
+                if isinstance(e, GalleryError):
+                    raise
+                raise type(e)(f"{what}: {e}") from None
+            sources.append(str(img) if isinstance(img, (str, Path)) else f"array#{i}")
+        return self.gallery.add(name, np.stack(embs), sources)
+
+    def verify(self, a: ImageLike, b: ImageLike) -> Verification:
+        """Are the largest faces of ``a`` and ``b`` the same person? (cosine similarity vs threshold)."""
+        ea, eb = self.embed_largest(a, what="image a"), self.embed_largest(b, what="image b")
+        sim = float(np.dot(ea, eb))
+        return Verification(sim, sim >= self.threshold, self.threshold)
+
+    def close(self) -> None:
+        """Close the gallery file."""
+        self.gallery.close()
+
+    def __enter__(self) -> "Recognizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

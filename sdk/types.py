@@ -1,0 +1,72 @@
+"""Plain data records that flow through the pipeline: frame -> faces -> crops -> embeddings -> matches.
+
+Coordinates are pixels in the *input frame* (x right, y down, origin at the top-left pixel's corner),
+as float32. Landmark order is the MTCNN / ArcFace order:
+``left eye, right eye, nose tip, left mouth corner, right mouth corner`` where "left" means the
+left side **of the image** (the subject's right eye).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` float32 array, shape (4,), pixels in the frame.
+        landmarks: float32 array, shape (5, 2), ``(x, y)`` pixels, MTCNN order (see module doc).
+        score: detector confidence in [0, 1].
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer for one face in a frame.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` pixels in the frame, float32, shape (4,).
+        landmarks: (5, 2) float32 pixels, MTCNN order.
+        det_score: detector confidence in [0, 1].
+        occlusion: probability in [0, 1] that the face is occluded (mask, scarf, hand), or ``None``
+            when the bundle has no ``segment`` stage (baseline mode).
+        identity: enrolled name, or ``None`` when the best gallery similarity is below the threshold
+            (or the gallery is empty).
+        similarity: cosine similarity in [-1, 1] to the best gallery entry (``nan`` for an empty gallery).
+        candidates: up to k ``(name, similarity)`` pairs, best first.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    det_score: float
+    occlusion: float | None
+    identity: str | None
+    similarity: float
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (lists and floats)."""
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            "det_score": round(float(self.det_score), 4),
+            "occlusion": None if self.occlusion is None else round(float(self.occlusion), 4),
+            "identity": self.identity,
+            "similarity": round(float(self.similarity), 4),
+            "candidates": [(n, round(float(s), 4)) for n, s in self.candidates],
+        }

@@ -1,0 +1,106 @@
+import json
+import shutil
+
+import pytest
+
+from sdk.bundle import BUILTIN_DIR, load_bundle
+from sdk.errors import BundleError, ModelFileError
+
+
+def copy_bundle(tmp_path, files_dir=True):
+    """Copy the built-in manifest into tmp with the model files copied beside it (relative paths)."""
+    base = load_bundle("baseline")
+    raw = json.loads((BUILTIN_DIR / "baseline" / "manifest.json").read_text())
+    dst = tmp_path / "bundle"
+    dst.mkdir()
+    for stage in ("detect", "embed"):
+        for role, ref in base.stages[stage].files.items():
+            shutil.copy(ref.path, dst / ref.path.name)
+            raw["stages"][stage]["files"][role]["path"] = ref.path.name
+    (dst / "manifest.json").write_text(json.dumps(raw))
+    return dst, raw
+
+
+def test_builtin_bundle_loads_in_baseline_mode():
+    b = load_bundle()
+    assert b.name == "baseline-dlib" and b.mode == "baseline"
+    assert b.stages["segment"] is None and b.stages["complete"] is None
+    assert all(ref.path.is_file() for ref in b.stages["embed"].files.values())
+    assert 0 < b.threshold < 1
+
+
+def test_truncated_file_is_named(tmp_path):
+    dst, _ = copy_bundle(tmp_path)
+    victim = dst / "rnet.onnx"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="rnet.onnx.*truncated"):
+        load_bundle(dst)
+
+
+def test_replaced_file_fails_hash(tmp_path):
+    dst, _ = copy_bundle(tmp_path)
+    victim = dst / "pnet.onnx"
+    data = bytearray(victim.read_bytes())
+    data[500] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="pnet.onnx.*SHA-256"):
+        load_bundle(dst)
+
+
+def test_missing_file_is_named(tmp_path):
+    dst, _ = copy_bundle(tmp_path)
+    (dst / "onet.onnx").unlink()
+    with pytest.raises(ModelFileError, match="onet.onnx.*not found"):
+        load_bundle(dst)
+
+
+def test_foreign_file_without_hash_fails_at_load(tmp_path):
+    """A JPEG where the dlib model should be: the loader names the file."""
+    import cv2
+    import numpy as np
+
+    from sdk.recognizer import Recognizer
+
+    dst, raw = copy_bundle(tmp_path)
+    jpg = dst / "not_a_model.dat"
+    cv2.imwrite(str(jpg.with_suffix(".jpg")), np.zeros((32, 32, 3), np.uint8))
+    jpg.with_suffix(".jpg").rename(jpg)
+    raw["stages"]["embed"]["files"]["model"] = {"path": jpg.name}
+    (dst / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelFileError, match="not_a_model.dat"):
+        Recognizer(dst)
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda r: r.update(format="something-else"), "not a LookThrough bundle"),
+    (lambda r: r.update(format_version=99), "format_version"),
+    (lambda r: r["stages"].update(embed=None), "required"),
+    (lambda r: r["stages"].update(teleport={"kind": "x"}), "unknown stages"),
+    (lambda r: r["stages"]["detect"]["files"]["pnet"].pop("path"), "needs a \"path\""),
+])
+def test_malformed_manifests(tmp_path, mutate, words):
+    dst, raw = copy_bundle(tmp_path)
+    mutate(raw)
+    (dst / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=words):
+        load_bundle(dst)
+
+
+def test_unknown_kind_and_non_json(tmp_path):
+    from sdk.recognizer import Recognizer
+
+    dst, raw = copy_bundle(tmp_path)
+    raw["stages"]["embed"]["kind"] = "magic"
+    (dst / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="unknown kind 'magic'"):
+        Recognizer(dst)
+    (dst / "manifest.json").write_bytes(b"\x89PNG\x00\x01")
+    with pytest.raises(BundleError, match="not a JSON manifest"):
+        load_bundle(dst)
+
+
+def test_unknown_bundle_and_bare_engine(tmp_path):
+    with pytest.raises(BundleError, match="no model bundle"):
+        load_bundle(tmp_path / "nothing-here")
+    with pytest.raises(BundleError, match="TensorRT engine"):
+        load_bundle(tmp_path / "engine.plan")
