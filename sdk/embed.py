@@ -1,8 +1,9 @@
 """Embedding stage: aligned face -> L2-normalised identity vector.
 
 Every embedder has the same tiny protocol: construct (loads weights), ``prepare()`` (optional warm-up),
-``crops(frame, faces)`` (alignment: the crops this model reads), ``embed_crops(crops) -> (N, D) float32``
-with unit-norm rows, ``embed(frame, faces)`` (both), plus ``dim`` and ``model_id``.
+``crop_transforms(frame, faces)`` (one 2x3 frame->crop matrix per face), ``crops(frame, faces)`` (the
+aligned crops this model reads, in ``crop_order`` colour, ``crop_size`` pixels), ``embed_crops(crops) ->
+(N, D) float32`` with unit-norm rows, ``embed(frame, faces)`` (both), plus ``dim`` and ``model_id``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ class Embedder(Protocol):
     model_id: str
 
     def prepare(self) -> None: ...
+
+    crop_size: tuple[int, int]
+    crop_order: str
+
+    def crop_transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]: ...
 
     def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]: ...
 
@@ -76,6 +82,9 @@ class DlibResNetEmbedder:
     """
 
     dim = 128
+    #: chip size (w, h) in pixels and colour order of what :meth:`embed_crops` reads
+    crop_size = (150, 150)
+    crop_order = "RGB"
 
     def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None,
                  config: DlibConfig = DlibConfig()):
@@ -98,19 +107,22 @@ class DlibResNetEmbedder:
         """Run one forward pass so the first real call is not slower."""
         self._rec.compute_face_descriptor(np.zeros((150, 150, 3), np.uint8))
 
-    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """150x150x3 **RGB** uint8 chips, one per face, as dlib's ResNet expects."""
-        rgb = np.ascontiguousarray(frame[:, :, ::-1])
+    def crop_transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """One 2x3 float64 frame->chip matrix per face (chip pixels = M @ [x, y, 1])."""
         out = []
         for face in faces:
             if self._sp is not None:
                 x1, y1, x2, y2 = (int(round(float(v))) for v in face.box)
-                shape = self._sp(rgb, self._dlib.rectangle(x1, y1, x2, y2))
-                m = dlib_chip_transform(self._dlib.get_face_chip_details(shape, 150, 0.25))
-                out.append(align.warp(rgb, m, (150, 150)))
+                shape = self._sp(frame, self._dlib.rectangle(x1, y1, x2, y2))  # colour order is irrelevant here
+                out.append(dlib_chip_transform(self._dlib.get_face_chip_details(shape, 150, 0.25)))
             else:
-                out.append(align.align(rgb, face.landmarks, align.DLIB_CROP))
+                out.append(align.similarity_to_template(face.landmarks, align.DLIB_150))
         return out
+
+    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """150x150x3 **RGB** uint8 chips (from a BGR frame), one per face, as dlib's ResNet expects."""
+        rgb = np.ascontiguousarray(frame[:, :, ::-1])
+        return [align.warp(rgb, m, self.crop_size) for m in self.crop_transforms(frame, faces)]
 
     def embed(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """(N, 128) float32 unit-norm embeddings for ``faces`` in the BGR ``frame``."""

@@ -212,8 +212,8 @@ class SynthesisConfig:
     """Knobs of ``MaskSynthesizer``. Lengths are in eye distances ``e`` unless noted.
 
     Attributes:
-        templates_dir: folder with ``anchors.cfg`` and RGBA mask PNGs (MaskTheFace layout), or None for
-            procedural masks only.
+        templates_dir: folder (Path or str) with ``anchors.cfg`` and RGBA mask PNGs (MaskTheFace layout),
+            or None for procedural masks only. Read at run time, never copied.
         weights: category -> sampling weight, used when ``__call__`` gets no ``category``; missing
             categories have weight 0.
         template_prob: probability that a simple/complex mask uses a real template (when any is loaded).
@@ -352,7 +352,8 @@ def _noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
 
-def _jitter_points(pts: np.ndarray, rng: np.random.Generator, cfg: SynthesisConfig, per_point: float = 0.0) -> np.ndarray:
+def _jitter_points(pts: np.ndarray, rng: np.random.Generator, cfg: SynthesisConfig,
+                   per_point: float = 0.0) -> np.ndarray:
     c = pts.mean(0)
     s = 1.0 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter)
     shift = rng.uniform(-cfg.shift_jitter, cfg.shift_jitter, 2)
@@ -545,7 +546,8 @@ class MaskSynthesizer:
         Args:
             image: (H, W, 3) uint8, BGR; not modified.
             landmarks: (5, 2) float, MTCNN order, image pixels.
-            rng_or_seed: int seed, ``np.random.SeedSequence``-compatible value or a ``np.random.Generator``.
+            rng_or_seed: int seed (or anything ``np.random.default_rng`` takes) or a ``np.random.Generator``
+                (used as is, advancing its state); None draws fresh OS entropy (not reproducible).
             category: one of ``CATEGORIES``; None samples one by ``config.weights``.
 
         Returns:
@@ -627,8 +629,13 @@ class MaskSynthesizer:
         w, h = t.size
         corners = cv2.perspectiveTransform(np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64), H)[0]
         box = cv.box(np.concatenate([corners, dst]), pad=1)
+        # never paint outside the face's neighbourhood, whatever the homography does far from the anchors
+        near = cv.box(pose.project(np.array([[-1.7, -0.3], [1.7, -0.3], [1.7, 2.6], [-1.7, 2.6]]), z=0.0))
         kind = f"template:{t.name}" + (f"+{mode}" if mode else "")
-        if box is None:
+        if box is None or near is None:
+            return kind
+        box = (max(box[0], near[0]), max(box[1], near[1]), min(box[2], near[2]), min(box[3], near[3]))
+        if box[2] <= box[0] or box[3] <= box[1]:
             return kind
         x0, y0, x1, y1 = box
         scale = float(np.hypot(*(dst[2] - dst[0])) / max(np.hypot(*(t.anchors[2] - t.anchors[0])), 1e-6))
@@ -663,12 +670,14 @@ class MaskSynthesizer:
         cfg, pose = self.config, cv.pose
         if style == "surgical":
             top_c, top_s = 0.27 + rng.uniform(-0.03, 0.04), 0.5 + rng.uniform(-0.05, 0.05)
-            hw, bot_s, chin = 1.0 + rng.uniform(-0.05, 0.05), 1.35 + rng.uniform(-0.05, 0.05), 1.8 + rng.uniform(-0.06, 0.06)
+            hw, bot_s = 1.0 + rng.uniform(-0.05, 0.05), 1.35 + rng.uniform(-0.05, 0.05)
+            chin = 1.8 + rng.uniform(-0.06, 0.06)
             xt = np.linspace(-hw, hw, 15)
             top = np.stack([xt, top_s - (top_s - top_c) * np.cos(xt / hw * np.pi / 2) ** 2], 1)
             xb = np.linspace(0.95 * hw, -0.95 * hw, 15)
             bot = np.stack([xb, bot_s + (chin - bot_s) * np.cos(xb / (0.95 * hw) * np.pi / 2)], 1)
-            corners = np.array([[-hw, top_s + 0.02], [hw, top_s + 0.02], [-0.95 * hw, bot_s - 0.05], [0.95 * hw, bot_s - 0.05]])
+            corners = np.array([[-hw, top_s + 0.02], [hw, top_s + 0.02],
+                                [-0.95 * hw, bot_s - 0.05], [0.95 * hw, bot_s - 0.05]])
         elif style == "cloth":
             top_c, top_s = 0.22 + rng.uniform(-0.03, 0.04), 0.45 + rng.uniform(-0.05, 0.05)
             hw, bw = 1.0 + rng.uniform(-0.05, 0.05), 0.9 + rng.uniform(-0.05, 0.05)
@@ -679,7 +688,8 @@ class MaskSynthesizer:
             bot = np.stack([xb, bot_s + (chin - bot_s) * (1 - np.abs(xb / bw) ** 1.7)], 1)
             corners = np.array([[-hw, top_s + 0.02], [hw, top_s + 0.02]])
         else:  # n95 cup
-            top_c, chin, hw = 0.25 + rng.uniform(-0.03, 0.04), 1.78 + rng.uniform(-0.06, 0.06), 0.9 + rng.uniform(-0.05, 0.05)
+            top_c, chin = 0.25 + rng.uniform(-0.03, 0.04), 1.78 + rng.uniform(-0.06, 0.06)
+            hw = 0.9 + rng.uniform(-0.05, 0.05)
             cy, ry = (top_c + chin) / 2, (chin - top_c) / 2
             t = np.linspace(np.pi, 2 * np.pi, 16)
             top = np.stack([hw * np.cos(t), cy + ry * np.sin(t)], 1)
@@ -731,7 +741,8 @@ class MaskSynthesizer:
             rim = np.zeros_like(a8)
             _line(rim, np.concatenate([poly, poly[:1]]), box, 1, max(1, int(round(0.05 * e))))
             shade = shade + 0.08 * rim
-        colour = colour * (shade * 1.0)[..., None] * _colour_jitter(rng, cfg) + _noise(rng, a8.shape, cfg.noise_sigma)[..., None]
+        colour = (colour * shade[..., None] * _colour_jitter(rng, cfg)
+                  + _noise(rng, a8.shape, cfg.noise_sigma)[..., None])
         alpha = _soft_alpha(a8, cfg.soften_edges)
         if loops:
             l8 = np.zeros_like(a8)
@@ -805,7 +816,8 @@ class MaskSynthesizer:
         off = rng.uniform(-width / 2, width / 2, (n, 1))
         y0 = yc + rng.uniform(-0.05, 0.05, (n, 1))
         y1 = rng.uniform(1.3, 2.1, (n, 1))
-        own = rng.uniform(0.0, 0.03, (n, 1)) * np.sin(2 * np.pi * rng.uniform(1, 3, (n, 1)) * t + rng.uniform(0, 6.3, (n, 1)))
+        own = rng.uniform(0.0, 0.03, (n, 1)) * np.sin(2 * np.pi * rng.uniform(1, 3, (n, 1)) * t
+                                                     + rng.uniform(0, 6.3, (n, 1)))
         xs = xc + off * (1.0 + 0.5 * t) + drift * t ** 1.3 + amp * np.sin(2 * np.pi * fr * t + ph) + own
         ys = y0 + (y1 - y0) * t
         strands = [pose.project(np.stack([xs[i], ys[i]], 1), lift=0.15) for i in range(n)]

@@ -1,0 +1,300 @@
+"""``python -m trainer.evaluate`` — how much do masks hurt a recogniser, measured the papers' way.
+
+Any embedder (a bundle: the built-in ``baseline`` dlib teacher or a trained bundle folder) x any dataset:
+
+* ``--protocol lfw-pairs``: LFW view-2 ``pairs.txt`` (6,000 pairs, 10 folds): 10-fold accuracy (threshold
+  picked on 9 folds, tested on the 10th; mean +- std), TAR at FAR 1e-2 / 1e-3, ROC curve.
+* ``--protocol rank1``: folder-per-identity data (the CelebA subset): one clean image per identity enrolled,
+  the others (masked) as probes; rank-1 / rank-5 identification (the AR protocol of the seeds).
+
+Conditions (``--conditions``, comma separated): ``unmasked``; ``template`` (real mask templates fitted to the
+landmarks, needs ``--templates``); one per synthesis category: ``simple``, ``complex``, ``human_body``,
+``hybrid``, ``block`` (ID-GAN: a white 48/128-of-the-face-size square), ``sunglasses``, ``scarf``.
+Faces are detected and aligned once on the clean image (as in the papers, occluders are painted on the
+aligned face); ``--mask-side both`` masks both images of a pair (the papers' protocol), ``probe`` only the
+second one (enrolled clean, probe masked). Embeddings are cached per (images, model, condition, seed).
+
+Example::
+
+    python -m trainer.evaluate --data ../shared/data/lfw --protocol lfw-pairs \
+        --templates ../shared/data/mask_templates --conditions unmasked,template,block --out reports/lfw_baseline
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger("trainer.evaluate")
+
+SYNTH_CONDITIONS = ("simple", "complex", "human_body", "hybrid", "block", "sunglasses", "scarf")
+CONDITIONS = ("unmasked", "template") + SYNTH_CONDITIONS
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker needs to embed a chunk of images under one condition."""
+
+    model: str | None
+    condition: str
+    templates: str | None
+    seed: int
+
+
+# ------------------------------------------------------------------------------------------------ workers
+_W: dict = {}
+
+
+def _worker_init(model: str | None, templates: str | None) -> None:
+    cv2.setNumThreads(1)
+    from sdk.bundle import load_bundle
+    from sdk._registry import build_stage
+
+    bundle = load_bundle(model, verify_hash=False)
+    _W["embedder"] = build_stage(bundle.stages["embed"])
+    _W["templates"] = templates
+    _W["synth"] = {}
+
+
+def _synthesizer(condition: str, templates: str | None):
+    from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
+
+    key = (condition, templates)
+    if key not in _W["synth"]:
+        tdir = Path(templates) if templates else None
+        if condition == "template":
+            if tdir is None:
+                raise ValueError("condition 'template' needs --templates")
+            cfg = SynthesisConfig(templates_dir=tdir, template_prob=1.0, recolor_prob=0.0)
+        else:
+            cfg = SynthesisConfig(templates_dir=tdir)
+        _W["synth"][key] = MaskSynthesizer(cfg)
+    return _W["synth"][key]
+
+
+def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templates: str | None,
+                crop_size: tuple[int, int], landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(BGR chip of ``crop_size`` with the condition's occluder painted, occlusion mask or None)."""
+    from sdk.align import warp
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return np.zeros((crop_size[1], crop_size[0], 3), np.uint8), None
+    chip = warp(img, chip_m, crop_size)
+    if condition == "unmasked":
+        return chip, None
+    lm = landmarks @ chip_m[:, :2].T + chip_m[:, 2]
+    cat = "simple" if condition == "template" else condition
+    s = _synthesizer(condition, templates)(chip, lm, seed, category=cat)
+    return s.masked, s.mask
+
+
+def _embed_chunk(args: tuple) -> np.ndarray:
+    paths, chip_ms, lms, seeds, masked_flags, condition = args
+    emb = _W["embedder"]
+    chips = []
+    for p, m, lm, sd, flag in zip(paths, chip_ms, lms, seeds, masked_flags):
+        chip, _ = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"], emb.crop_size, lm)
+        chips.append(np.ascontiguousarray(chip[:, :, ::-1]) if emb.crop_order == "RGB" else chip)
+    return emb.embed_crops(chips)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
+                    chunk: int = 32) -> np.ndarray:
+    """Embeddings (len(idx), D) of images ``aligned.paths[idx]`` under ``job.condition`` (cached)."""
+    key = hashlib.sha1(json.dumps([job.model, job.condition, job.templates, job.seed,
+                                   [aligned.paths[i] for i in idx], masked.astype(int).tolist()]).encode()).hexdigest()[:16]
+    cache = cache_dir / f"emb-{job.condition}-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        log.info("%s: embeddings from cache %s", job.condition, cache)
+        return np.load(cache)
+    seeds = job.seed * 1_000_003 + idx
+    tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
+              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition)
+             for s in range(0, len(idx), chunk)]
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(idx), desc=f"embed {job.condition}", unit="face")
+    if workers <= 1:
+        _worker_init(job.model, job.templates)
+        for t in tasks:
+            out.append(_embed_chunk(t))
+            bar.update(len(t[0]))
+    else:
+        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(job.model, job.templates)) as ex:
+            for t, e in zip(tasks, ex.map(_embed_chunk, tasks)):
+                out.append(e)
+                bar.update(len(t[0]))
+    bar.close()
+    emb = np.concatenate(out).astype(np.float32)
+    if cache is not None:
+        np.save(cache, emb)
+    return emb
+
+
+def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
+                  seed: int) -> None:
+    """A contact sheet: one row per condition, the same faces in each column (BGR PNG)."""
+    _W.setdefault("synth", {})
+    rows = []
+    for c in conditions:
+        tiles = [render_crop(aligned.paths[i], aligned.chip_m[i], c, seed * 1_000_003 + int(i), templates, crop_size,
+                             aligned.landmarks[i])[0] for i in idx]
+        row = np.concatenate(tiles, axis=1)
+        cv2.putText(row, c, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
+        rows.append(row)
+    cv2.imwrite(str(path), np.concatenate(rows, axis=0))
+
+
+def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
+    from trainer.data.faces import align_images
+    from trainer.data.readers import read_lfw_pairs
+    from trainer.eval import cosine_pair_scores, lfw_10fold, roc_curve, tar_at_far
+
+    pairs = read_lfw_pairs(args.pairs or Path(args.data) / "pairs.txt", args.data)
+    if args.limit:
+        if args.limit < 2:
+            raise SystemExit("--limit for lfw-pairs counts folds and must be >= 2 (thresholds come from the other folds)")
+        pairs = [p for p in pairs if p.fold < args.limit]  # whole folds only: the protocol needs them
+    paths = sorted({str(p.a) for p in pairs} | {str(p.b) for p in pairs})
+    pos = {p: i for i, p in enumerate(paths)}
+    aligned = align_images(paths, detector, embedder, args.cache)
+    ia = np.array([pos[str(p.a)] for p in pairs])
+    ib = np.array([pos[str(p.b)] for p in pairs])
+    labels = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    results, curves = {}, {}
+    all_idx = np.arange(len(paths))
+    for cond in args.conditions:
+        job = Job(args.model, cond, args.templates, args.seed)
+        t0 = time.perf_counter()
+        masked_all = embed_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
+        if args.mask_side == "both" or cond == "unmasked":
+            ea, eb = masked_all[ia], masked_all[ib]
+        else:
+            clean = embed_condition(aligned, all_idx, np.zeros(len(paths), bool), Job(args.model, "unmasked", None, 0),
+                                    args.workers, args.cache)
+            ea, eb = clean[ia], masked_all[ib]
+        scores = cosine_pair_scores(ea, eb)
+        ver = lfw_10fold(scores, labels, folds)
+        far, tar, _ = roc_curve(scores, labels)
+        curves[cond] = (far, tar)
+        results[cond] = {"verification": ver, "tar_at_far": tar_at_far(scores, labels, (1e-2, 1e-3)),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
+    meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}
+    save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
+                  embedder.crop_size, args.out / "examples.png", args.seed)
+    return results, {"meta": meta, "curves": curves}
+
+
+def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
+    from trainer.data.faces import DETECTED, align_images
+    from trainer.data.readers import read_identity_tree
+    from trainer.eval import rank1_identification
+
+    samples = read_identity_tree(args.data, min_images=2)
+    by_id: dict[str, list] = {}
+    for s in samples:
+        by_id.setdefault(s.identity, []).append(s)
+    if args.limit:
+        by_id = dict(list(by_id.items())[: args.limit])
+    gallery = [v[0] for v in by_id.values()]
+    probes = [s for v in by_id.values() for s in v[1:1 + args.probes_per_identity]]
+    paths = [str(s.path) for s in gallery + probes]
+    aligned = align_images(paths, detector, embedder, args.cache)
+    ng = len(gallery)
+    # images without a detectable face are counted, and excluded from rank-1 (a fallback crop of an
+    # in-the-wild photo is not a face); the report says how many
+    keep = aligned.status == DETECTED
+    g_idx = np.nonzero(keep[:ng])[0]
+    p_idx = ng + np.nonzero(keep[ng:])[0]
+    g_labels = np.array([gallery[i].identity for i in g_idx])
+    enrolled = set(g_labels.tolist())
+    p_idx = np.array([i for i in p_idx if probes[i - ng].identity in enrolled], dtype=int)
+    p_labels = np.array([probes[i - ng].identity for i in p_idx])
+    clean_g = embed_condition(aligned, g_idx, np.zeros(len(g_idx), bool), Job(args.model, "unmasked", None, 0),
+                              args.workers, args.cache)
+    results = {}
+    for cond in args.conditions:
+        t0 = time.perf_counter()
+        pe = embed_condition(aligned, p_idx, np.ones(len(p_idx), bool), Job(args.model, cond, args.templates, args.seed),
+                             args.workers, args.cache)
+        r = rank1_identification(clean_g, g_labels, pe, p_labels, ks=[1, 5])
+        results[cond] = {"rank1": r[1], "rank_k": {5: r[5]}, "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("%s: rank-1 %.2f %%", cond, 100 * r[1])
+    meta = {"identities": len(g_idx), "probes": len(p_idx), "alignment": aligned.counts()}
+    save_examples(aligned, list(p_idx[:: max(1, len(p_idx) // 8)][:8]), args.conditions, args.templates,
+                  embedder.crop_size, args.out / "examples.png", args.seed)
+    return results, {"meta": meta, "curves": {}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (LFW, or a folder-per-identity tree)")
+    p.add_argument("--protocol", choices=("lfw-pairs", "rank1"), default="lfw-pairs")
+    p.add_argument("--pairs", type=Path, help="pairs.txt (default: <data>/pairs.txt)")
+    p.add_argument("--model", default=None, help="bundle whose embedder is evaluated (default: built-in baseline)")
+    p.add_argument("--conditions", default="unmasked,simple,block",
+                   help=f"comma-separated, from {', '.join(CONDITIONS)} (default unmasked,simple,block)")
+    p.add_argument("--templates", default=None, help="mask_templates folder (real masks); procedural masks without it")
+    p.add_argument("--mask-side", choices=("both", "probe"), default="both", help="mask both pair images (papers) or the second only")
+    p.add_argument("--limit", type=int, default=0, help="lfw-pairs: first N folds only; rank1: first N identities (0 = all)")
+    p.add_argument("--probes-per-identity", type=int, default=5, help="rank1: probes per identity (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="synthesis seed (per-image seeds derive from it)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="embedding processes")
+    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="cache folder for alignment and embeddings")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (report.json, report.md, roc.png, examples.png)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    bad = [c for c in args.conditions if c not in CONDITIONS]
+    if bad:
+        raise SystemExit(f"unknown conditions {bad}; choose from {CONDITIONS}")
+    if "template" in args.conditions and not args.templates:
+        raise SystemExit("condition 'template' needs --templates <mask_templates folder>")
+    if not args.data.is_dir():
+        raise SystemExit(f"data folder not found: {args.data}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    from sdk._registry import build_stage
+    from sdk.bundle import load_bundle
+    from trainer.eval import plot_roc, write_report
+
+    bundle = load_bundle(args.model)
+    detector = build_stage(bundle.stages["detect"], {"max_side": None})
+    embedder = build_stage(bundle.stages["embed"])
+    t0 = time.perf_counter()
+    fn = evaluate_lfw if args.protocol == "lfw-pairs" else evaluate_rank1
+    results, extra = fn(args, detector, embedder)
+    meta = {**extra["meta"], "protocol": args.protocol, "data": str(args.data), "model": bundle.name,
+            "embedder": embedder.model_id, "templates": args.templates, "seed": args.seed,
+            "seconds": round(time.perf_counter() - t0, 1), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "command": "python -m trainer.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    write_report(results, args.out / "report.json", args.out / "report.md", title=f"{bundle.name} on {args.data.name}", meta=meta)
+    if extra["curves"]:
+        plot_roc(extra["curves"], args.out / "roc.png", title=f"{bundle.name} on {args.data.name} ({args.mask_side})")
+    print((args.out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
