@@ -15,7 +15,7 @@ setup: $(STAMP)  ## create .venv, install pinned deps, build the C++ core (edita
 $(STAMP): requirements/*.txt $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements/runtime.txt -r requirements/build.txt -r requirements/test.txt
+	$(PIP) install -q -r requirements/runtime.txt -r requirements/build.txt -r requirements/test.txt -r requirements/train.txt
 	$(PIP) install -q --no-deps -r requirements/nodeps.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@

@@ -101,7 +101,8 @@ class DlibResNetEmbedder:
         elif config.chip_landmarks != "mtcnn5":
             raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {config.chip_landmarks!r}")
         self._dlib = dlib
-        self.model_id = "dlib_resnet_v1:" + file_digest(self.model_path)[:16]
+        # the chip geometry is part of the model: descriptors of dlib5 and mtcnn5 chips are not comparable
+        self.model_id = f"dlib_resnet_v1:{file_digest(self.model_path)[:16]}:{config.chip_landmarks}"
 
     def prepare(self) -> None:
         """Run one forward pass so the first real call is not slower."""

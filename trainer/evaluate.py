@@ -115,8 +115,10 @@ def _embed_chunk(args: tuple) -> np.ndarray:
 def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
                     chunk: int = 32) -> np.ndarray:
     """Embeddings (len(idx), D) of images ``aligned.paths[idx]`` under ``job.condition`` (cached)."""
-    key = hashlib.sha1(json.dumps([job.model, job.condition, job.templates, job.seed,
-                                   [aligned.paths[i] for i in idx], masked.astype(int).tolist()]).encode()).hexdigest()[:16]
+    h = hashlib.sha1(json.dumps([job.model, job.condition, job.templates, job.seed,
+                                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()]).encode())
+    h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())  # the chip geometry is part of the key
+    key = h.hexdigest()[:16]
     cache = cache_dir / f"emb-{job.condition}-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
