@@ -65,3 +65,24 @@ def _build_dlib(spec: StageSpec, options: dict[str, Any]) -> Any:
     sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
     return DlibResNetEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5"),
                                                     jitters=int(cfg.get("jitters", 0))))
+
+
+@register("embed", "dlib_resnet_onnx")
+def _build_dlib_onnx(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """dlib's ResNet rebuilt from its ``.dat`` as an ONNX graph (same chips and model_id as ``dlib_resnet``).
+
+    Files: ``model`` (the ``.dat``), ``shape_predictor`` (for ``chip_landmarks: "dlib5"``).  Config:
+    ``chip_landmarks`` (``"dlib5"`` | ``"mtcnn5"``), ``threads`` (ONNX Runtime intra-op threads, 0 = default).
+    Options may also pass ``providers`` (ONNX Runtime execution providers) and ``batch_size``.
+    """
+    from sdk.embed import DlibConfig
+    from sdk.embed_onnx import DlibOnnxEmbedder
+
+    cfg = {**spec.config, **options}
+    if int(cfg.get("jitters", 0) or 0):
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}): jitters are not supported, use kind 'dlib_resnet'")
+    (model,) = _need(spec, "model")
+    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
+    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
+    return DlibOnnxEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5")),
+                            threads=int(cfg.get("threads", 0)), **extra)

@@ -77,8 +77,9 @@ class DlibResNetEmbedder:
     """dlib's ResNet-34-style face recogniser (128-d, 99.38% on LFW by its authors) on 150x150 RGB chips.
 
     Input: BGR uint8 frame and detected faces. Output: (N, 128) float32, unit-norm rows (the raw dlib
-    descriptor is normalised so cosine similarity applies; dlib's Euclidean threshold 0.6 on raw
-    descriptors corresponds to cosine ~0.83 here because raw norms are close to 1).
+    descriptor, of norm ~1.3-1.5, is normalised so cosine similarity applies; on LFW the best cosine
+    threshold is ~0.90, see the README's accuracy table). ``model_id`` covers the weights and the chip
+    geometry (not ``jitters``, which averages descriptors of shifted chips of the same geometry).
     """
 
     dim = 128

@@ -1,0 +1,329 @@
+"""dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) as an ONNX graph, built at load time.
+
+:func:`build_dlib_onnx` reads the ``.dat`` with :mod:`sdk.models.dlib_dat` (numpy only) and writes an ONNX
+model (opset 17, IR version 8) that ONNX Runtime runs; neither dlib, torch nor the ``onnx`` package is needed.
+The model is serialised by a small protobuf writer in this module (the ONNX wire format is plain protobuf;
+the ``onnx`` package is a trainer-only dependency).  ``tests/test_embed_onnx.py`` checks the bytes with
+``onnx.checker`` (full check, with shape inference) and that ``onnx`` re-serialises them unchanged.
+
+Graph (the topology of dlib's ``anet_type``, dlib/examples/dnn_face_recognition_ex.cpp, read from the layer
+sequence of the file; every kernel/stride/padding/channel count comes from the file)::
+
+    chips uint8 (N, 150, 150, 3) RGB -> Cast float -> Transpose NCHW -> (x - mean_rgb) * (1/256)
+    con 7x7/2 (+ affine folded in) -> Relu -> MaxPool 3x3/2
+    residual units:  ares:       Relu(block(x) + x)
+                     ares_down:  Relu(block_stride2(x) (+) AveragePool 2x2/2 (x))
+                     block(x) =  con 3x3 (+affine) -> Relu -> con 3x3 (+affine)
+    GlobalAveragePool -> Flatten -> MatMul (fc_no_bias 256 -> 128) -> descriptor float (N, 128)
+
+``descriptor`` is the raw dlib descriptor (not normalised), what ``compute_face_descriptor(chip)`` returns
+(``num_jitters=0``) to float32 rounding.  ``(+)`` is dlib's ``add_prev``: the sum has the larger shape of the
+two and a missing channel / row / column counts as zero, so the smaller operand is zero-padded (``Pad``) at the
+end of the channel axis and at the bottom / right: channels 32->64->128->256, and 3x3 vs 4x4, 1x1 vs 2x2
+spatially in the last two down-sampling units (unpadded stride-2 convs).  dlib's ``affine`` (test-time batch
+norm, ``gamma * x + beta`` per channel) is folded into the preceding convolution: ``W * gamma``,
+``b * gamma + beta`` (computed in float64, stored as float32).  The mean subtraction and the exact
+power-of-two scaling are kept as separate nodes so the network input is bit-identical to dlib's.
+
+Output bytes are a pure function of the ``.dat`` bytes (no time stamps, paths or versions inside), so the same
+file always gives the same model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from sdk.errors import ModelFileError
+from sdk.models.dlib_dat import DlibLayer, DlibNet, parse_dat_bytes
+
+__all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "IR_VERSION"]
+
+INPUT_NAME = "chips"
+OUTPUT_NAME = "descriptor"
+OPSET = 17
+IR_VERSION = 8  # the IR version that goes with opset 17 (onnx 1.12)
+CHIP_SIZE = 150
+
+
+# -- protobuf wire format (only what ONNX models need) -------------------------------------------------
+# Fields are written in field-number order with minimal varints, as protobuf itself serialises them.
+_FLOAT, _UINT8, _INT64 = 1, 2, 7  # TensorProto.DataType
+_ATTR_FLOAT, _ATTR_INT, _ATTR_INTS = 1, 2, 7  # AttributeProto.AttributeType
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # int64 two's complement, 10 bytes
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _int(field: int, v: int) -> bytes:
+    return _varint(field << 3) + _varint(int(v))
+
+
+def _len(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _str(field: int, s: str) -> bytes:
+    return _len(field, s.encode("utf-8"))
+
+
+def _f32(field: int, v: float) -> bytes:
+    return _varint(field << 3 | 5) + struct.pack("<f", v)
+
+
+def _tensor(name: str, arr: np.ndarray) -> bytes:
+    """TensorProto: dims(1), data_type(2), name(8), raw_data(9)."""
+    if arr.dtype == np.float32:
+        dt, raw = _FLOAT, arr.astype("<f4").tobytes()
+    elif arr.dtype == np.int64:
+        dt, raw = _INT64, arr.astype("<i8").tobytes()
+    else:  # pragma: no cover - the builder only makes these two
+        raise TypeError(f"unsupported initializer dtype {arr.dtype}")
+    return b"".join([*(_int(1, d) for d in arr.shape), _int(2, dt), _str(8, name), _len(9, raw)])
+
+
+def _attr(name: str, v: object) -> bytes:
+    """AttributeProto: name(1), f(2), i(3), ints(8), type(20)."""
+    if isinstance(v, bool) or not isinstance(v, (float, int, list, tuple)):  # pragma: no cover
+        raise TypeError(f"unsupported attribute {name}={v!r}")
+    if isinstance(v, float):
+        return _str(1, name) + _f32(2, v) + _int(20, _ATTR_FLOAT)
+    if isinstance(v, int):
+        return _str(1, name) + _int(3, v) + _int(20, _ATTR_INT)
+    return _str(1, name) + b"".join(_int(8, x) for x in v) + _int(20, _ATTR_INTS)  # type: ignore[union-attr]
+
+
+def _value_info(name: str, elem_type: int, dims: list[int | str]) -> bytes:
+    """ValueInfoProto{name(1), type(2): TypeProto{tensor_type(1): {elem_type(1), shape(2): {dim(1)...}}}}."""
+    shape = b"".join(_len(1, _str(2, d) if isinstance(d, str) else _int(1, d)) for d in dims)
+    return _str(1, name) + _len(2, _len(1, _int(1, elem_type) + _len(2, shape)))
+
+
+class _Graph:
+    """Accumulates nodes and initialisers; names are deterministic (counter based)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[bytes] = []
+        self.inits: list[bytes] = []
+        self._n = 0
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(_tensor(name, np.ascontiguousarray(arr)))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs: object) -> str:
+        """NodeProto: input(1), output(2), name(3), op_type(4), attribute(5); returns the output name."""
+        self._n += 1
+        name = f"{op.lower()}_{self._n}"
+        out = output or name
+        body = b"".join([*(_str(1, i) for i in inputs), _str(2, out), _str(3, name), _str(4, op),
+                         *(_len(5, _attr(k, v)) for k, v in sorted(attrs.items()))])
+        self.nodes.append(body)
+        return out
+
+    def model(self, name: str, inputs: list[bytes], outputs: list[bytes], doc: str,
+              metadata: dict[str, str]) -> bytes:
+        graph = b"".join([*(_len(1, n) for n in self.nodes), _str(2, name), *(_len(5, t) for t in self.inits),
+                          *(_len(11, v) for v in inputs), *(_len(12, v) for v in outputs)])
+        # ModelProto: ir_version(1), producer_name(2), doc_string(6), graph(7), opset_import(8), metadata_props(14)
+        return b"".join([_int(1, IR_VERSION), _str(2, "lookthrough.sdk.models.dlib_onnx"), _str(6, doc),
+                         _len(7, graph), _len(8, _str(1, "") + _int(2, OPSET)),
+                         *(_len(14, _str(1, k) + _str(2, v)) for k, v in sorted(metadata.items()))])
+
+
+# -- dlib network -> graph -------------------------------------------------------------------------------
+class _Builder:
+    def __init__(self, net: DlibNet):
+        self.net = net
+        self.g = _Graph()
+        self.layers = net.layers
+        self.i = 0
+
+    def bad(self, what: str) -> ModelFileError:
+        return ModelFileError(self.net.path, f"not dlib's face recognition ResNet (anet_type): {what}")
+
+    # -- walking the layer list ----------------------------------------------------------------------
+    def peek(self, k: int = 0) -> str:
+        j = self.i + k
+        return self.layers[j].kind if j < len(self.layers) else "<end>"
+
+    def take(self, kind: str) -> DlibLayer:
+        if self.peek() != kind:
+            raise self.bad(f"layer {self.i} is {self.peek()!r}, expected {kind!r}")
+        layer = self.layers[self.i]
+        self.i += 1
+        return layer
+
+    # -- layers --------------------------------------------------------------------------------------
+    def conv_affine(self, x: str, shape: tuple[int, int, int], relu: bool) -> tuple[str, tuple[int, int, int]]:
+        """``con`` then ``affine`` (folded into the conv), then an optional ``relu``."""
+        con = self.take("con")
+        a = con.attrs
+        w = con.params["weight"].astype(np.float64)
+        cin = shape[0]
+        if w.ndim != 4 or w.shape[0] != a["num_filters"] or w.shape[1] != cin or w.shape[2:] != (a["nr"], a["nc"]):
+            raise self.bad(f"conv {self.i - 1} weights {w.shape} do not fit input {shape} / {a}")
+        b = con.params["bias"].reshape(-1).astype(np.float64) if "bias" in con.params else np.zeros(w.shape[0])
+        if b.size != w.shape[0]:
+            raise self.bad(f"conv {self.i - 1} has {b.size} biases for {w.shape[0]} filters")
+        if a.get("use_relu"):  # dlib's fused conv+relu (con_6): the affine after it cannot be folded in
+            raise self.bad(f"conv {self.i - 1} has a fused relu (a dlib fuse_layers()-ed network)")
+        aff = self.take("affine")
+        if not aff.attrs.get("disabled"):
+            if aff.attrs.get("mode") != 0:
+                raise self.bad(f"affine {self.i - 1} is not per-channel (mode {aff.attrs.get('mode')})")
+            gamma = aff.params["gamma"].reshape(-1).astype(np.float64)
+            beta = aff.params["beta"].reshape(-1).astype(np.float64)
+            if gamma.size != w.shape[0] or beta.size != w.shape[0]:
+                raise self.bad(f"affine {self.i - 1} has {gamma.size} channels, the conv {w.shape[0]}")
+            w = w * gamma[:, None, None, None]
+            b = b * gamma + beta
+        k = self.g._n + 1
+        wn = self.g.init(f"conv{k}.weight", w.astype(np.float32))
+        bn = self.g.init(f"conv{k}.bias", b.astype(np.float32))
+        sy, sx, py, px = a["stride_y"], a["stride_x"], a["padding_y"], a["padding_x"]
+        if min(sy, sx) < 1 or min(py, px) < 0:
+            raise self.bad(f"conv {self.i - 2} geometry {a}")
+        y = self.g.node("Conv", [x, wn, bn], kernel_shape=[a["nr"], a["nc"]], strides=[sy, sx], pads=[py, px, py, px])
+        out = (w.shape[0], (shape[1] + 2 * py - a["nr"]) // sy + 1, (shape[2] + 2 * px - a["nc"]) // sx + 1)
+        if min(out[1:]) < 1:
+            raise self.bad(f"conv {self.i - 2} leaves no output for input {shape}")
+        if relu:
+            y = self.relu(y)
+        return y, out
+
+    def relu(self, x: str) -> str:
+        layer = self.take("relu")
+        return x if layer.attrs.get("disabled") else self.g.node("Relu", [x])
+
+    def pool(self, kind: str, x: str, shape: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
+        a = self.take(kind).attrs
+        kh, kw, sy, sx, py, px = a["nr"], a["nc"], a["stride_y"], a["stride_x"], a["padding_y"], a["padding_x"]
+        if kind == "avg_pool" and kh == 0 and kw == 0:  # avg_pool_everything
+            return self.g.node("GlobalAveragePool", [x]), (shape[0], 1, 1)
+        if min(kh, kw, sy, sx) < 1 or min(py, px) < 0:
+            raise self.bad(f"{kind} geometry {a}")
+        op = "MaxPool" if kind == "max_pool" else "AveragePool"
+        y = self.g.node(op, [x], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
+        out = (shape[0], (shape[1] + 2 * py - kh) // sy + 1, (shape[2] + 2 * px - kw) // sx + 1)
+        if min(out[1:]) < 1:
+            raise self.bad(f"{kind} leaves no output for input {shape}")
+        return y, out
+
+    def add_prev(self, a: str, sa: tuple[int, int, int], b: str, sb: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
+        """dlib ``add_prev``: sum over the larger shape; the smaller operand zero-padded at the ends."""
+        self.take("add_prev")
+        s = tuple(max(p, q) for p, q in zip(sa, sb))
+        a, b = self.pad_to(a, sa, s), self.pad_to(b, sb, s)
+        return self.g.node("Add", [a, b]), s  # type: ignore[return-value]
+
+    def pad_to(self, x: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+        if shape == target:
+            return x
+        dc, dh, dw = (t - s for s, t in zip(shape, target))
+        pads = self.g.init(f"pads{self.g._n + 1}", np.array([0, 0, 0, 0, 0, dc, dh, dw], np.int64))
+        return self.g.node("Pad", [x, pads])  # mode "constant", value 0: the defaults
+
+    # -- the network ---------------------------------------------------------------------------------
+    def build(self) -> int:
+        """Emit the whole network; returns the descriptor size."""
+        net = self.net
+        inp = net.input
+        if inp.get("kind") != "input_rgb_image_sized" or (inp.get("nr"), inp.get("nc")) != (CHIP_SIZE, CHIP_SIZE):
+            raise self.bad(f"input layer is {inp.get('kind')} {inp.get('nr')}x{inp.get('nc')}, "
+                           f"expected input_rgb_image_sized<{CHIP_SIZE}>")
+        g = self.g
+        mean = np.array([inp["avg_red"], inp["avg_green"], inp["avg_blue"]], np.float32).reshape(1, 3, 1, 1)
+        if not np.isfinite(mean).all():
+            raise self.bad(f"input means {mean.ravel()}")
+        x = g.node("Cast", [INPUT_NAME], to=_FLOAT)
+        x = g.node("Transpose", [x], perm=[0, 3, 1, 2])
+        x = g.node("Sub", [x, g.init("mean_rgb", mean)])
+        x = g.node("Mul", [x, g.init("inv_256", np.array(1.0 / 256.0, np.float32))])  # exact: a power of two
+        shape = (3, CHIP_SIZE, CHIP_SIZE)
+        # stem: relu<affine<con>>, max_pool
+        x, shape = self.conv_affine(x, shape, relu=True)
+        x, shape = self.pool("max_pool", x, shape)
+        units = 0
+        while self.peek() == "tag_or_skip":  # tag1: the unit's input
+            units += 1
+            self.take("tag_or_skip")
+            y, ys = self.conv_affine(x, shape, relu=True)
+            y, ys = self.conv_affine(y, ys, relu=False)
+            if self.peek() == "add_prev":  # ares: add_prev1<block<tag1>>
+                x, shape = self.add_prev(y, ys, x, shape)
+            else:  # ares_down: add_prev2<avg_pool<skip1<tag2<block<tag1>>>>>
+                self.take("tag_or_skip")  # tag2: the block's output
+                self.take("tag_or_skip")  # skip1: back to tag1 (the unit's input)
+                p, ps = self.pool("avg_pool", x, shape)
+                x, shape = self.add_prev(p, ps, y, ys)
+            x = self.relu(x)
+        if units == 0:
+            raise self.bad("no residual units after the stem")
+        x, shape = self.pool("avg_pool", x, shape)
+        if shape[1:] != (1, 1):
+            raise self.bad(f"the last pooling leaves {shape}, expected a global average")
+        x = g.node("Flatten", [x], axis=1)
+        fc = self.take("fc")
+        nin, nout = fc.attrs["num_inputs"], fc.attrs["num_outputs"]
+        w = fc.params["weight"]
+        if nin != shape[0] or w.size != nin * nout:
+            raise self.bad(f"fc {nin}->{nout} with {w.size} weights after {shape[0]} features")
+        if "bias" in fc.params:
+            x = g.node("MatMul", [x, g.init("fc.weight", w.reshape(nin, nout))])
+            x = g.node("Add", [x, g.init("fc.bias", fc.params["bias"].reshape(nout))], output=OUTPUT_NAME)
+        else:
+            x = g.node("MatMul", [x, g.init("fc.weight", w.reshape(nin, nout))], output=OUTPUT_NAME)
+        if self.i != len(self.layers):
+            raise self.bad(f"{len(self.layers) - self.i} layer(s) after the fc layer")
+        return nout
+
+
+def dlib_net_to_onnx(net: DlibNet, source_sha256: str = "") -> bytes:
+    """ONNX model bytes for a parsed dlib face recognition network (see the module doc).
+
+    Raises :class:`~sdk.errors.ModelFileError` naming ``net.path`` when the network is not dlib's
+    ``anet_type`` family (150x150 RGB input, conv/affine/relu stem, residual units, global pool, fc)."""
+    b = _Builder(net)
+    dim = b.build()
+    n = "N"
+    doc = ("dlib face recognition ResNet (dlib_face_recognition_resnet_model_v1 family), built by "
+           "sdk.models.dlib_onnx from the .dat. Input: uint8 RGB chips (N,150,150,3) aligned like "
+           "dlib.get_face_chip(img, shape, 150, 0.25). Output: raw (unnormalised) dlib descriptors.")
+    meta = {"dlib_dat_sha256": source_sha256} if source_sha256 else {}
+    return b.g.model("dlib_face_recognition_resnet",
+                     [_value_info(INPUT_NAME, _UINT8, [n, CHIP_SIZE, CHIP_SIZE, 3])],
+                     [_value_info(OUTPUT_NAME, _FLOAT, [n, dim])], doc, meta)
+
+
+def build_dlib_onnx(dat_path: str | os.PathLike) -> bytes:
+    """Read dlib's ``dlib_face_recognition_resnet_model_v1.dat`` and return an equivalent ONNX model (bytes).
+
+    Input ``chips``: uint8 (N, 150, 150, 3) RGB; output ``descriptor``: float32 (N, 128), raw dlib
+    descriptors (not normalised).  Deterministic: the same ``.dat`` bytes give the same model bytes.
+    Raises :class:`~sdk.errors.ModelFileError` naming the file when it is missing, truncated, or not this
+    network.
+    """
+    p = Path(dat_path)
+    if not p.is_file():
+        raise ModelFileError(p, "not found")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelFileError(p, f"cannot read: {e}") from e
+    net = parse_dat_bytes(data, str(p))
+    return dlib_net_to_onnx(net, hashlib.sha256(data).hexdigest())
