@@ -102,3 +102,15 @@ def test_evaluate_end_to_end(tiny_lfw, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rank = json.loads((out2 / "report.json").read_text())["results"]
     assert rank["unmasked"]["rank1"] == 1.0 and 0.0 <= rank["sunglasses"]["rank1"] <= 1.0
+
+
+def test_split_command_writes_manifest(tiny_lfw, tmp_path):
+    out = tmp_path / "split.json"
+    r = subprocess.run([sys.executable, "trainer/main.py", "split", "--data", str(tiny_lfw), "--out", str(out),
+                        "--fractions", "0.5", "0.0", "0.5", "--align", "--cache", str(tmp_path / "c")],
+                       capture_output=True, text=True, timeout=300, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(out.read_text())
+    assert len(m["train"]) == 1 and len(m["test"]) == 1 and not set(m["train"]) & set(m["test"])
+    assert m["images"] == {"train": 4, "val": 0, "test": 4}
+    assert m["alignment"]["detected"] == 8

@@ -1,0 +1,74 @@
+"""``python trainer/main.py <command>`` — the trainer's entry point.
+
+Commands so far:
+
+    split   identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
+            manifest (identities per part, seed, image counts, and the alignment failures counted).
+
+Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The segmenter, inpainter
+and student commands land with their issues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("trainer")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from trainer.data.readers import identity_split, read_identity_tree
+
+    samples = read_identity_tree(args.data, min_images=args.min_images)
+    split = identity_split(samples, tuple(args.fractions), seed=args.seed)
+    out = {"data": str(args.data), "seed": split.seed, "fractions": args.fractions,
+           "train": split.train, "val": split.val, "test": split.test,
+           "images": {part: len(split.of(samples, part)) for part in ("train", "val", "test")}}
+    if args.align:
+        from sdk._registry import build_stage
+        from sdk.bundle import load_bundle
+        from trainer.data.faces import align_images
+
+        bundle = load_bundle(args.model)
+        det = build_stage(bundle.stages["detect"], {"max_side": None})
+        emb = build_stage(bundle.stages["embed"])
+        aligned = align_images([s.path for s in samples], det, emb, args.cache)
+        out["alignment"] = aligned.counts()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k not in ("train", "val", "test")}, indent=1))
+    print(f"identities: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python trainer/main.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    s = sub.add_parser("split", help="identity-disjoint train/val/test split manifest")
+    s.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per identity")
+    s.add_argument("--out", type=Path, default=Path("out/splits/split.json"), help="manifest path (JSON)")
+    s.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-images", type=int, default=2, help="skip identities with fewer images (default 2)")
+    s.add_argument("--align", action="store_true", help="also detect+align every image (cached) and count failures")
+    s.add_argument("--model", default=None, help="bundle for --align (default: built-in baseline)")
+    s.add_argument("--cache", type=Path, default=Path("out/cache"), help="alignment cache folder")
+    s.set_defaults(fn=cmd_split)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
