@@ -123,7 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sdk.bench import run_bench, write_report
 
-    report = run_bench(frames=args.frames, gallery_size=args.gallery_size, model=args.model)
+    report = run_bench(frames=args.frames, gallery_size=args.gallery_size, model=args.model, progress=not args.quiet)
     print(write_report(report, Path(args.out) if args.out else None))
     return 0
 

@@ -67,7 +67,8 @@ def machine_info() -> dict[str, object]:
     return info
 
 
-def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = None, seed: int = 0) -> dict:
+def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = None, seed: int = 0,
+              progress: bool = True) -> dict:
     """Run the benchmark; returns the JSON-ready report."""
     rec = Recognizer(model).prepare()
     base = bench_frames()
@@ -82,7 +83,7 @@ def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = N
     names = list(base)
     per_stage: dict[str, list[float]] = {}
     per_frame: dict[str, list[float]] = {n: [] for n in names}
-    for i in tqdm(range(frames), desc="identify", unit="frame"):
+    for i in tqdm(range(frames), desc="identify", unit="frame", disable=not progress):
         name = names[i % len(names)]
         t0 = time.perf_counter()
         rec.identify(base[name])
@@ -124,6 +125,7 @@ def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = N
     ratio = lambda a, b: round(base_stats[a]["p50_ms"] / max(base_stats[b]["p50_ms"], 1e-9), 3)  # noqa: E731
     return {
         "command": "python -m sdk bench",
+        "load_average_1m_5m_15m": list(os.getloadavg()),
         "bundle": rec.bundle.name, "frames": frames, "gallery_rows": len(rec.gallery),
         "machine": machine_info(),
         "stages": s,
