@@ -86,3 +86,42 @@ def _build_dlib_onnx(spec: StageSpec, options: dict[str, Any]) -> Any:
     extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
     return DlibOnnxEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5")),
                             threads=int(cfg.get("threads", 0)), **extra)
+
+
+@register("segment", "onnx_segmenter")
+def _build_onnx_segmenter(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """Occlusion segmenter on the 112x112 ArcFace crop (``export/onnx_segmenter.py``), run by ONNX Runtime.
+
+    Files: ``model`` (the ``.onnx``).  Config: ``threshold`` (0.5), ``crop`` (``"arcface112"``), ``threads``
+    (ORT intra-op threads, 1).  Options may also pass ``providers`` and ``batch_size``.
+    """
+    from sdk.segment import OnnxSegmenter
+
+    cfg = {**spec.config, **options}
+    (model,) = _need(spec, "model")
+    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
+    return OnnxSegmenter(model, threshold=float(cfg.get("threshold", 0.5)), crop=str(cfg.get("crop", "arcface112")),
+                         threads=int(cfg.get("threads", 1)), **extra)
+
+
+@register("embed", "onnx_embedder")
+def _build_onnx_embedder(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """A generic exported embedder (``export/onnx_embedder.py``) on ONNX Runtime: :class:`sdk.embed_generic.OnnxEmbedder`.
+
+    Files: ``model`` (the ``.onnx``: uint8 NHWC RGB crops -> raw descriptors), ``shape_predictor`` (for
+    ``crop: "dlib150"`` with ``chip_landmarks: "dlib5"``).  Config: ``crop`` (``"dlib150"`` | ``"arcface112"``),
+    ``chip_landmarks``, ``input`` (must be ``"uint8_nhwc_rgb"``), ``dim``, ``threads``.  Options may also pass
+    ``providers`` and ``batch_size``.
+    """
+    from sdk.embed_generic import OnnxEmbedder
+
+    cfg = {**spec.config, **options}
+    if cfg.get("input", "uint8_nhwc_rgb") != "uint8_nhwc_rgb":
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}): input {cfg.get('input')!r} is not supported "
+                          "(only 'uint8_nhwc_rgb')")
+    (model,) = _need(spec, "model")
+    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
+    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
+    return OnnxEmbedder(model, sp, crop=str(cfg.get("crop", "dlib150")),
+                        chip_landmarks=str(cfg.get("chip_landmarks", "dlib5")), dim=int(cfg.get("dim", 128)),
+                        threads=int(cfg.get("threads", 0)), **extra)

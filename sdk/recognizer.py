@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from sdk import _registry
+from sdk.align import ARCFACE_CROP, align
 from sdk.bundle import Bundle, load_bundle
 from sdk.errors import GalleryError
 from sdk.frame import as_bgr, read_image
@@ -80,9 +81,11 @@ class Recognizer:
         det_opts = {k: v for k, v in (("min_face_size", config.min_face_size), ("max_side", config.max_side)) if v is not None}
         self.detector = _registry.build_stage(self.bundle.stages["detect"], det_opts)
         self.embedder = _registry.build_stage(self.bundle.stages["embed"])
-        for name in ("segment", "complete"):
-            if self.bundle.stages[name] is not None:
-                raise NotImplementedError(f"bundle stage {name!r} is not supported by this SDK version yet")
+        if self.bundle.stages["complete"] is not None:
+            raise NotImplementedError("bundle stage 'complete' is not supported by this SDK version yet")
+        seg_spec = self.bundle.stages["segment"]
+        #: occlusion segmenter (``None`` in baseline bundles): fills :attr:`Match.occlusion`.
+        self.segmenter = _registry.build_stage(seg_spec) if seg_spec is not None else None
         self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
         self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
         #: seconds spent per stage in the last call of :meth:`identify` (for benchmarks and logging).
@@ -102,12 +105,28 @@ class Recognizer:
         """Warm up every stage (first-call latency), returns self."""
         self.detector.prepare()
         self.embedder.prepare()
+        if self.segmenter is not None:
+            self.segmenter.prepare()
         return self
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in a BGR uint8 frame (validated), best score first, below ``min_det_score`` dropped."""
         bgr = as_bgr(frame)
         return [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+
+    def occlusion(self, frame: np.ndarray, faces: Sequence[Face]) -> list[float | None]:
+        """Per-face occlusion probability from the bundle's segment stage (``None`` each without one).
+
+        The segmenter sees the 112x112 ArcFace crop of each face (:data:`sdk.align.ARCFACE_CROP`).
+        """
+        if self.segmenter is None:
+            return [None] * len(faces)
+        if not faces:
+            return []
+        bgr = as_bgr(frame)
+        spec = getattr(self.segmenter, "crop_spec", ARCFACE_CROP)
+        _, probs = self.segmenter.segment([align(bgr, f.landmarks, spec) for f in faces])
+        return [float(p) for p in probs]
 
     def embed_faces(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """(N, dim) float32 unit-norm embeddings for ``faces`` of ``frame``."""
@@ -119,7 +138,7 @@ class Recognizer:
 
     # -- public API ---------------------------------------------------------------------------------------
     def identify(self, frame: np.ndarray) -> list[Match]:
-        """Detect, embed and match every face in ``frame``.
+        """Detect, [segment,] embed and match every face in ``frame``.
 
         Args:
             frame: uint8 ``(H, W, 3)`` BGR (OpenCV order); grey ``(H, W)`` and BGRA are converted.
@@ -132,15 +151,20 @@ class Recognizer:
         bgr = as_bgr(frame)
         with self._timed("detect"):
             faces = [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+        if self.segmenter is not None:
+            with self._timed("segment"):
+                occ = self.occlusion(bgr, faces)
+        else:
+            occ = [None] * len(faces)
         emb = self.embed_faces(bgr, faces)
         with self._timed("match"):
             hits = self.gallery.search(emb, self.config.top_k) if faces else []
         matches = []
-        for face, face_hits in zip(faces, hits):
+        for face, face_hits, face_occ in zip(faces, hits, occ):
             best = face_hits[0] if face_hits else None
             sim = best.similarity if best else float("nan")
             ident = best.name if best is not None and sim >= self.threshold else None
-            matches.append(Match(face.box, face.landmarks, face.score, None, ident, sim,
+            matches.append(Match(face.box, face.landmarks, face.score, face_occ, ident, sim,
                                  [(h.name, h.similarity) for h in face_hits]))
         return matches
 

