@@ -109,7 +109,7 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "segmenter_v1",
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "segmenter.onnx"
     onnx_path.write_bytes(onnx_bytes)
-    manifest = json.loads(find_manifest(base).read_text())
+    manifest = json.loads(find_manifest(base or "baseline").read_text())
     manifest["name"] = name
     manifest["description"] = description or (
         "Baseline recognition (MTCNN + dlib ResNet on ONNX Runtime) plus an occlusion segmenter: a tiny UNet on "

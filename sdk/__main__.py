@@ -132,10 +132,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sdk.demo import run_demo
 
     rows = run_demo(Path(args.out), args.model)
-    print(f"{'probe':28s} {'faces':>5s} {'identity':12s} {'similarity':>10s}")
+    print(f"{'probe':28s} {'faces':>5s} {'identity':12s} {'similarity':>10s} {'occluded':>9s}")
     for r in rows:
         sim = "" if r["similarity"] is None else f"{r['similarity']:.3f}"
-        print(f"{r['probe']:28s} {r['faces']:>5d} {str(r['identity'] or 'unknown'):12s} {sim:>10s}")
+        occ = "n/a" if r["occlusion"] is None else f"{r['occlusion']:.3f}"
+        print(f"{r['probe']:28s} {r['faces']:>5d} {str(r['identity'] or 'unknown'):12s} {sim:>10s} {occ:>9s}")
     print(f"annotated images and results.json in {args.out}")
     ok = [r["identity"] for r in rows] == ["astronaut", "astronaut", None]
     if not ok:

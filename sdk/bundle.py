@@ -39,7 +39,7 @@ STAGES = ("detect", "segment", "complete", "embed")
 REQUIRED_STAGES = ("detect", "embed")
 #: Built-in bundles, by name: folders under ``sdk/models``.
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_BUNDLE = "baseline"
+DEFAULT_BUNDLE = "default"
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,14 @@ def copy_bundle(tmp_path, files_dir=True):
     return dst, raw
 
 
+def test_default_bundle_has_segmenter_and_same_embedder_as_baseline():
+    d, b = load_bundle(), load_bundle("baseline")
+    assert d.name == "default-v1" and d.stages["segment"].kind == "onnx_segmenter" and d.stages["complete"] is None
+    assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
+
+
 def test_builtin_bundle_loads_in_baseline_mode():
-    b = load_bundle()
+    b = load_bundle("baseline")
     assert b.name == "baseline-dlib" and b.mode == "baseline"
     assert b.stages["segment"] is None and b.stages["complete"] is None
     assert all(ref.path.is_file() for ref in b.stages["embed"].files.values())

@@ -12,7 +12,7 @@ def test_identifies_transformed_copies(recognizer, astronaut_bgr):
     flipped = cv2.resize(astronaut_bgr[:, ::-1], None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
     [m] = recognizer.identify(flipped)
     assert m.identity == "astronaut" and m.similarity > recognizer.threshold
-    assert m.occlusion is None  # baseline bundle has no segmenter
+    assert m.occlusion is not None and m.occlusion < 0.5  # the default bundle's segmenter: not occluded
     x1, y1, x2, y2 = m.box
     assert (x1 <= m.landmarks[:, 0]).all() and (m.landmarks[:, 0] <= x2).all()
 
@@ -23,6 +23,7 @@ def test_identifies_masked_copy(recognizer, astronaut_bgr):
     assert occ.sum() > 0.25 * face.width * face.height  # the mask really covers the lower face
     [m] = recognizer.identify(masked)
     assert m.identity == "astronaut"
+    assert m.occlusion > 0.5  # the segmenter sees the mask
     [clean] = recognizer.identify(astronaut_bgr)
     assert m.similarity < clean.similarity  # the mask costs similarity, as expected
 
@@ -86,5 +87,5 @@ def test_threshold_config_controls_acceptance(astronaut_bgr):
 
 def test_stage_timings_recorded(recognizer, astronaut_bgr):
     recognizer.identify(astronaut_bgr)
-    assert set(recognizer.last_timings) == {"detect", "align", "embed", "match"}
+    assert set(recognizer.last_timings) == {"detect", "segment", "align", "embed", "match"}
     assert all(v >= 0 for v in recognizer.last_timings.values())

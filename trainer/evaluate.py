@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (LFW, or a folder-per-identity tree)")
     p.add_argument("--protocol", choices=("lfw-pairs", "rank1"), default="lfw-pairs")
     p.add_argument("--pairs", type=Path, help="pairs.txt (default: <data>/pairs.txt)")
-    p.add_argument("--model", default=None, help="bundle whose embedder is evaluated (default: built-in baseline)")
+    p.add_argument("--model", default="baseline", help="bundle whose embedder is evaluated (default: built-in baseline)")
     p.add_argument("--conditions", default="unmasked,simple,block",
                    help=f"comma-separated, from {', '.join(CONDITIONS)} (default unmasked,simple,block)")
     p.add_argument("--templates", default=None, help="mask_templates folder (real masks); procedural masks without it")

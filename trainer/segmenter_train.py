@@ -107,7 +107,7 @@ def load_faces(cfg: SegTrainConfig) -> FaceArrays:
         for s in samples:
             by.setdefault(s.identity, []).append(s)
         samples = [s for v in by.values() for s in v[: cfg.images_per_identity]]
-    bundle = load_bundle(cfg.model, verify_hash=False)
+    bundle = load_bundle(cfg.model or "baseline", verify_hash=False)
     det = build_stage(bundle.stages["detect"], {"max_side": None, "min_face_size": cfg.min_face_size})
     emb = build_stage(bundle.stages["embed"])
     aligned = align_images([str(s.path) for s in samples], det, emb, Path(cfg.cache), progress=cfg.progress)
