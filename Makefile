@@ -26,9 +26,16 @@ demo: setup  ## the main job: enroll the astronaut, identify her flipped and mas
 test: setup  ## the whole test suite
 	$(PY) -m pytest -q
 
-bench: setup  ## per-stage latency JSON (benchmarks/results/)
+DATA ?= ../shared/data
+
+bench: setup  ## every benchmark, JSON into benchmarks/results/ (DATA=../shared/data for real mask templates)
 	mkdir -p benchmarks/results
-	$(PY) -m sdk bench --out benchmarks/results/sdk_bench.json
+	$(PY) -m sdk bench -q --out benchmarks/results/sdk_bench.json > /dev/null
+	$(PY) benchmarks/bench_kernels.py --out benchmarks/results/kernels.json
+	$(PY) benchmarks/bench_embed.py --out benchmarks/results/embed.json > /dev/null
+	$(PY) benchmarks/bench_segmenter.py --out benchmarks/results/segmenter.json > /dev/null
+	$(PY) benchmarks/bench_synthesis.py $(if $(wildcard $(DATA)/mask_templates),--templates $(DATA)/mask_templates) \
+		--out benchmarks/results/synthesis.json > /dev/null
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build out *.egg-info

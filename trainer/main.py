@@ -5,9 +5,10 @@ Commands so far:
     split      identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
                manifest (identities per part, seed, image counts, and the alignment failures counted).
     segmenter  train the occlusion segmenter on synthesized masks (see trainer/segmenter_train.py).
+    student    distil the dlib teacher into a student that sees masked faces (trainer/student_train.py).
 
-Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The inpainter and student
-commands land with their issues.
+Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The inpainter command
+lands with its issue.
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.segmenter_train import add_parser as add_segmenter
 
     add_segmenter(sub)
+    from trainer.student_train import add_parser as add_student
+
+    add_student(sub)
     return p
 
 

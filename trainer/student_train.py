@@ -1,0 +1,685 @@
+"""Student training, "no completion" variant: dlib-initialised ResNet fine-tuned on masked faces.
+
+The student starts as an exact copy of the frozen teacher (the PyTorch port of dlib's ResNet,
+:class:`trainer.models.dlib_resnet.DlibResNet`) and is fine-tuned on *masked* 150x150 dlib chips to reproduce
+the teacher's relations on the *clean* versions of the same faces (relational de-occlusion distillation,
+:class:`trainer.losses.distill.RelationalDistillLoss`, without the completion network)::
+
+    L = lambda_i * L_instance(s(masked), t(clean)) + lambda_p * L_pair + lambda_t * L_triplet  [+ w_ce * ArcFace CE]
+
+* data: a folder-per-identity tree (the CelebA subset).  Faces are detected and aligned once with the
+  baseline bundle (cached, :func:`trainer.data.faces.align_images`); each sample re-warps the dlib chip
+  (BGR), paints a synthetic occluder on it with probability ``mask_prob`` (real templates + procedural,
+  :class:`trainer.data.synthesis.MaskSynthesizer`, seeded by ``(seed, epoch, index)``: reproducible and
+  resumable) and converts to RGB.  Teacher descriptors of the clean chips are computed once and cached (npy).
+* split: identity-disjoint, ``val_fraction`` of the identities are held out.  Validation = pair verification
+  on held-out identities, clean image vs masked image (template masks), for the student and -- in the same run,
+  same pairs -- the dlib teacher baseline; plus clean vs clean for the student (unmasked faces must stay good).
+* batches: identity-balanced, P identities x K images.
+* outputs (``out``): ``steps.csv`` (losses per step), ``val.csv``, ``loss.png``, ``ckpt/last.safetensors`` +
+  ``ckpt/last.json`` (weights + optimiser state, no pickle), ``ckpt/epoch<N>.safetensors``,
+  ``student.safetensors`` (the student's weights only, the input of ``python -m export.onnx_embedder``).
+
+Run: ``python -m trainer.student_train --data ../shared/data/celeba_subset --templates ../shared/data/mask_templates
+--epochs 2 --out out/student`` (``--resume`` continues from ``out/ckpt/last.*``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("trainer.student")
+
+#: occluder categories sampled for training (no "block": the ID-GAN square is an evaluation condition)
+TRAIN_MASK_WEIGHTS = {"simple": 0.45, "complex": 0.25, "human_body": 0.1, "hybrid": 0.1, "sunglasses": 0.05,
+                      "scarf": 0.05}
+
+
+@dataclass
+class StudentConfig:
+    """Everything a training run depends on (stored in every checkpoint's JSON)."""
+
+    data: str = "../shared/data/celeba_subset"
+    templates: str | None = "../shared/data/mask_templates"
+    out: str = "out/student"
+    cache: str | None = None              # alignment + teacher cache (default <out>/cache)
+    model: str | None = None              # bundle used for detection/alignment (default: baseline)
+    init: str | None = None               # student init: dlib .dat / safetensors (default: packaged dlib .dat)
+    epochs: int = 2
+    p_identities: int = 8                 # P identities per batch
+    k_images: int = 4                     # K images per identity  (batch = P * K)
+    steps_per_epoch: int = 0              # 0: len(train images) // batch
+    max_per_identity: int = 10            # cap images per identity (0 = all)
+    lr: float = 1e-5                      # Adam at 1e-4 wrecks the dlib weights within 2 steps (val 0.94 -> 0.77)
+    optimizer: str = "adam"               # adam | sgd
+    weight_decay: float = 0.0
+    instance: str = "hard"                # hard | soft | none
+    lambda_i: float = 1.0
+    lambda_p: float = 1.0
+    lambda_t: float = 2.0
+    ce_weight: float = 0.0                # > 0 adds ArcFace CE on training identities
+    mask_prob: float = 0.8                # fraction of samples that get an occluder
+    mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
+    val_fraction: float = 0.1
+    val_pairs: int = 1200                 # genuine + impostor pairs (half each) for validation
+    threads: int = 2
+    workers: int = 1                      # DataLoader worker processes (0 = in-process)
+    seed: int = 0
+    ckpt_every: int = 50                  # steps between "last" checkpoints (and at every epoch end)
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.p_identities * self.k_images
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StudentConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------------- data
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Deterministic synthesis seed of sample ``index`` in ``epoch``."""
+    return (seed * 1_000_003 + epoch * 7_919_033 + index * 104_729 + 17) % (2**63)
+
+
+class MaskedChipDataset:
+    """``ds[(index, epoch)] -> (masked RGB uint8 (150,150,3), clean RGB uint8, label int, index int)``.
+
+    ``paths``/``chip_m``/``landmarks`` come from :class:`trainer.data.faces.AlignedSet` (frame->chip matrices and
+    frame landmarks).  ``epoch < 0`` means validation: always masked (``val_synth``), seed independent of epoch.
+    Picklable (DataLoader workers): the synthesizer reloads its templates lazily.
+    """
+
+    def __init__(self, paths: Sequence[str], chip_m: np.ndarray, landmarks: np.ndarray, labels: Sequence[int],
+                 synth, mask_prob: float, seed: int, val_synth=None, chip_size: int = 150):
+        self.paths = list(paths)
+        self.chip_m = np.asarray(chip_m, np.float64)
+        self.landmarks = np.asarray(landmarks, np.float32)
+        self.labels = np.asarray(labels, np.int64)
+        self.synth, self.val_synth = synth, val_synth
+        self.mask_prob, self.seed, self.chip_size = float(mask_prob), int(seed), int(chip_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def clean_bgr(self, i: int) -> np.ndarray:
+        from sdk.align import warp
+
+        img = cv2.imread(self.paths[i], cv2.IMREAD_COLOR)
+        if img is None:
+            return np.zeros((self.chip_size, self.chip_size, 3), np.uint8)
+        return warp(img, self.chip_m[i], (self.chip_size, self.chip_size))
+
+    def chip_landmarks(self, i: int) -> np.ndarray:
+        m = self.chip_m[i]
+        return (self.landmarks[i] @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+    def __getitem__(self, key) -> tuple[np.ndarray, np.ndarray, int, int]:
+        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        clean = self.clean_bgr(i)
+        sd = sample_seed(self.seed, epoch, i)
+        if epoch < 0:
+            synth = self.val_synth or self.synth
+            masked = synth(clean, self.chip_landmarks(i), sd, category="simple").masked
+        else:
+            rng = np.random.default_rng(sd)
+            if rng.random() < self.mask_prob:
+                masked = self.synth(clean, self.chip_landmarks(i), rng).masked
+            else:
+                masked = clean
+        return (np.ascontiguousarray(masked[:, :, ::-1]), np.ascontiguousarray(clean[:, :, ::-1]),
+                int(self.labels[i]), i)
+
+
+def pk_batches(labels: np.ndarray, p: int, k: int, n_batches: int, seed: int, epoch: int) -> list[list[int]]:
+    """Identity-balanced batches: each has ``p`` distinct identities x ``k`` images (with repetition only when an
+    identity has fewer than ``k`` images).  Deterministic in ``(seed, epoch)``."""
+    rng = random.Random(seed * 1009 + epoch)
+    by_id: dict[int, list[int]] = {}
+    for i, y in enumerate(labels.tolist()):
+        by_id.setdefault(int(y), []).append(i)
+    ids = sorted(by_id)
+    if len(ids) < p:
+        raise ValueError(f"need at least P={p} identities, have {len(ids)}")
+    pools = {y: [] for y in ids}
+    order: list[int] = []
+    out = []
+    while len(out) < n_batches:
+        batch = []
+        chosen = []
+        while len(chosen) < p:
+            if not order:
+                order = ids[:]
+                rng.shuffle(order)
+            y = order.pop()
+            if y not in chosen:
+                chosen.append(y)
+        for y in chosen:
+            for _ in range(k):
+                if not pools[y]:
+                    pools[y] = by_id[y][:]
+                    rng.shuffle(pools[y])
+                batch.append(pools[y].pop())
+        out.append(batch)
+    return out
+
+
+def _collate(items):
+    import torch
+
+    masked = torch.from_numpy(np.stack([it[0] for it in items]))
+    clean = torch.from_numpy(np.stack([it[1] for it in items]))
+    labels = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    index = torch.tensor([it[3] for it in items], dtype=torch.int64)
+    return masked, clean, labels, index
+
+
+def _worker_init(_):
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def to_input(chips_rgb_u8):
+    """(N, 150, 150, 3) uint8 tensor -> (N, 3, 150, 150) float32 in [0, 255] (the DlibResNet input)."""
+    return chips_rgb_u8.permute(0, 3, 1, 2).float().contiguous()
+
+
+@dataclass
+class Prepared:
+    """Aligned train/val data and the teacher's clean descriptors."""
+
+    paths: list[str]
+    identities: list[str]
+    labels: np.ndarray          # (N,) index into identities
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    chip_m: np.ndarray
+    landmarks: np.ndarray
+    teacher: np.ndarray         # (N, 128) raw teacher descriptors of the clean chips
+    train_ids: list[str]
+    val_ids: list[str]
+
+
+def select_samples(data: str | Path, max_per_identity: int):
+    from trainer.data.readers import read_identity_tree
+
+    samples = read_identity_tree(data, min_images=2)
+    out, count = [], {}
+    for s in samples:
+        count[s.identity] = count.get(s.identity, 0) + 1
+        if not max_per_identity or count[s.identity] <= max_per_identity:
+            out.append(s)
+    return out
+
+
+def teacher_descriptors(teacher, ds: MaskedChipDataset, cache: Path | None, batch: int = 64,
+                        progress: bool = True) -> np.ndarray:
+    """Raw teacher descriptors of every clean chip of ``ds`` (cached in ``cache`` when given)."""
+    from tqdm import tqdm
+
+    if cache is not None and cache.is_file():
+        out = np.load(cache)
+        if out.shape == (len(ds), 128):
+            log.info("teacher descriptors from cache %s", cache)
+            return out
+    from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
+
+    sess = ort_session(export_onnx_bytes(teacher))
+    res = []
+    for s in tqdm(range(0, len(ds), batch), desc="teacher (clean)", disable=not progress):
+        chips = np.stack([ds.clean_bgr(i)[:, :, ::-1] for i in range(s, min(len(ds), s + batch))])
+        res.append(ort_descriptors(sess, chips))
+    out = np.concatenate(res).astype(np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+    return out
+
+
+def prepare_data(cfg: StudentConfig, teacher, detector=None, embedder=None) -> Prepared:
+    """Read, split (identity-disjoint), align (cached) and compute the teacher's clean descriptors (cached)."""
+    from trainer.data.faces import align_images
+    from trainer.data.readers import identity_split
+
+    samples = select_samples(cfg.data, cfg.max_per_identity)
+    cache = Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache"
+    if detector is None or embedder is None:
+        from sdk._registry import build_stage
+        from sdk.bundle import load_bundle
+
+        bundle = load_bundle(cfg.model)
+        detector = build_stage(bundle.stages["detect"], {"max_side": None})
+        embedder = build_stage(bundle.stages["embed"])
+    paths = [str(s.path) for s in samples]
+    aligned = align_images(paths, detector, embedder, cache, progress=cfg.progress)
+    val_frac = cfg.val_fraction
+    split = identity_split(samples, (1.0 - val_frac, val_frac, 0.0), seed=cfg.seed)
+    train_ids, val_ids = list(split.train), list(split.val)
+    if not val_ids and val_frac > 0 and len(train_ids) > 1:  # tiny sets: hold out one identity at least
+        val_ids, train_ids = train_ids[-1:], train_ids[:-1]
+    # labels: training identities first (0..T-1, the ArcFace classes), held-out ones after
+    order = train_ids + val_ids
+    lab_of = {name: i for i, name in enumerate(order)}
+    labels = np.array([lab_of[s.identity] for s in samples], np.int64)
+    tr = np.array([i for i, s in enumerate(samples) if s.identity in set(train_ids)], np.int64)
+    va = np.array([i for i, s in enumerate(samples) if s.identity in set(val_ids)], np.int64)
+    h = hashlib.sha1("|".join(paths).encode())
+    h.update(np.ascontiguousarray(aligned.chip_m).tobytes())
+    h.update(str(cfg.init).encode())
+    ds = MaskedChipDataset(aligned.paths, aligned.chip_m, aligned.landmarks, labels, None, 0.0, cfg.seed)
+    t = teacher_descriptors(teacher, ds, cache / f"teacher-{h.hexdigest()[:16]}.npy", progress=cfg.progress)
+    return Prepared(aligned.paths, order, labels, tr, va, aligned.chip_m, aligned.landmarks, t, train_ids, val_ids)
+
+
+def val_pairs(labels: np.ndarray, idx: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n_pairs/2`` genuine and as many impostor pairs among ``idx`` (positions into ``idx``)."""
+    rng = np.random.default_rng(seed)
+    lab = labels[idx]
+    gen = [(a, b) for a in range(len(idx)) for b in range(len(idx)) if a != b and lab[a] == lab[b]]
+    half = n_pairs // 2
+    if len(gen) > half:
+        gen = [gen[j] for j in rng.choice(len(gen), half, replace=False)]
+    imp = []
+    while len(imp) < len(gen) and len(set(lab.tolist())) > 1:
+        a, b = rng.integers(0, len(idx), 2)
+        if lab[a] != lab[b]:
+            imp.append((int(a), int(b)))
+    pairs = np.array(gen + imp, np.int64).reshape(-1, 2)
+    same = np.array([True] * len(gen) + [False] * len(imp))
+    return pairs[:, 0], pairs[:, 1], same
+
+
+def pair_accuracy(ea: np.ndarray, eb: np.ndarray, same: np.ndarray, folds: int = 10) -> float:
+    """k-fold verification accuracy (threshold chosen on the other folds) of cosine scores."""
+    from trainer.eval import cosine_pair_scores, lfw_10fold
+
+    if len(same) < 2 * folds or same.all() or not same.any():
+        return float("nan")
+    f = np.random.default_rng(0).permutation(len(same)) % folds
+    return float(lfw_10fold(cosine_pair_scores(ea, eb), same, f).accuracy_mean)
+
+
+def embed_chips(net, chips: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
+    """(N, 128) raw descriptors of uint8 RGB chips (N, 150, 150, 3).  The network is exported to ONNX and run by
+    ONNX Runtime (bit-compatible to ~1e-6 with torch and ~5x faster on CPU than torch's eager forward)."""
+    from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
+
+    if not len(chips):
+        return np.zeros((0, 128), np.float32)
+    return ort_descriptors(ort_session(export_onnx_bytes(net), threads), chips, batch)
+
+
+class Validator:
+    """Held-out pair verification, clean (a) vs masked (b); the teacher baseline is computed once."""
+
+    def __init__(self, ds: MaskedChipDataset, val_idx: np.ndarray, teacher_clean: np.ndarray, teacher, n_pairs: int,
+                 seed: int, progress: bool = True):
+        from tqdm import tqdm
+
+        self.idx = np.asarray(val_idx)
+        self.a, self.b, self.same = val_pairs(ds.labels, self.idx, n_pairs, seed)
+        items = [ds[(int(i), -1)] for i in tqdm(self.idx, desc="val chips", disable=not progress)]
+        self.masked = np.stack([it[0] for it in items]) if items else np.zeros((0, 150, 150, 3), np.uint8)
+        self.clean = np.stack([it[1] for it in items]) if items else np.zeros((0, 150, 150, 3), np.uint8)
+        tc = teacher_clean[self.idx]
+        tm = embed_chips(teacher, self.masked)
+        self.baseline = {"teacher_clean_vs_masked": pair_accuracy(tc[self.a], tm[self.b], self.same),
+                         "teacher_clean_vs_clean": pair_accuracy(tc[self.a], tc[self.b], self.same),
+                         "pairs": int(len(self.same))}
+
+    def __call__(self, student) -> dict[str, float]:
+        was = student.training
+        student.eval()
+        sm, sc = embed_chips(student, self.masked), embed_chips(student, self.clean)
+        student.train(was)
+        return {"student_clean_vs_masked": pair_accuracy(sc[self.a], sm[self.b], self.same),
+                "student_clean_vs_clean": pair_accuracy(sc[self.a], sc[self.b], self.same),
+                "student_masked_vs_masked": pair_accuracy(sm[self.a], sm[self.b], self.same)}
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, student, loss_mod, head, opt, meta: dict) -> None:
+    """``path`` (.safetensors: weights + optimiser tensors) and ``path.with_suffix('.json')`` (config, progress,
+    optimiser hyper-parameters).  No pickle anywhere."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+    tensors.update({f"loss.{k}": v for k, v in loss_mod.state_dict().items()})
+    if head is not None:
+        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    osd = opt.state_dict()
+    shapes = {}
+    for pid, st in osd["state"].items():
+        for name, v in st.items():
+            key = f"opt.{pid}.{name}"
+            t = torch.as_tensor(v)
+            shapes[key] = list(t.shape)
+            tensors[key] = t.reshape(-1) if t.dim() == 0 else t
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "model": "lookthrough_student_dlib"})
+    tmp.replace(path)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
+    js = {**meta, "optimizer": {"param_groups": groups, "shapes": shapes}}
+    path.with_suffix(".json").write_text(json.dumps(js, indent=1))
+
+
+def load_checkpoint(path: Path, student, loss_mod=None, head=None, opt=None) -> dict:
+    """Inverse of :func:`save_checkpoint`; returns the JSON meta."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
+
+    def part(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    student.load_state_dict(part("student."))
+    if loss_mod is not None and part("loss."):
+        loss_mod.load_state_dict(part("loss."))
+    if head is not None and part("head."):
+        head.load_state_dict(part("head."))
+    if opt is not None and "optimizer" in meta:
+        shapes = meta["optimizer"]["shapes"]
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in part("opt.").items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v.reshape(shapes[f"opt.{k}"])
+        opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    return meta
+
+
+def load_student_weights(path: str | Path):
+    """A :class:`DlibResNet` from a training checkpoint (``student.`` keys), a bare state dict or a dlib ``.dat``."""
+    from safetensors.torch import load_file
+
+    from trainer.models.dlib_resnet import DlibResNet
+
+    p = Path(path)
+    if p.suffix == ".dat":
+        return DlibResNet.from_dat(p)
+    t = load_file(str(p))
+    sub = {k[len("student."):]: v for k, v in t.items() if k.startswith("student.")}
+    net = DlibResNet()
+    net.load_state_dict(sub or t)
+    return net.eval()
+
+
+def plot_losses(steps_csv: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(steps_csv.open()))
+    if not rows:
+        return
+    step = np.array([int(r["step"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in ("total", "instance", "pair", "triplet", "ce"):
+        v = np.array([float(r[key]) for r in rows])
+        if not np.any(v):
+            continue
+        w = min(20, len(v))
+        sm = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(step, v, alpha=0.2)
+        ax.plot(step[w - 1:], sm, label=key, color=ax.lines[-1].get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("student distillation losses (raw + 20-step mean)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- training
+CSV_FIELDS = ["step", "epoch", "batch", "lr", "total", "instance", "pair", "triplet", "ce", "seconds"]
+
+
+def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
+    import torch
+
+    from trainer.losses.distill import RelationalDistillLoss
+    from trainer.losses.margin import ArcFaceHead
+    from trainer.models.dlib_resnet import DlibResNet
+
+    teacher = DlibResNet.from_dat(cfg.init if cfg.init and str(cfg.init).endswith(".dat") else None).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    student = load_student_weights(cfg.init) if cfg.init else DlibResNet.from_dat()
+    student.train()
+    loss_mod = RelationalDistillLoss(128, 128, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
+                                     lambda_t=cfg.lambda_t, ce_weight=cfg.ce_weight, projection="identity",
+                                     n_classes=n_train_ids if cfg.instance == "soft" else None,
+                                     teacher_centres=teacher_centres, student_centres="ema")
+    head = ArcFaceHead(128, n_train_ids) if cfg.ce_weight > 0 else None
+    params = list(student.parameters()) + list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be adam | sgd, got {cfg.optimizer!r}")
+    return teacher, student, loss_mod, head, opt
+
+
+def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared | None = None) -> dict:
+    """Run (or resume) a training; returns a summary dict (also written to ``<out>/summary.json``)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
+    from trainer.losses.distill import identity_centres
+
+    torch.set_num_threads(max(1, cfg.threads))
+    cv2.setNumThreads(1)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckdir = out / "ckpt"
+    last = ckdir / "last.safetensors"
+    if cfg.resume and last.is_file():
+        saved = json.loads(last.with_suffix(".json").read_text())["config"]
+        keep = {"epochs", "resume", "progress", "threads", "workers", "ckpt_every"}
+        cfg = StudentConfig.from_json({**saved, **{k: getattr(cfg, k) for k in keep}})
+
+    from trainer.models.dlib_resnet import DlibResNet
+
+    prep = prepared or prepare_data(cfg, DlibResNet.from_dat().eval(), detector, embedder)
+    n_train_ids = len(prep.train_ids)
+    tr_lab = prep.labels[prep.train_idx]
+    centres = None
+    if cfg.instance == "soft":
+        centres = identity_centres(torch.from_numpy(prep.teacher[prep.train_idx]), torch.from_numpy(tr_lab), n_train_ids)
+    teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres)
+
+    tdir = Path(cfg.templates) if cfg.templates else None
+    synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, weights=dict(cfg.mask_weights)))
+    val_synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, template_prob=1.0 if tdir else 0.7,
+                                                recolor_prob=0.0))
+    ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, synth, cfg.mask_prob, cfg.seed,
+                           val_synth)
+    teacher_t = torch.from_numpy(prep.teacher)
+
+    start_epoch, start_batch, step = 0, 0, 0
+    if cfg.resume and last.is_file():
+        meta = load_checkpoint(last, student, loss_mod, head, opt)
+        start_epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
+        log.info("resumed from %s: epoch %d batch %d step %d", last, start_epoch, start_batch, step)
+    elif not cfg.resume:
+        for f in ("steps.csv", "val.csv"):
+            (out / f).unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+
+    validator = Validator(ds, prep.val_idx, prep.teacher, teacher, cfg.val_pairs, cfg.seed, cfg.progress) \
+        if len(prep.val_idx) else None
+    if validator is not None:
+        log.info("validation baseline (dlib teacher): %s", validator.baseline)
+
+    steps_csv = out / "steps.csv"
+    new_csv = not steps_csv.is_file()
+    fcsv = steps_csv.open("a", newline="")
+    wcsv = csv.DictWriter(fcsv, CSV_FIELDS)
+    if new_csv:
+        wcsv.writeheader()
+    val_rows = []
+    if start_epoch == 0 and start_batch == 0 and validator is not None:
+        v = {"epoch": 0, "step": 0, **validator(student), **validator.baseline}
+        val_rows.append(v)
+        log.info("val before training: %s", v)
+    n_batches = cfg.steps_per_epoch or max(1, len(prep.train_idx) // cfg.batch_size)
+    epoch_times = []
+
+    def meta_at(epoch, batch):
+        return {"config": cfg.to_json(), "epoch": epoch, "batch": batch, "step": step,
+                "identities": {"train": prep.train_ids, "val": prep.val_ids}}
+
+    for epoch in range(start_epoch, cfg.epochs):
+        batches = pk_batches(tr_lab, cfg.p_identities, cfg.k_images, n_batches, cfg.seed, epoch)
+        batches = [[(int(prep.train_idx[j]), epoch) for j in b] for b in batches]
+        first = start_batch if epoch == start_epoch else 0
+        loader = DataLoader(ds, batch_sampler=batches[first:], collate_fn=_collate, num_workers=cfg.workers,
+                            worker_init_fn=_worker_init if cfg.workers else None)
+        student.train()
+        loss_mod.train()
+        t_ep = time.perf_counter()
+        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        for bi, (masked, _clean, labels, index) in enumerate(loader, start=first):
+            t0 = time.perf_counter()
+            s = student(to_input(masked))
+            t = teacher_t.index_select(0, index)
+            logits = head(s, labels) if head is not None else None
+            total, parts = loss_mod(s, t, logits=logits, labels=labels)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            step += 1
+            row = {"step": step, "epoch": epoch + 1, "batch": bi + 1, "lr": opt.param_groups[0]["lr"],
+                   **{k: f"{float(v):.6g}" for k, v in parts.items()}, "seconds": f"{time.perf_counter() - t0:.3f}"}
+            wcsv.writerow(row)
+            fcsv.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(parts['total']):.4f}", i=f"{float(parts['instance']):.3f}",
+                            p=f"{float(parts['pair']):.4f}", t=f"{float(parts['triplet']):.4f}")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and bi + 1 < n_batches:
+                save_checkpoint(last, student, loss_mod, head, opt, meta_at(epoch, bi + 1))
+        bar.close()
+        epoch_times.append(time.perf_counter() - t_ep)
+        save_checkpoint(last, student, loss_mod, head, opt, meta_at(epoch + 1, 0))
+        save_checkpoint(ckdir / f"epoch{epoch + 1}.safetensors", student, loss_mod, head, opt, meta_at(epoch + 1, 0))
+        if validator is not None:
+            v = {"epoch": epoch + 1, "step": step, **validator(student), **validator.baseline}
+            val_rows.append(v)
+            log.info("val after epoch %d (%.0f s): %s", epoch + 1, epoch_times[-1], v)
+    fcsv.close()
+    if val_rows:
+        vcsv = out / "val.csv"
+        new = not vcsv.is_file()
+        with vcsv.open("a", newline="") as f:
+            w = csv.DictWriter(f, list(val_rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(val_rows)
+    student.save_safetensors(out / "student.safetensors")
+    plot_losses(steps_csv, out / "loss.png")
+    summary = {"steps": step, "epoch_seconds": [round(x, 1) for x in epoch_times], "val": val_rows,
+               "train_images": int(len(prep.train_idx)), "val_images": int(len(prep.val_idx)),
+               "train_identities": n_train_ids, "val_identities": len(prep.val_ids),
+               "student": str(out / "student.safetensors")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _add_args(p: argparse.ArgumentParser) -> None:
+    d = StudentConfig()
+    p.add_argument("--data", default=d.data, help="folder-per-identity training data (CelebA subset)")
+    p.add_argument("--templates", default=d.templates, help="mask_templates folder ('' for procedural masks only)")
+    p.add_argument("--out", default=d.out, help="run folder (CSV logs, checkpoints, loss.png, student.safetensors)")
+    p.add_argument("--cache", default=None, help="alignment + teacher-descriptor cache (default <out>/cache)")
+    p.add_argument("--model", default=None, help="bundle used for detection/alignment (default: baseline)")
+    p.add_argument("--init", default=None, help="student initial weights (.dat or .safetensors; default dlib's .dat)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--p-identities", type=int, default=d.p_identities, help="identities per batch (P)")
+    p.add_argument("--k-images", type=int, default=d.k_images, help="images per identity in a batch (K)")
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="0: train images // batch")
+    p.add_argument("--max-per-identity", type=int, default=d.max_per_identity, help="cap images per identity (0 = all)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--instance", choices=("hard", "soft", "none"), default=d.instance)
+    p.add_argument("--lambda-i", type=float, default=d.lambda_i)
+    p.add_argument("--lambda-p", type=float, default=d.lambda_p)
+    p.add_argument("--lambda-t", type=float, default=d.lambda_t)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight, help="> 0: add ArcFace CE on the training identities")
+    p.add_argument("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out identity fraction")
+    p.add_argument("--val-pairs", type=int, default=d.val_pairs)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt/last.safetensors")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace) -> StudentConfig:
+    known = {f.name for f in fields(StudentConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in known}
+    if kw.get("templates") == "":
+        kw["templates"] = None
+    return StudentConfig(**kw)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``student`` subcommand on ``subparsers`` (``trainer/main.py``)."""
+    p = subparsers.add_parser("student", help="fine-tune the dlib-initialised student on masked faces (distillation)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    p.set_defaults(fn=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = train(config_from_args(args))
+    print(json.dumps(summary, indent=1, default=float))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.student_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
