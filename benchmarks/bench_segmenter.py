@@ -5,7 +5,7 @@ batch.  Each (threads, batch) case runs ``--rounds`` interleaved rounds of ``--c
 warm-up call (so a burst of load on a shared machine hits every case); reported: median and p95 ms per call
 and per face, and the 1/5/15-minute load averages before and after.  Target (issue): <= 3 ms per face.
 
-    python benchmarks/bench_segmenter.py --model bundles/segmenter_v1 --out out/bench_segmenter.json
+    python benchmarks/bench_segmenter.py --model default --out benchmarks/results/segmenter.json
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def crops(n: int = 8) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bundles/segmenter_v1", help="bundle folder (or a segmenter .onnx file)")
+    p.add_argument("--model", default="default", help="bundle (built-in name or folder) or a segmenter .onnx file")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=5)
@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     from sdk.segment import OnnxSegmenter
 
     path = Path(args.model)
-    if path.is_dir():
+    if path.suffix != ".onnx":
         from sdk.bundle import load_bundle
 
-        path = load_bundle(path).stages["segment"].files["model"].path
+        path = load_bundle(args.model).stages["segment"].files["model"].path
     load_before = os.getloadavg()
     segs = {t: OnnxSegmenter(path, threads=t).prepare() for t in args.threads}
     pool = crops(max(args.batches))

@@ -183,3 +183,30 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
         OnnxEmbedder(load_bundle("baseline").stages["detect"].files["pnet"].path, sp)
     with pytest.raises(ModelFileError, match="input"):  # right file, wrong crop geometry
         OnnxEmbedder(onnx_path, crop="arcface112")
+
+
+def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, recognizer):
+    """--fp16-weights: half the file, same I/O, within 5e-3 cosine distance of the fp32 export, loads in the SDK."""
+    import onnx
+    from onnx import TensorProto
+
+    from export.onnx_embedder import INPUT_NAME, OUTPUT_NAME, export
+    from sdk.bundle import load_bundle
+    from sdk.recognizer import Recognizer
+    from trainer.models.dlib_resnet import default_dat_path
+
+    r = export(default_dat_path(), tmp_path / "b16", verbose=False, fp16_weights=True, segment_from="default")
+    assert r["onnx_bytes"] < 0.55 * r["fp32_onnx_bytes"]
+    assert r["max_cos_dist"] < 5e-3 and r["vs_fp32_onnx_max_cos_dist"] < 5e-3 and r["max_abs_diff"] < 2e-2
+    path = tmp_path / "b16" / "student.onnx"
+    m = onnx.load(str(path))
+    big = [t for t in m.graph.initializer if len(t.dims) >= 2 and t.dims[0] >= 32]
+    assert big and all(t.data_type == TensorProto.FLOAT16 for t in big)
+    assert [i.name for i in m.graph.input] == [INPUT_NAME] and [o.name for o in m.graph.output] == [OUTPUT_NAME]
+
+    b = load_bundle(tmp_path / "b16")
+    assert b.stages["segment"].files["model"].path.resolve() == load_bundle("default").stages["segment"].files["model"].path.resolve()
+    rec = Recognizer(tmp_path / "b16")
+    got = rec.embed_largest(astronaut_bgr)
+    ref = recognizer.embed_largest(astronaut_bgr)  # the baseline: dlib's fp32 weights
+    assert got.shape == ref.shape == (128,) and 1.0 - float(got @ ref) < 5e-3
