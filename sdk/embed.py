@@ -104,6 +104,8 @@ class DlibResNetEmbedder:
         self._dlib = dlib
         # the chip geometry is part of the model: descriptors of dlib5 and mtcnn5 chips are not comparable
         self.model_id = f"dlib_resnet_v1:{file_digest(self.model_path)[:16]}:{config.chip_landmarks}"
+        #: what decides the crops (not the weights): alignment caches are shared between equal geometries
+        self.geometry_id = f"dlib150:{config.chip_landmarks}"
 
     def prepare(self) -> None:
         """Run one forward pass so the first real call is not slower."""

@@ -92,6 +92,8 @@ class OnnxEmbedder(DlibResNetEmbedder):
         self.providers = self._sess.get_providers()
         tail = f"{crop}:{self.config.chip_landmarks}" if crop == "dlib150" else crop
         self.model_id = f"onnx:{file_digest(self.model_path)[:16]}:{tail}"
+        #: what decides the crops (not the weights): alignment caches are shared between equal geometries
+        self.geometry_id = tail
         accel = [p for p in self.providers if p != CPU]
         if accel:
             self.model_id += ":ort-" + accel[0].removesuffix("ExecutionProvider").lower()

@@ -88,6 +88,7 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
                   1e3 * self.session_s, self.providers)
         # identical to DlibResNetEmbedder.model_id (sdk/embed.py) when the descriptors are interchangeable
         self.model_id = f"dlib_resnet_v1:{file_digest(self.model_path)[:16]}:{config.chip_landmarks}"
+        self.geometry_id = f"dlib150:{config.chip_landmarks}"
         accel = [p for p in self.providers if p != CPU]
         if accel:
             self.model_id += ":ort-" + accel[0].removesuffix("ExecutionProvider").lower()

@@ -91,8 +91,9 @@ def pick_central_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face | N
     return min(faces, key=lambda f: (0.5 * (f.box[0] + f.box[2]) - cx) ** 2 + (0.5 * (f.box[1] + f.box[3]) - cy) ** 2)
 
 
-def cache_key(paths: Sequence[str], embedder_id: str) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{embedder_id}|".encode())
+def cache_key(paths: Sequence[str], geometry_id: str) -> str:
+    """Key of an alignment cache: the image list and the crop geometry (``embedder.geometry_id``)."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{geometry_id}|".encode())
     for p in paths:
         h.update(p.encode() + b"\0")
     return h.hexdigest()[:16]
@@ -105,14 +106,16 @@ def align_images(paths: Sequence[str | Path], detector, embedder, cache_dir: Pat
     Args:
         paths: image files.
         detector: an object with ``detect(bgr) -> list[Face]`` (``sdk.detect.MTCNNDetector``).
-        embedder: an object with ``crop_transforms(frame, faces)`` and ``model_id`` (``sdk.embed``).
+        embedder: an object with ``crop_transforms(frame, faces)`` and ``geometry_id`` (or ``model_id``): embedders
+            that cut the same crops share the cache (the detector is the bundle's MTCNN in every bundle so far).
         cache_dir: folder for the ``aligned-<key>.npz`` cache; ``None`` disables caching.
     """
     paths = [str(p) for p in paths]
     cache = None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cache = cache_dir / f"aligned-{cache_key(paths, embedder.model_id)}.npz"
+        geometry = getattr(embedder, "geometry_id", embedder.model_id)
+        cache = cache_dir / f"aligned-{cache_key(paths, geometry)}.npz"
         if cache.is_file():
             out = AlignedSet.load(cache)
             log.info("aligned faces from cache %s: %s", cache, out.counts())
