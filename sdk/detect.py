@@ -35,6 +35,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .backends.ort import open_session
 from .errors import ModelFileError
 from .frame import as_bgr
 from .types import Face
@@ -107,21 +108,13 @@ def _load_session(path: str | Path, stage: str, threads: int, providers: Sequenc
     Output names are returned in the order (regression, [landmarks], probabilities), identified by the size
     of the last axis (4, 10, 2), so a re-export with other tensor names still loads.
     """
-    import onnxruntime as ort
 
     p = Path(path)
     if not p.exists():
         raise ModelFileError(p, f"not found (MTCNN {stage})")
     if not p.is_file():
         raise ModelFileError(p, f"not a file (MTCNN {stage})")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(p), sess_options=opts, providers=list(providers))
-    except Exception as e:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, NoSuchFile, ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(p, f"cannot be loaded as an ONNX model for MTCNN {stage} ({msg})") from e
+    sess = open_session(p, threads=threads, providers=providers, what=f"an ONNX model for MTCNN {stage}")
 
     ins, outs = sess.get_inputs(), sess.get_outputs()
     want_hw = {"pnet": None, "rnet": 24, "onet": 48}[stage]

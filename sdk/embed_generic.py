@@ -21,10 +21,10 @@ import numpy as np
 
 from sdk import align
 from sdk.embed import DlibConfig, DlibResNetEmbedder, _load_dlib, file_digest, l2_normalise
+from sdk.backends.ort import CPU, open_session
 from sdk.errors import ModelFileError
 from sdk.types import Face
 
-CPU = "CPUExecutionProvider"
 CROPS = ("dlib150", "arcface112")
 
 
@@ -49,7 +49,6 @@ class OnnxEmbedder(DlibResNetEmbedder):
     def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None, *,
                  crop: str = "dlib150", chip_landmarks: str = "dlib5", dim: int = 128, threads: int = 0,
                  providers: Sequence[str | tuple[str, dict]] | None = None, batch_size: int = 32):
-        import onnxruntime as ort
 
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
@@ -76,18 +75,7 @@ class OnnxEmbedder(DlibResNetEmbedder):
             self._sp = _load_dlib(Path(shape_predictor_path), dlib.shape_predictor)
             self._dlib = dlib
 
-        if not self.model_path.is_file():
-            raise ModelFileError(self.model_path, "not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(str(self.model_path), opts,
-                                              providers=list(providers) if providers else [CPU])
-        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/... types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFileError(self.model_path, f"not a loadable ONNX model ({first[:200]})") from None
+        self._sess = open_session(self.model_path, threads=threads, providers=providers, what="an ONNX embedder")
         self._check_io()
         self.providers = self._sess.get_providers()
         tail = f"{crop}:{self.config.chip_landmarks}" if crop == "dlib150" else crop

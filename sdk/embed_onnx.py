@@ -15,12 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from sdk.backends.ort import CPU, open_session
 from sdk.embed import DlibConfig, DlibResNetEmbedder, _load_dlib, file_digest, l2_normalise
 from sdk.models.dlib_onnx import INPUT_NAME, OUTPUT_NAME, build_dlib_onnx
 
 log = logging.getLogger(__name__)
-
-CPU = "CPUExecutionProvider"
 
 
 class DlibOnnxEmbedder(DlibResNetEmbedder):
@@ -51,7 +50,6 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
     def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None,
                  config: DlibConfig = DlibConfig(), *, threads: int = 0,
                  providers: Sequence[str | tuple[str, dict]] | None = None, batch_size: int = 32):
-        import onnxruntime as ort
 
         if config.jitters:
             raise ValueError(f"DlibOnnxEmbedder does not implement dlib's jitters (got {config.jitters}); "
@@ -77,11 +75,8 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
         t0 = time.perf_counter()
         model = build_dlib_onnx(self.model_path)  # ModelFileError naming the file on bad input
         t1 = time.perf_counter()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._sess = ort.InferenceSession(model, opts, providers=list(providers) if providers else [CPU])
+        self._sess = open_session(model, threads=threads, providers=providers, name=self.model_path,
+                                  what="dlib ResNet ONNX graph")
         self.build_s, self.session_s = t1 - t0, time.perf_counter() - t1
         self.providers = self._sess.get_providers()
         log.debug("dlib ONNX graph: %.0f ms to build, %.0f ms to load (%s)", 1e3 * self.build_s,

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from sdk.align import TEMPLATES, align
+from sdk.backends.ort import open_session
 from sdk.errors import ModelFileError
 
 INPUT_NAME = "crops"
@@ -44,7 +45,6 @@ class OnnxSegmenter:
 
     def __init__(self, model: str | Path, threshold: float = 0.5, crop: str = "arcface112", threads: int = 1,
                  providers: Sequence[str] | None = None, batch_size: int = 32):
-        import onnxruntime as ort
 
         self.path = Path(model)
         if not self.path.is_file():
@@ -54,15 +54,8 @@ class OnnxSegmenter:
         self.crop_spec = TEMPLATES[crop]
         self.threshold = float(threshold)
         self.batch_size = max(1, int(batch_size))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise ModelFileError(self.path, f"not a loadable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+        self.session = open_session(self.path, threads=threads, providers=providers,
+                                    what="an occlusion segmenter ONNX model")
         ins = self.session.get_inputs()
         outs = {o.name for o in self.session.get_outputs()}
         h, w = self.crop_spec.height, self.crop_spec.width
