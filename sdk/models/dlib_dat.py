@@ -42,7 +42,7 @@ import numpy as np
 
 from sdk.errors import ModelFileError
 
-__all__ = ["DlibLayer", "DlibNet", "parse_dat_bytes", "read_dat"]
+__all__ = ["DlibLayer", "DlibNet", "parse_dat_bytes", "read_dat", "read_dat_with_bytes"]
 
 _MAX_STR = 256  # no version string in dlib's dnn is longer; a larger length means foreign data
 _MAX_NESTING = 10_000
@@ -348,6 +348,11 @@ def read_dat(path: str | os.PathLike) -> DlibNet:
 
     Raises :class:`~sdk.errors.ModelFileError` (a ``ValueError``) naming the file when it is missing,
     unreadable, truncated, or not a network this reader understands."""
+    return read_dat_with_bytes(path)[0]
+
+
+def read_dat_with_bytes(path: str | os.PathLike) -> tuple[DlibNet, bytes]:
+    """Like :func:`read_dat`, also returning the file's bytes (for hashing)."""
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(p, "not found")
@@ -355,5 +360,5 @@ def read_dat(path: str | os.PathLike) -> DlibNet:
         data = p.read_bytes()
     except OSError as e:
         raise ModelFileError(p, f"cannot read dlib file: {e}") from e
-    return parse_dat_bytes(data, str(p))
+    return parse_dat_bytes(data, str(p)), data
 

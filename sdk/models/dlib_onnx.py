@@ -33,12 +33,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 
 from sdk.errors import ModelFileError
-from sdk.models.dlib_dat import DlibLayer, DlibNet, parse_dat_bytes
+from sdk.models.dlib_dat import DlibLayer, DlibNet, read_dat_with_bytes
 
 __all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "IR_VERSION"]
 
@@ -318,12 +317,5 @@ def build_dlib_onnx(dat_path: str | os.PathLike) -> bytes:
     Raises :class:`~sdk.errors.ModelFileError` naming the file when it is missing, truncated, or not this
     network.
     """
-    p = Path(dat_path)
-    if not p.is_file():
-        raise ModelFileError(p, "not found")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ModelFileError(p, f"cannot read: {e}") from e
-    net = parse_dat_bytes(data, str(p))
+    net, data = read_dat_with_bytes(dat_path)
     return dlib_net_to_onnx(net, hashlib.sha256(data).hexdigest())
