@@ -146,10 +146,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from sdk import _native
-    from sdk.bundle import load_bundle
+    from sdk.bundle import builtin_bundles, load_bundle
 
     b = load_bundle(args.model)
-    info = {"bundle": b.name, "mode": b.mode, "root": str(b.root), "match": b.match,
+    info = {"bundle": b.name, "mode": b.mode, "root": str(b.root), "builtin_bundles": builtin_bundles(), "match": b.match,
             "stages": {k: (None if v is None else {"kind": v.kind, "files": {r: str(f.path) for r, f in v.files.items()}})
                        for k, v in b.stages.items()},
             "cuda": _native.cuda_info()}

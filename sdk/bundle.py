@@ -93,8 +93,10 @@ class Bundle:
 
     @property
     def mode(self) -> str:
-        """``"baseline"`` without a completion stage, else ``"deocclusion"``."""
-        return "deocclusion" if self.stages.get("complete") else "baseline"
+        """``"deocclusion"`` with a completion stage, ``"occlusion-aware"`` with a segmenter only, else ``"baseline"``."""
+        if self.stages.get("complete"):
+            return "deocclusion"
+        return "occlusion-aware" if self.stages.get("segment") else "baseline"
 
     def check_files(self, verify_hash: bool = True) -> None:
         """Check every file of every stage (see :meth:`FileRef.check`)."""
@@ -116,6 +118,11 @@ def resolve_path(p: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def builtin_bundles() -> list[str]:
+    """Names of the bundles shipped inside the SDK (folders of ``sdk/models`` with a manifest)."""
+    return sorted(d.name for d in BUILTIN_DIR.iterdir() if (d / "manifest.json").is_file())
+
+
 def find_manifest(model: str | Path | None) -> Path:
     """Manifest path for ``model``: a built-in bundle name, a bundle folder, or a ``manifest.json``."""
     if model is None:
@@ -131,8 +138,7 @@ def find_manifest(model: str | Path | None) -> Path:
             "(export writes engines into a bundle with a manifest.json naming them)."
         )
     if not p.is_file():
-        builtins = sorted(d.name for d in BUILTIN_DIR.iterdir() if (d / "manifest.json").is_file())
-        raise BundleError(f"no model bundle at {model!s}: expected a bundle folder, a manifest.json, or one of {builtins}")
+        raise BundleError(f"no model bundle at {model!s}: expected a bundle folder, a manifest.json, or one of {builtin_bundles()}")
     return p
 
 

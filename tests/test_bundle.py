@@ -24,6 +24,7 @@ def copy_bundle(tmp_path, files_dir=True):
 def test_default_bundle_has_segmenter_and_same_embedder_as_baseline():
     d, b = load_bundle(), load_bundle("baseline")
     assert d.name == "default-v1" and d.stages["segment"].kind == "onnx_segmenter" and d.stages["complete"] is None
+    assert d.mode == "occlusion-aware"
     assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
 
 
