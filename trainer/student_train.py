@@ -22,14 +22,24 @@ the teacher's relations on the *clean* versions of the same faces (relational de
 
 Run: ``python -m trainer.student_train --data ../shared/data/celeba_subset --templates ../shared/data/mask_templates
 --epochs 2 --out out/student`` (``--resume`` continues from ``out/ckpt/last.*``).
+
+Several processes (DistributedDataParallel): ``python -m torch.distributed.run --nproc_per_node 2 -m
+trainer.student_train ...`` (``torchrun``).  When ``WORLD_SIZE > 1`` every rank builds the same epoch's PK batches
+(same seeds) and rank ``r`` trains on batches ``r::WORLD_SIZE``, so an epoch of ``N`` batches takes
+``N // WORLD_SIZE`` optimiser steps; gradients are averaged across ranks (DDP for the student, an all-reduce
+for the loss/head parameters), the logged losses are the mean over ranks, and only rank 0 writes caches, logs,
+checkpoints and plots.  Backend: ``gloo`` (``nccl`` only when a ``device`` field says cuda and CUDA exists).
+A resumed run must use the same number of processes when it restarts mid-epoch.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -488,8 +498,47 @@ def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
     return teacher, student, loss_mod, head, opt
 
 
+def dist_env() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from the torchrun environment (``(0, 0, 1)`` outside torchrun)."""
+    return (int(os.environ.get("RANK", "0") or 0), int(os.environ.get("LOCAL_RANK", "0") or 0),
+            int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def state_sha1(module) -> str:
+    """SHA-1 over a module's state dict (sorted keys, names, dtypes, shapes and bytes): equal weights, equal hash."""
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).numpy().tobytes())
+    return h.hexdigest()
+
+
 def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared | None = None) -> dict:
-    """Run (or resume) a training; returns a summary dict (also written to ``<out>/summary.json``)."""
+    """Run (or resume) a training; returns a summary dict (also written to ``<out>/summary.json``).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this joins (or creates) the default process group and trains with
+    DistributedDataParallel; a group created here is destroyed at the end."""
+    rank, local_rank, world = dist_env()
+    if world <= 1:
+        return _train(cfg, detector, embedder, prepared, 0, 1)
+    import torch
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        use_cuda = str(getattr(cfg, "device", "cpu")).startswith("cuda") and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        return _train(cfg, detector, embedder, prepared, dist.get_rank(), dist.get_world_size())
+    finally:
+        if own and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, rank: int, world: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -497,6 +546,11 @@ def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared |
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
     from trainer.losses.distill import identity_centres
 
+    ddp = world > 1
+    main = rank == 0
+    if ddp:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
     torch.set_num_threads(max(1, cfg.threads))
     cv2.setNumThreads(1)
     torch.manual_seed(cfg.seed)
@@ -508,16 +562,29 @@ def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared |
         saved = json.loads(last.with_suffix(".json").read_text())["config"]
         keep = {"epochs", "resume", "progress", "threads", "workers", "ckpt_every"}
         cfg = StudentConfig.from_json({**saved, **{k: getattr(cfg, k) for k in keep}})
+    run_cfg = cfg if main else dataclasses.replace(cfg, progress=False)  # progress bars on rank 0 only
 
     from trainer.models.dlib_resnet import DlibResNet
 
-    prep = prepared or prepare_data(cfg, DlibResNet.from_dat().eval(), detector, embedder)
+    if prepared is not None:
+        prep = prepared
+    else:
+        # rank 0 builds the alignment + teacher caches; the others wait, then read them
+        if ddp and not main:
+            dist.barrier()
+        prep = prepare_data(run_cfg, DlibResNet.from_dat().eval(), detector, embedder)
+        if ddp and main:
+            dist.barrier()
     n_train_ids = len(prep.train_ids)
     tr_lab = prep.labels[prep.train_idx]
     centres = None
     if cfg.instance == "soft":
         centres = identity_centres(torch.from_numpy(prep.teacher[prep.train_idx]), torch.from_numpy(tr_lab), n_train_ids)
     teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres)
+    # DDP averages the student's gradients; the loss/head parameters (if any) are all-reduced by hand
+    model = DistributedDataParallel(student) if ddp else student
+    extra_params = [q for q in list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
+                    if q.requires_grad]
 
     tdir = Path(cfg.templates) if cfg.templates else None
     synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, weights=dict(cfg.mask_weights)))
@@ -531,55 +598,80 @@ def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared |
     if cfg.resume and last.is_file():
         meta = load_checkpoint(last, student, loss_mod, head, opt)
         start_epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
+        if start_batch and int(meta.get("world_size", 1)) != world:
+            raise ValueError(f"{last} was saved mid-epoch by {meta.get('world_size', 1)} process(es); resume it "
+                             f"with as many (got {world})")
         log.info("resumed from %s: epoch %d batch %d step %d", last, start_epoch, start_batch, step)
-    elif not cfg.resume:
+    elif not cfg.resume and main:
         for f in ("steps.csv", "val.csv"):
             (out / f).unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
 
     validator = Validator(ds, prep.val_idx, prep.teacher, teacher, cfg.val_pairs, cfg.seed, cfg.progress) \
-        if len(prep.val_idx) else None
+        if len(prep.val_idx) and main else None
     if validator is not None:
         log.info("validation baseline (dlib teacher): %s", validator.baseline)
 
     steps_csv = out / "steps.csv"
-    new_csv = not steps_csv.is_file()
-    fcsv = steps_csv.open("a", newline="")
-    wcsv = csv.DictWriter(fcsv, CSV_FIELDS)
-    if new_csv:
-        wcsv.writeheader()
+    fcsv = wcsv = None
+    if main:
+        new_csv = not steps_csv.is_file()
+        fcsv = steps_csv.open("a", newline="")
+        wcsv = csv.DictWriter(fcsv, CSV_FIELDS)
+        if new_csv:
+            wcsv.writeheader()
     val_rows = []
     if start_epoch == 0 and start_batch == 0 and validator is not None:
         v = {"epoch": 0, "step": 0, **validator(student), **validator.baseline}
         val_rows.append(v)
         log.info("val before training: %s", v)
+    # an epoch is n_batches PK batches; with several processes rank r takes batches r::world, so an epoch is
+    # n_batches // world optimiser steps ("batch" in logs and checkpoints counts those steps)
     n_batches = cfg.steps_per_epoch or max(1, len(prep.train_idx) // cfg.batch_size)
+    if ddp:
+        n_batches = max(1, n_batches // world)
     epoch_times = []
 
     def meta_at(epoch, batch):
-        return {"config": cfg.to_json(), "epoch": epoch, "batch": batch, "step": step,
-                "identities": {"train": prep.train_ids, "val": prep.val_ids}}
+        m = {"config": cfg.to_json(), "epoch": epoch, "batch": batch, "step": step,
+             "identities": {"train": prep.train_ids, "val": prep.val_ids}}
+        if ddp:
+            m["world_size"] = world
+        return m
+
+    def save(path, epoch, batch):
+        if main:
+            save_checkpoint(path, student, loss_mod, head, opt, meta_at(epoch, batch))
 
     for epoch in range(start_epoch, cfg.epochs):
-        batches = pk_batches(tr_lab, cfg.p_identities, cfg.k_images, n_batches, cfg.seed, epoch)
-        batches = [[(int(prep.train_idx[j]), epoch) for j in b] for b in batches]
+        batches = pk_batches(tr_lab, cfg.p_identities, cfg.k_images, n_batches * world, cfg.seed, epoch)
+        batches = [[(int(prep.train_idx[j]), epoch) for j in b] for b in batches[rank::world]]
         first = start_batch if epoch == start_epoch else 0
         loader = DataLoader(ds, batch_sampler=batches[first:], collate_fn=_collate, num_workers=cfg.workers,
                             worker_init_fn=_worker_init if cfg.workers else None)
         student.train()
         loss_mod.train()
         t_ep = time.perf_counter()
-        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not run_cfg.progress)
         for bi, (masked, _clean, labels, index) in enumerate(loader, start=first):
             t0 = time.perf_counter()
-            s = student(to_input(masked))
+            s = model(to_input(masked))
             t = teacher_t.index_select(0, index)
             logits = head(s, labels) if head is not None else None
             total, parts = loss_mod(s, t, logits=logits, labels=labels)
             opt.zero_grad(set_to_none=True)
             total.backward()
+            if ddp:
+                _allreduce_mean_grads(extra_params, world)
             opt.step()
+            if ddp:
+                _allreduce_mean_buffers(loss_mod, world)
+                parts = _allreduce_mean_parts(parts, world)
             step += 1
+            if not main:
+                continue
             row = {"step": step, "epoch": epoch + 1, "batch": bi + 1, "lr": opt.param_groups[0]["lr"],
                    **{k: f"{float(v):.6g}" for k, v in parts.items()}, "seconds": f"{time.perf_counter() - t0:.3f}"}
             wcsv.writerow(row)
@@ -588,15 +680,25 @@ def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared |
             bar.set_postfix(loss=f"{float(parts['total']):.4f}", i=f"{float(parts['instance']):.3f}",
                             p=f"{float(parts['pair']):.4f}", t=f"{float(parts['triplet']):.4f}")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and bi + 1 < n_batches:
-                save_checkpoint(last, student, loss_mod, head, opt, meta_at(epoch, bi + 1))
+                save(last, epoch, bi + 1)
         bar.close()
         epoch_times.append(time.perf_counter() - t_ep)
-        save_checkpoint(last, student, loss_mod, head, opt, meta_at(epoch + 1, 0))
-        save_checkpoint(ckdir / f"epoch{epoch + 1}.safetensors", student, loss_mod, head, opt, meta_at(epoch + 1, 0))
+        save(last, epoch + 1, 0)
+        save(ckdir / f"epoch{epoch + 1}.safetensors", epoch + 1, 0)
         if validator is not None:
             v = {"epoch": epoch + 1, "step": step, **validator(student), **validator.baseline}
             val_rows.append(v)
             log.info("val after epoch %d (%.0f s): %s", epoch + 1, epoch_times[-1], v)
+    hashes = None
+    if ddp:  # every rank's final weights (student + loss buffers): they must agree
+        mine = state_sha1(student) + ":" + state_sha1(loss_mod)
+        hashes = [None] * world
+        dist.all_gather_object(hashes, mine)
+        if len(set(hashes)) != 1:
+            log.warning("rank %d: ranks ended with different weights: %s", rank, hashes)
+    if not main:
+        dist.barrier()  # wait for rank 0's outputs
+        return {"steps": step, "rank": rank, "world_size": world, "weights_sha1": hashes}
     fcsv.close()
     if val_rows:
         vcsv = out / "val.csv"
@@ -612,8 +714,46 @@ def train(cfg: StudentConfig, detector=None, embedder=None, prepared: Prepared |
                "train_images": int(len(prep.train_idx)), "val_images": int(len(prep.val_idx)),
                "train_identities": n_train_ids, "val_identities": len(prep.val_ids),
                "student": str(out / "student.safetensors")}
+    if ddp:
+        summary.update({"world_size": world, "weights_sha1": hashes})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    if ddp:
+        dist.barrier()
     return summary
+
+
+def _allreduce_mean_grads(params, world: int) -> None:
+    """Average the gradients of ``params`` (those DDP does not own) over the ranks; a missing grad counts as 0."""
+    import torch
+    import torch.distributed as dist
+
+    for q in params:
+        if q.grad is None:
+            q.grad = torch.zeros_like(q)
+        dist.all_reduce(q.grad)
+        q.grad.div_(world)
+
+
+def _allreduce_mean_buffers(module, world: int) -> None:
+    """Average the floating-point buffers of ``module`` (EMA centres) over the ranks so they stay identical."""
+    import torch.distributed as dist
+
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b.div_(world)
+
+
+def _allreduce_mean_parts(parts: dict, world: int) -> dict:
+    """Logged loss parts averaged over the ranks (same keys, 0-d tensors)."""
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(parts)
+    v = torch.stack([torch.as_tensor(float(parts[k]), dtype=torch.float64) for k in keys])
+    dist.all_reduce(v)
+    v /= world
+    return {k: v[i] for i, k in enumerate(keys)}
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -628,7 +768,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--p-identities", type=int, default=d.p_identities, help="identities per batch (P)")
     p.add_argument("--k-images", type=int, default=d.k_images, help="images per identity in a batch (K)")
-    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="0: train images // batch")
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+                   help="PK batches per epoch (0: train images // batch); split across torchrun processes")
     p.add_argument("--max-per-identity", type=int, default=d.max_per_identity, help="cap images per identity (0 = all)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
