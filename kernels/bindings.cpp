@@ -16,6 +16,7 @@
 #include <string>
 
 #include "align/warp.h"
+#include "contextual_attention/contextual_attention.h"
 #include "search/topk.h"
 #if defined(LOOKTHROUGH_WITH_CUDA)
 #include "cuda/cuda_api.h"
@@ -266,6 +267,64 @@ py::tuple topk_cosine(const py::handle& gallery_obj, const py::handle& queries_o
     return py::make_tuple(idx, scores);
 }
 
+// float32 (B, C, H, W) -> C-contiguous float32 (copies only if strided).
+F32 as_float32_4d(const py::handle& obj, const std::string& what) {
+    py::array a = as_array(obj, what);
+    if (!a.dtype().is(py::dtype::of<float>()))
+        throw py::type_error(what + " must have dtype float32, got " + dtype_str(a) +
+                             " (convert with .astype(np.float32))");
+    if (a.ndim() != 4)
+        throw py::value_error(what + " must be 4-D (B, C, H, W), got shape " + shape_str(a));
+    auto out = F32::ensure(a);
+    if (!out) throw py::error_already_set();
+    return out;
+}
+
+py::tuple contextual_attention(const py::handle& f_obj, const py::handle& b_obj,
+                               const py::handle& mask_obj, int ksize, int stride, int rate,
+                               int fuse_k, double softmax_scale, bool fuse) {
+    auto f = as_float32_4d(f_obj, "f");
+    auto b = as_float32_4d(b_obj, "b");
+    if (f.shape(0) != b.shape(0) || f.shape(1) != b.shape(1))
+        throw py::value_error("f and b must have equal B and C; got " + shape_str(f) + " and " +
+                              shape_str(b));
+    const int64_t B = f.shape(0), C = f.shape(1), Hf = f.shape(2), Wf = f.shape(3);
+    const int64_t Hb = b.shape(2), Wb = b.shape(3);
+    F32 mask;
+    int64_t mask_batch = 0;
+    if (!mask_obj.is_none()) {
+        mask = as_float32_4d(mask_obj, "mask");
+        if (mask.shape(1) != 1 || mask.shape(2) != Hb || mask.shape(3) != Wb ||
+            (mask.shape(0) != 1 && mask.shape(0) != B))
+            throw py::value_error("mask must be (B or 1, 1, Hb, Wb) = (.., 1, " +
+                                  std::to_string(Hb) + ", " + std::to_string(Wb) + "); got " +
+                                  shape_str(mask));
+        mask_batch = mask.shape(0);
+    }
+    lt::ContextualAttentionParams prm;
+    prm.ksize = ksize, prm.stride = stride, prm.rate = rate, prm.fuse_k = fuse_k;
+    prm.softmax_scale = softmax_scale, prm.fuse = fuse;
+    lt::ContextualAttentionShape sh;
+    try {
+        sh = lt::contextual_attention_shape(C, Hf, Wf, Hb, Wb, prm);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    using S = py::ssize_t;
+    py::array_t<float> y({S(B), S(C), S(Hf), S(Wf)});
+    py::array_t<float> att({S(B), S(sh.gh * sh.gw), S(sh.hf), S(sh.wf)});
+    const float* pf = f.data();
+    const float* pb = b.data();
+    const float* pm = mask_batch ? mask.data() : nullptr;
+    float* py_ = y.mutable_data();
+    float* pa = att.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        lt::contextual_attention(pf, pb, pm, mask_batch, B, C, Hf, Wf, Hb, Wb, prm, py_, pa);
+    }
+    return py::make_tuple(y, att);
+}
+
 py::dict build_info() {
     py::dict d;
 #if defined(LOOKTHROUGH_WITH_CUDA)
@@ -305,6 +364,15 @@ PYBIND11_MODULE(_core, m) {
           "(indices int64 (Q,k'), scores float32 (Q,k')), k' = min(k, N)\n\n"
           "Rows are assumed L2-normalised (score = dot product). Sorted by score descending, "
           "ties by lower index.");
+    m.def("contextual_attention", &contextual_attention, py::arg("f"), py::arg("b"),
+          py::arg("mask") = py::none(), py::arg("ksize") = 3, py::arg("stride") = 1,
+          py::arg("rate") = 2, py::arg("fuse_k") = 3, py::arg("softmax_scale") = 10.0,
+          py::arg("fuse") = true,
+          "contextual_attention(f: float32 (B,C,Hf,Wf), b: float32 (B,C,Hb,Wb), mask: float32 "
+          "(B or 1,1,Hb,Wb) | None, ksize=3, stride=1, rate=2, fuse_k=3, softmax_scale=10.0, "
+          "fuse=True) -> (y float32 (B,C,Hf,Wf), attention float32 (B,L,Hf/rate,Wf/rate))\n\n"
+          "Fused CPU contextual attention (DeepFill v1), spec kernels/contextual_attention/"
+          "README.md; mask nonzero = hole.");
     m.def("cuda_info", &cuda_info,
           "cuda_info() -> {'compiled': bool, 'device_count': int, 'error': str | None}");
     m.def("build_info", &build_info,

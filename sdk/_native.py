@@ -31,7 +31,7 @@ core = _core
 __version__: str = _core.__version__
 
 __all__ = ["core", "estimate_similarity", "warp_affine", "warp_affine_cuda", "topk_cosine",
-           "cuda_info", "build_info"]
+           "contextual_attention", "cuda_info", "build_info"]
 
 
 def _points(a: Any) -> np.ndarray:
@@ -117,6 +117,33 @@ def _widen_half(a: Any) -> Any:
     if isinstance(a, np.ndarray) and a.dtype == np.float16:
         return a.astype(np.float32)
     return a
+
+
+def contextual_attention(f: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *,
+                         ksize: int = 3, stride: int = 1, rate: int = 2, fuse_k: int = 3,
+                         softmax_scale: float = 10.0, fuse: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Contextual attention (DeepFill v1) on the CPU, spec ``kernels/contextual_attention/README.md``.
+
+    Args:
+        f: float32 (B, C, Hf, Wf) foreground; ``b``: float32 (B, C, Hb, Wb) background. Other
+            dtypes raise ``TypeError``. Spatial sizes must be multiples of ``rate``.
+        mask: (B or 1, 1, Hb, Wb) hole mask of ``b`` (nonzero = hole) or None; a non-float32
+            mask is converted with ``mask != 0``.
+        ksize, stride, rate, fuse_k (odd), softmax_scale, fuse: as in the reference.
+
+    Returns:
+        ``(y, attention)``: float32 (B, C, Hf, Wf) and float32 (B, L, Hf/rate, Wf/rate).
+    """
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != np.float32:
+            if m.dtype.kind not in "biuf":
+                raise TypeError(f"mask must hold real numbers or bools, got dtype {m.dtype}")
+            mask = (m != 0).astype(np.float32)
+    return _core.contextual_attention(f, b, mask, operator.index(ksize), operator.index(stride),
+                                      operator.index(rate), operator.index(fuse_k),
+                                      float(softmax_scale), bool(fuse))
 
 
 def cuda_info() -> dict:
