@@ -1,0 +1,490 @@
+"""``python trainer/main.py inpainter`` (or ``python -m trainer.inpainter_train``): train the face inpainter.
+
+Model: :mod:`trainer.models.inpainter` -- DeepFill v1-style coarse-to-fine generator with contextual attention
+(Yu et al. 2018), a global and a local (mask bounding box) WGAN-GP critic; optional ID-GAN identity-diversity
+loss (Ge et al., TCSVT, eq. 6) through the differentiable dlib teacher port (:mod:`trainer.losses.inpaint`).
+
+Data: the CelebA subset aligned once to 112x112 ArcFace crops (cached, as in ``segmenter``), split by
+identity (train / held-out val). Each sample: a face (flipped / brightness-jittered), an occluder painted by
+:class:`trainer.data.synthesis.MaskSynthesizer` (category weights: the synthesizer's defaults unless
+``--category-weights`` is given as JSON); the occluder's mask M is the hole. The generator sees the clean
+face with M zeroed (= the occluded face with M zeroed); the target is the clean face. Sample ``i`` is
+deterministic in ``(seed, i)``, so a resumed run sees the same stream.
+
+Losses (generator): ``l1_weight * (discounted_l1(coarse) + discounted_l1(fine))`` (DeepFill spatial discount,
+gamma 0.99) + ``ae_weight * (known-pixel L1 of coarse and fine)`` + ``adv_weight * (-D_g(X) - D_l(X))`` +
+``id_weight * L_R`` (``--id-loss``; identity centres f_id = mean teacher descriptor of each training
+identity's clean faces). Critics: WGAN losses + ``gp_weight`` x gradient penalty, ``n_critic`` critic
+updates per generator update. Adam (lr 1e-4, betas (0.5, 0.9)) for both.
+
+Outputs in ``--out``: ``generator.safetensors`` + ``critics.safetensors`` + ``config.json``, optimiser states
+(``optim_g.safetensors``, ``optim_d.safetensors``) for ``--resume``, ``log.csv``, ``grids/step_*.png``
+(rows: masked | M | completed | truth), ``eval.json``: PSNR / SSIM of the completed region (M) on held-out
+identities, overall and per category, with OpenCV Telea inpainting as a reference.
+
+Example::
+
+    python trainer/main.py inpainter --data ../shared/data/celeba_subset --out out/inpainter/v1 \
+        --steps 2000 --max-minutes 15 --no-id-loss
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("trainer.inpainter")
+
+
+@dataclass
+class InpaintTrainConfig:
+    """Training options (every field is a ``--flag`` of the ``inpainter`` command)."""
+
+    data: str = "../shared/data/celeba_subset"  #: folder with one sub-folder per identity
+    templates: str | None = None  #: mask_templates folder (real masks); None = procedural occluders only
+    out: str = "out/inpainter/run"  #: output folder (checkpoints, logs, grids, eval.json)
+    model: str | None = None  #: bundle whose detector / embedder align the faces (default: built-in baseline)
+    cache: str = "out/cache"  #: alignment cache folder
+    teacher: str | None = None  #: dlib .dat for the identity loss (default: the packaged one)
+    images_per_identity: int = 10  #: use at most this many images of each identity (0 = all)
+    min_face_size: int = 60  #: detector minimum face size (px) for the alignment pass
+    val_fraction: float = 0.15  #: fraction of identities held out
+    seed: int = 0
+    width: int = 12  #: generator base width (12: ~1.35 GFLOPs per 112x112 face)
+    disc_width: int = 32  #: critic base width
+    batch_size: int = 8
+    steps: int = 2000  #: generator updates
+    max_minutes: float = 0.0  #: stop (checkpoint + eval) after this many minutes of training; 0 = no limit
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    n_critic: int = 1  #: critic updates per generator update
+    l1_weight: float = 1.2  #: spatially discounted L1 on the hole (coarse + fine)
+    ae_weight: float = 1.2  #: L1 on known pixels (coarse + fine)
+    adv_weight: float = 0.001  #: WGAN generator loss (global + local)
+    gp_weight: float = 10.0  #: WGAN-GP penalty
+    gamma: float = 0.99  #: spatial discount base
+    id_loss: bool = False  #: add the ID-GAN identity-diversity loss (dlib teacher)
+    id_weight: float = 0.005  #: weight of L_R (eq. 6); with dlib, |R^l(X) - R^l(Y)| ~ 200 at init -> L_R ~ 100
+    alpha_l: float = 0.5
+    alpha_h: float = 0.05
+    beta: float = 0.5
+    category_weights: str | None = None  #: JSON dict category -> weight (default: the synthesizer's)
+    threads: int = 0  #: torch intra-op threads (0 = torch default)
+    log_every: int = 10
+    grid_every: int = 100
+    ckpt_every: int = 100
+    val_images: int = 40  #: held-out faces in the final evaluation (0 = all); each gets every category
+    resume: bool = False  #: continue from ``out`` if it holds a checkpoint
+    progress: bool = True  #: tqdm progress bars
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _augment(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from trainer.segmenter_train import _FLIP_ORDER
+
+    if rng.random() < 0.5:
+        img = np.ascontiguousarray(img[:, ::-1])
+        lm = lm.copy()
+        lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
+        lm = lm[_FLIP_ORDER]
+    gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-15, 15)
+    return np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8), lm
+
+
+class InpaintStream:
+    """Map-style dataset; item ``i`` (deterministic in ``(seed, i)``) = ``(clean uint8 HWC, M float32 HW,
+    identity label int64)``."""
+
+    def __init__(self, faces, labels: np.ndarray, synth, length: int, seed: int):
+        self.faces, self.labels, self.synth, self.length, self.seed = faces, labels, synth, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, int(i)])
+        j = int(rng.integers(len(self.faces.crops)))
+        img, lm = _augment(self.faces.crops[j], self.faces.landmarks[j], rng)
+        s = self.synth(img, lm, rng)
+        return s.clean, s.mask.astype(np.float32), np.int64(self.labels[j])
+
+
+def build_val(faces, synth, seed: int, limit: int = 0) -> dict[str, np.ndarray]:
+    """Fixed held-out set: every face x every category, no augmentation."""
+    from trainer.data.synthesis import CATEGORIES
+
+    n = len(faces.crops) if not limit else min(limit, len(faces.crops))
+    xs, ms, cs = [], [], []
+    for j in range(n):
+        for ci, c in enumerate(CATEGORIES):
+            rng = np.random.default_rng([seed, 7919, j, ci])
+            s = synth(faces.crops[j], faces.landmarks[j], rng, category=c)
+            xs.append(s.clean)
+            ms.append(s.mask)
+            cs.append(c)
+    return {"x": np.stack(xs), "m": np.stack(ms).astype(np.float32), "cat": np.array(cs)}
+
+
+def to_tensor(x_u8, m=None):
+    """uint8 NHWC -> float NCHW in [-1, 1] (and M (N, H, W) -> (N, 1, H, W))."""
+    import torch
+
+    x = torch.as_tensor(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if m is None:
+        return x
+    return x, torch.as_tensor(np.ascontiguousarray(m)).float().unsqueeze(1)
+
+
+def to_u8(x) -> np.ndarray:
+    """float NCHW [-1, 1] -> uint8 NHWC."""
+    return ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8) \
+        .permute(0, 2, 3, 1).cpu().numpy()
+
+
+def complete(gen, x_u8: np.ndarray, m: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Completed uint8 crops for uint8 truth crops ``x_u8`` with holes ``m`` (N, H, W)."""
+    import torch
+
+    was = gen.training
+    gen.eval()
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(x_u8), batch):
+            x, mm = to_tensor(x_u8[s:s + batch], m[s:s + batch])
+            outs.append(to_u8(gen(x, mm)))
+    gen.train(was)
+    return np.concatenate(outs)
+
+
+def evaluate(gen, val: dict[str, np.ndarray]) -> dict:
+    """PSNR / SSIM of the completed region (M) vs the truth, overall and per category; + OpenCV Telea."""
+    from trainer.eval.metrics import psnr_batch, ssim_batch
+
+    pred = complete(gen, val["x"], val["m"])
+    masks = [mm > 0.5 for mm in val["m"]]
+    keep = np.array([mm.any() for mm in masks])
+    telea = np.stack([cv2.inpaint(np.ascontiguousarray(x * (1 - mm[..., None].astype(np.uint8))),
+                                  mm.astype(np.uint8), 3, cv2.INPAINT_TELEA) for x, mm in zip(val["x"], masks)])
+    res: dict = {"per_category": {}}
+    ps = np.full(len(pred), np.nan)
+    ss = np.full(len(pred), np.nan)
+    pt = np.full(len(pred), np.nan)
+    st = np.full(len(pred), np.nan)
+    idx = np.nonzero(keep)[0]
+    ps[idx] = psnr_batch([pred[i] for i in idx], [val["x"][i] for i in idx], [masks[i] for i in idx])
+    ss[idx] = ssim_batch([pred[i] for i in idx], [val["x"][i] for i in idx], [masks[i] for i in idx])
+    pt[idx] = psnr_batch([telea[i] for i in idx], [val["x"][i] for i in idx], [masks[i] for i in idx])
+    st[idx] = ssim_batch([telea[i] for i in idx], [val["x"][i] for i in idx], [masks[i] for i in idx])
+    ps, pt = np.minimum(ps, 100.0), np.minimum(pt, 100.0)
+    for c in dict.fromkeys(val["cat"].tolist()):
+        sel = (val["cat"] == c) & keep
+        res["per_category"][c] = {"n": int(sel.sum()), "psnr": float(np.mean(ps[sel])), "ssim": float(np.mean(ss[sel])),
+                                  "telea_psnr": float(np.mean(pt[sel])), "telea_ssim": float(np.mean(st[sel]))}
+    res.update({"psnr_hole": float(np.nanmean(ps)), "ssim_hole": float(np.nanmean(ss)),
+                "telea_psnr_hole": float(np.nanmean(pt)), "telea_ssim_hole": float(np.nanmean(st)),
+                "n": int(keep.sum())})
+    return res
+
+
+def save_grid(gen, val: dict[str, np.ndarray], path: Path, rows: int = 8) -> None:
+    """PNG grid, one row per sample: masked (hole grey) | M | completed | truth."""
+    n = len(val["x"])
+    idx = np.linspace(0, n - 1, min(rows, n)).astype(int)
+    pred = complete(gen, val["x"][idx], val["m"][idx])
+    lines = []
+    for k, i in enumerate(idx):
+        m3 = val["m"][i][..., None] > 0.5
+        masked = np.where(m3, 128, val["x"][i]).astype(np.uint8)
+        mv = cv2.cvtColor((val["m"][i] * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+        lines.append(np.concatenate([masked, mv, pred[k], val["x"][i]], 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(lines, 0))
+
+
+# ------------------------------------------------------------------------------------------------ training
+class Trainer:
+    """The networks, optimisers and one WGAN-GP training step (usable without data files, e.g. in tests)."""
+
+    def __init__(self, cfg: InpaintTrainConfig, id_loss=None):
+        import torch
+
+        from trainer.models.inpainter import GlobalDiscriminator, Generator, InpainterConfig, LocalDiscriminator
+
+        self.cfg = cfg
+        mc = InpainterConfig(width=cfg.width, disc_width=cfg.disc_width)
+        self.G = Generator(mc)
+        self.Dg = GlobalDiscriminator(mc)
+        self.Dl = LocalDiscriminator(mc)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(list(self.Dg.parameters()) + list(self.Dl.parameters()), lr=cfg.lr, betas=betas)
+        self.id_loss = id_loss
+
+    def critics(self) -> dict:
+        return {"global": self.Dg, "local": self.Dl}
+
+    def step(self, x, m, labels=None) -> dict:
+        """One update of the critics (``n_critic`` times) and of the generator; returns the loss parts."""
+        import torch
+
+        from trainer.losses.inpaint import (d_wgan_loss, discounted_l1, g_wgan_loss, gradient_penalty, known_l1,
+                                            spatial_discount)
+        from trainer.models.inpainter import mask_boxes
+
+        cfg = self.cfg
+        boxes = mask_boxes(m, self.Dl.config.min_box)
+        w = spatial_discount(m, cfg.gamma)
+        real_l = self.Dl.crop(x, boxes)
+        parts: dict = {}
+        for k in range(max(1, cfg.n_critic)):
+            with torch.no_grad():
+                fake = self.G(x, m)
+            fake_l = self.Dl.crop(fake, boxes)
+            d = (d_wgan_loss(self.Dg(x), self.Dg(fake)) + d_wgan_loss(self.Dl(real_l), self.Dl(fake_l)))
+            gp = gradient_penalty(self.Dg, x, fake) + gradient_penalty(self.Dl, real_l, fake_l)
+            loss_d = d + cfg.gp_weight * gp
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            parts.update(d_loss=d.item(), gp=gp.item())
+        y1, y2, out = self.G(x, m, return_stages=True)
+        l1 = discounted_l1(y1, x, m, w) + discounted_l1(y2, x, m, w)
+        ae = known_l1(y1, x, m) + known_l1(y2, x, m)
+        adv = g_wgan_loss(self.Dg(out)) + g_wgan_loss(self.Dl(out, boxes))
+        loss = cfg.l1_weight * l1 + cfg.ae_weight * ae + cfg.adv_weight * adv
+        if self.id_loss is not None and labels is not None:
+            lid, p = self.id_loss(out, x, labels)
+            loss = loss + cfg.id_weight * lid
+            parts.update(id=lid.item(), **p)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        parts.update(g_loss=loss.item(), l1=l1.item(), ae=ae.item(), adv=adv.item())
+        return parts
+
+    def save(self, out: Path, extra: dict) -> None:
+        from trainer.models.inpainter import save_checkpoint
+        from trainer.segmenter_train import _save_optim
+
+        save_checkpoint(out, self.G, extra, self.critics())
+        _save_optim(self.opt_g, out / "optim_g.safetensors")
+        _save_optim(self.opt_d, out / "optim_d.safetensors")
+
+    def load(self, out: Path) -> dict:
+        from trainer.models.inpainter import load_checkpoint
+        from trainer.segmenter_train import _load_optim
+
+        g, ck = load_checkpoint(out, self.critics())
+        self.G.load_state_dict(g.state_dict())
+        self.G.train()
+        for name, opt in (("optim_g", self.opt_g), ("optim_d", self.opt_d)):
+            if (out / f"{name}.safetensors").is_file():
+                _load_optim(opt, out / f"{name}.safetensors")
+        return ck
+
+
+def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: int):
+    """IdentityDiversityLoss with the dlib teacher and centres from the training identities' clean faces."""
+    from trainer.losses.inpaint import DlibIdentityFeatures, IdentityDiversityLoss, identity_centres
+    from trainer.models.dlib_resnet import DlibResNet
+
+    import torch
+
+    rec = DlibIdentityFeatures(DlibResNet.from_dat(cfg.teacher))
+    t0 = time.perf_counter()
+    centres = identity_centres(rec, to_tensor(train_f.crops), torch.as_tensor(labels), n_ids)
+    log.info("identity centres: %d ids from %d clean faces in %.0f s", n_ids, len(labels), time.perf_counter() - t0)
+    return IdentityDiversityLoss(rec, centres, cfg.alpha_l, cfg.alpha_h, cfg.beta)
+
+
+def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
+    """Train (or resume) per ``cfg``; returns the final ``eval.json`` dict (plus training stats)."""
+    import torch
+    from tqdm import tqdm
+
+    from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
+    from trainer.models.inpainter import count_flops, count_params
+    from trainer.segmenter_train import load_faces, split_by_identity
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if synth is None:
+        kw = {"templates_dir": Path(cfg.templates) if cfg.templates else None}
+        if cfg.category_weights:
+            kw["weights"] = json.loads(cfg.category_weights)
+        synth = MaskSynthesizer(SynthesisConfig(**kw))
+    if faces is None:
+        faces = load_faces(cfg)
+    train_f, val_f = split_by_identity(faces, cfg.val_fraction, cfg.seed)
+    ids = sorted(set(train_f.identities))
+    id_index = {d: k for k, d in enumerate(ids)}
+    labels = np.array([id_index[d] for d in train_f.identities], np.int64)
+    log.info("identity-disjoint split: %d train faces (%d ids) / %d val faces (%d ids)", len(train_f.crops),
+             len(ids), len(val_f.crops), len(set(val_f.identities)))
+    val_small = build_val(val_f, synth, cfg.seed, limit=2)
+
+    id_loss = build_id_loss(cfg, train_f, labels, len(ids)) if cfg.id_loss else None
+    tr = Trainer(cfg, id_loss)
+    start = 0
+    if cfg.resume and (out / "generator.safetensors").is_file():
+        start = int(tr.load(out).get("step", 0))
+        log.info("resumed from %s at step %d", out, start)
+    params = {"generator": count_params(tr.G), "global_critic": count_params(tr.Dg), "local_critic": count_params(tr.Dl)}
+    flops = count_flops(tr.G)
+    log.info("generator: %d params, %.3f GFLOPs per 112x112 face", params["generator"], flops / 1e9)
+
+    ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed)
+    sampler = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
+    csv_path = out / "log.csv"
+    new_csv = not csv_path.is_file() or start == 0
+    fcsv = open(csv_path, "w" if new_csv else "a", newline="")
+    cols = ["g_loss", "l1", "ae", "adv", "d_loss", "gp", "id", "id_low", "id_high", "id_div"]
+    wr = csv.writer(fcsv)
+    if new_csv:
+        wr.writerow(["step", *cols, "seconds", "val_psnr_hole"])
+
+    def extra(step: int, **kw) -> dict:
+        return {"step": step, "train": asdict(cfg), "params": params, "gflops": flops / 1e9, **kw}
+
+    t0 = time.perf_counter()
+    step = start
+    stopped_early = False
+    bar = tqdm(total=cfg.steps, initial=start, desc="inpainter", unit="step", disable=not cfg.progress)
+    for clean, m, lab in dl:
+        x, mm = to_tensor(clean.numpy(), m.numpy())
+        parts = tr.step(x, mm, lab)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{parts['l1']:.3f}", d=f"{parts['d_loss']:.2f}")
+        last = step >= cfg.steps or (cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60)
+        vcol = ""
+        if step % cfg.ckpt_every == 0 or last:
+            vcol = f"{evaluate(tr.G, val_small)['psnr_hole']:.3f}"
+            tr.save(out, extra(step))
+        if step % cfg.log_every == 0 or last or vcol:
+            wr.writerow([step, *[f"{parts[c]:.5f}" if c in parts else "" for c in cols],
+                         f"{time.perf_counter() - t0:.1f}", vcol])
+            fcsv.flush()
+        if step % cfg.grid_every == 0 or last:
+            save_grid(tr.G, val_small, out / "grids" / f"step_{step:06d}.png")
+        if last:
+            stopped_early = step < cfg.steps
+            break
+    bar.close()
+    fcsv.close()
+    train_seconds = time.perf_counter() - t0
+    if step == start:
+        tr.save(out, extra(step))
+    log.info("training: %d steps in %.0f s; evaluating on held-out identities", step - start, train_seconds)
+    val = build_val(val_f, synth, cfg.seed, limit=cfg.val_images)
+    result = evaluate(tr.G, val)
+    result.update({"steps": step, "train_seconds_this_run": round(train_seconds, 1), "stopped_early": stopped_early,
+                   "id_loss": cfg.id_loss, "params": params, "gflops": flops / 1e9,
+                   "val_faces": int(len(val["x"]) // 7), "val_identities": len(set(val_f.identities)),
+                   "train_faces": len(train_f.crops), "train_identities": len(ids),
+                   "samples_seen": step * cfg.batch_size})
+    tr.save(out, extra(step, eval=result))
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_help() -> dict[str, str]:
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(InpaintTrainConfig).splitlines():
+        m = re.match(r"\s+(\w+):.*#:\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="JSON (or YAML) file of InpaintTrainConfig values")
+    defaults = InpaintTrainConfig()
+    helps = _field_help()
+    for f in fields(InpaintTrainConfig):
+        d = getattr(defaults, f.name)
+        h = (helps.get(f.name, "") + f" (default {d})").strip().replace("%", "%%")
+        if isinstance(d, bool):
+            p.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=h)
+        else:
+            typ = {int: int, float: float}.get(type(d), str)
+            p.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=h)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``inpainter`` sub-command (every :class:`InpaintTrainConfig` field is a flag)."""
+    p = subparsers.add_parser("inpainter", help="train the GAN face inpainter (contextual attention, ID-GAN loss)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    p.set_defaults(fn=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
+    """Defaults < ``--config`` file < explicit flags."""
+    values: dict = {}
+    if getattr(args, "config", None):
+        text = Path(args.config).read_text()
+        if str(args.config).endswith((".yaml", ".yml")):
+            import yaml  # optional dependency
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        unknown = set(values) - {f.name for f in fields(InpaintTrainConfig)}
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown keys {sorted(unknown)}")
+    for f in fields(InpaintTrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return dataclasses.replace(InpaintTrainConfig(), **values)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if not Path(cfg.data).is_dir():
+        raise SystemExit(f"data folder not found: {cfg.data}")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    result = train(cfg)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.inpainter_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
