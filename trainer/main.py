@@ -6,9 +6,10 @@ Commands so far:
                manifest (identities per part, seed, image counts, and the alignment failures counted).
     segmenter  train the occlusion segmenter on synthesized masks (see trainer/segmenter_train.py).
     student    distil the dlib teacher into a student that sees masked faces (trainer/student_train.py).
+    inpainter  train the contextual-attention inpainter, optionally with the ID-GAN identity loss
+               (trainer/inpainter_train.py).
 
-Evaluation has its own entry point: ``python -m trainer.evaluate --help``. The inpainter command
-lands with its issue.
+Evaluation has its own entry point: ``python -m trainer.evaluate --help``.
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.student_train import add_parser as add_student
 
     add_student(sub)
+    from trainer.inpainter_train import add_parser as add_inpainter
+
+    add_inpainter(sub)
     return p
 
 
