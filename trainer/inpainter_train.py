@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -44,6 +43,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import cv2
 import numpy as np
+
+from trainer._config_cli import add_dataclass_args, dataclass_from_args, standalone_main
 
 log = logging.getLogger("trainer.inpainter")
 
@@ -406,34 +407,6 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _field_help() -> dict[str, str]:
-    import inspect
-    import re
-
-    out = {}
-    for line in inspect.getsource(InpaintTrainConfig).splitlines():
-        m = re.match(r"\s+(\w+):.*#:\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="JSON (or YAML) file of InpaintTrainConfig values")
-    defaults = InpaintTrainConfig()
-    helps = _field_help()
-    for f in fields(InpaintTrainConfig):
-        d = getattr(defaults, f.name)
-        h = (helps.get(f.name, "") + f" (default {d})").strip().replace("%", "%%")
-        if isinstance(d, bool):
-            p.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=h)
-        else:
-            typ = {int: int, float: float}.get(type(d), str)
-            p.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=h)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -443,27 +416,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_args(p)
     p.set_defaults(fn=run)
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
-    """Defaults < ``--config`` file < explicit flags."""
-    values: dict = {}
-    if getattr(args, "config", None):
-        text = Path(args.config).read_text()
-        if str(args.config).endswith((".yaml", ".yml")):
-            import yaml  # optional dependency
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-        unknown = set(values) - {f.name for f in fields(InpaintTrainConfig)}
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown keys {sorted(unknown)}")
-    for f in fields(InpaintTrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return dataclasses.replace(InpaintTrainConfig(), **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -477,13 +429,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_args(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, InpaintTrainConfig)
+
+
+def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
+    """Defaults < ``--config`` file < explicit flags."""
+    return dataclass_from_args(args, InpaintTrainConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.inpainter_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(args)
+    return standalone_main("python -m trainer.inpainter_train", __doc__, _add_args, run, argv)
 
 
 if __name__ == "__main__":

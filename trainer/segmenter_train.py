@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +40,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import cv2
 import numpy as np
+
+from trainer._config_cli import add_dataclass_args, dataclass_from_args, standalone_main
 
 log = logging.getLogger("trainer.segmenter")
 
@@ -390,8 +391,6 @@ def train(cfg: SegTrainConfig, faces: FaceArrays | None = None, synth=None) -> d
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -401,55 +400,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_args(p)
     p.set_defaults(fn=run)
     return p
-
-
-def _field_help() -> dict[str, str]:
-    """The ``#:`` comments of :class:`SegTrainConfig`'s fields, by field name."""
-    import inspect
-    import re
-
-    out = {}
-    for line in inspect.getsource(SegTrainConfig).splitlines():
-        m = re.match(r"\s+(\w+):.*#:\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="JSON (or YAML) file of SegTrainConfig values")
-    defaults = SegTrainConfig()
-    helps = _field_help()
-    for f in fields(SegTrainConfig):
-        d = getattr(defaults, f.name)
-        h = (helps.get(f.name, "") + f" (default {d})").strip()
-        if isinstance(d, bool):
-            p.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=h)
-        else:
-            typ = {int: int, float: float}.get(type(d), str)
-            p.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=h.replace("%", "%%"))
-
-
-def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
-    """Defaults < ``--config`` file < explicit flags."""
-    values: dict = {}
-    if getattr(args, "config", None):
-        text = Path(args.config).read_text()
-        if str(args.config).endswith((".yaml", ".yml")):
-            import yaml  # optional dependency
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-        unknown = set(values) - {f.name for f in fields(SegTrainConfig)}
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown keys {sorted(unknown)}")
-    for f in fields(SegTrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return dataclasses.replace(SegTrainConfig(), **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -463,13 +413,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_args(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, SegTrainConfig)
+
+
+def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
+    """Defaults < ``--config`` file < explicit flags."""
+    return dataclass_from_args(args, SegTrainConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.segmenter_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(args)
+    return standalone_main("python -m trainer.segmenter_train", __doc__, _add_args, run, argv)
 
 
 if __name__ == "__main__":
