@@ -75,3 +75,14 @@ def standalone_main(prog: str, doc: str | None, add_args: Callable[[argparse.Arg
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(args)
+
+
+def run_training(cfg: Any, train: Callable[[Any], dict]) -> int:
+    """Common body of a trainer's ``run``: check ``cfg.data``, record ``cfg`` in ``<out>/train_config.json``,
+    train, print the result as JSON."""
+    if not Path(cfg.data).is_dir():
+        raise SystemExit(f"data folder not found: {cfg.data}")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    print(json.dumps(train(cfg), indent=1))
+    return 0

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import cv2
 import numpy as np
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args, standalone_main
+from trainer._config_cli import add_dataclass_args, dataclass_from_args, run_training, standalone_main
 
 log = logging.getLogger("trainer.segmenter")
 
@@ -403,14 +403,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if not Path(cfg.data).is_dir():
-        raise SystemExit(f"data folder not found: {cfg.data}")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    result = train(cfg)
-    print(json.dumps(result, indent=1))
-    return 0
+    return run_training(config_from_args(args), train)
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:

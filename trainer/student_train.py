@@ -372,7 +372,7 @@ def save_checkpoint(path: Path, student, loss_mod, head, opt, meta: dict) -> Non
     """``path`` (.safetensors: weights + optimiser tensors) and ``path.with_suffix('.json')`` (config, progress,
     optimiser hyper-parameters).  No pickle anywhere."""
     import torch
-    from safetensors.torch import save_file
+    from trainer._io import save_tensors
 
     tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
     tensors.update({f"loss.{k}": v for k, v in loss_mod.state_dict().items()})
@@ -386,11 +386,8 @@ def save_checkpoint(path: Path, student, loss_mod, head, opt, meta: dict) -> Non
             t = torch.as_tensor(v)
             shapes[key] = list(t.shape)
             tensors[key] = t.reshape(-1) if t.dim() == 0 else t
-    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "model": "lookthrough_student_dlib"})
-    tmp.replace(path)
+    save_tensors({k: v.clone() for k, v in tensors.items()}, path,
+                 {"format": "pt", "model": "lookthrough_student_dlib"})
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
     js = {**meta, "optimizer": {"param_groups": groups, "shapes": shapes}}
     path.with_suffix(".json").write_text(json.dumps(js, indent=1))

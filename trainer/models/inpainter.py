@@ -246,20 +246,14 @@ def save_checkpoint(folder, generator: Generator, extra: dict | None = None,
                     discriminators: dict[str, nn.Module] | None = None) -> None:
     """``folder/generator.safetensors`` (+ ``folder/critics.safetensors`` with ``<name>.`` prefixes) and
     ``folder/config.json`` = ``{"model": InpainterConfig, **extra}``."""
-    from safetensors.torch import save_file
+    from trainer._io import save_tensors
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tmp = folder / "generator.safetensors.tmp"
-    save_file(sd, str(tmp), metadata={"format": "lookthrough.inpainter", "version": "1"})
-    tmp.replace(folder / "generator.safetensors")
+    save_tensors(generator.state_dict(), folder / "generator.safetensors",
+                 {"format": "lookthrough.inpainter", "version": "1"})
     if discriminators:
-        dd = {f"{n}.{k}": v.detach().cpu().contiguous() for n, d in discriminators.items()
-              for k, v in d.state_dict().items()}
-        tmp = folder / "critics.safetensors.tmp"
-        save_file(dd, str(tmp))
-        tmp.replace(folder / "critics.safetensors")
+        save_tensors({f"{n}.{k}": v for n, d in discriminators.items() for k, v in d.state_dict().items()},
+                     folder / "critics.safetensors")
     cfg = {"model": generator.config.to_dict(), **(extra or {})}
     (folder / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
 

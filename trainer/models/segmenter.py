@@ -141,14 +141,10 @@ def save_checkpoint(model: OcclusionSegmenter, folder, extra: dict | None = None
     import json
     from pathlib import Path
 
-    from safetensors.torch import save_file
+    from trainer._io import save_tensors
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "lookthrough.segmenter", "version": "1"})
-    tmp.replace(folder / "model.safetensors")
+    save_tensors(model.state_dict(), folder / "model.safetensors", {"format": "lookthrough.segmenter", "version": "1"})
     cfg = {"model": model.config.to_dict(), **(extra or {})}
     (folder / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
 
