@@ -2,6 +2,8 @@
 
 * align: ``sdk._native.warp_affine`` vs ``cv2.warpAffine`` (INTER_LINEAR, constant border) cutting
   112x112 and 150x150 face crops out of a 1280x720 BGR frame;
+* align on the GPU (only where a CUDA device is present): ``sdk._native.warp_affine_cuda`` vs our CPU warp,
+  host frame in, host crop out (copies included);
 * search: ``sdk._native.topk_cosine`` vs NumPy (matmul + argpartition + sort of the k hits) for
   N in {1000, 100000} gallery rows, D in {128, 512}, Q in {1, 32} queries.
 
@@ -81,6 +83,16 @@ def bench_warp(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]
         results.append({"case": f"{side}x{side}x3 crop from 1280x720x3", "ours": ours,
                         "baseline_cv2_warpAffine": base, **_compare(ours, base),
                         "max_abs_diff": int(diff.max())})
+        if _native.cuda_info()["device_count"] > 0:
+            # the CUDA warp copies the frame to the device and the crop back on every call: this times the
+            # whole round trip (what a caller with a host frame pays), baseline = our CPU warp, same call
+            gpu = _time(lambda: _native.warp_affine_cuda(frame, m, (side, side)), args.warmup, args.repeats * 10,
+                        args.budget_s)
+            gdiff = np.abs(_native.warp_affine_cuda(frame, m, (side, side)).astype(np.int16)
+                           - _native.warp_affine(frame, m, (side, side)).astype(np.int16))
+            results.append({"case": f"CUDA {side}x{side}x3 crop from 1280x720x3 (host frame, incl. copies)",
+                            "ours": gpu, "baseline_cpu_warp": ours, **_compare(gpu, ours),
+                            "max_abs_diff_vs_cpu": int(gdiff.max())})
     return results
 
 

@@ -104,6 +104,28 @@ def _build_onnx_segmenter(spec: StageSpec, options: dict[str, Any]) -> Any:
                          threads=int(cfg.get("threads", 1)), **extra)
 
 
+@register("complete", "onnx_inpainter")
+def _build_onnx_inpainter(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """Face inpainter on the 112x112 ArcFace BGR crop (``export/onnx_inpainter.py``), run by ONNX Runtime.
+
+    Files: ``model`` (the ``.onnx``).  Config: ``crop`` (``"arcface112"``), ``input`` (must be ``"bgr"``),
+    ``threads`` (ORT intra-op threads, 1), ``min_occlusion`` (faces with an occlusion probability at least this
+    are completed, 0.5), ``dilate`` (pixels the segmenter's mask is grown by, 1).  Options may also pass
+    ``providers`` and ``batch_size``.
+    """
+    from sdk.complete import OnnxInpainter
+
+    cfg = {**spec.config, **options}
+    if cfg.get("input", "bgr") != "bgr":
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}): input {cfg.get('input')!r} is not supported "
+                          "(only 'bgr': the inpainter is trained on BGR crops)")
+    (model,) = _need(spec, "model")
+    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
+    return OnnxInpainter(model, crop=str(cfg.get("crop", "arcface112")), threads=int(cfg.get("threads", 1)),
+                         min_occlusion=float(cfg.get("min_occlusion", 0.5)), dilate=int(cfg.get("dilate", 1)),
+                         **extra)
+
+
 @register("embed", "onnx_embedder")
 def _build_onnx_embedder(spec: StageSpec, options: dict[str, Any]) -> Any:
     """A generic exported embedder (``export/onnx_embedder.py``) on ONNX Runtime: :class:`sdk.embed_generic.OnnxEmbedder`.

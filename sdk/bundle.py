@@ -6,8 +6,8 @@ A bundle is a folder holding ``manifest.json``::
       "format": "lookthrough.bundle", "format_version": 1, "name": "...", "description": "...",
       "stages": {
         "detect":   {"kind": "mtcnn", "files": {"pnet": FILE, ...}, "config": {...}},
-        "segment":  null | {"kind": ..., "files": ..., "config": ...},   # occlusion segmenter (later)
-        "complete": null | {...},                                        # inpainter (later)
+        "segment":  null | {"kind": "onnx_segmenter", "files": ..., "config": ...},   # occlusion segmenter
+        "complete": null | {"kind": "onnx_inpainter", "files": ..., "config": ...},   # inpainter (needs segment)
         "embed":    {"kind": "dlib_resnet" | ..., "files": {...}, "config": {...}}
       },
       "match": {"metric": "cosine", "threshold": 0.83}
@@ -17,7 +17,8 @@ where ``FILE = {"path": P, "bytes": N, "sha256": H}``. ``P`` is relative to the 
 or ``pkg:<package>/<path inside it>`` for weights shipped inside an installed Python package (resolved
 without importing the package). ``bytes`` and ``sha256`` are checked on load: a truncated or replaced file
 raises :class:`~sdk.errors.ModelFileError` naming it. ``detect`` and ``embed`` are required; a ``null``
-stage is skipped (baseline mode has no ``segment`` / ``complete``).
+stage is skipped (baseline mode has no ``segment`` / ``complete``). ``complete`` fills the holes the
+``segment`` stage finds, so a bundle with ``complete`` must have ``segment`` (mode ``"deocclusion"``).
 """
 from __future__ import annotations
 
@@ -184,6 +185,9 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
                 raise BundleError(f"{mpath}: stage {name!r} file {role!r} needs a \"path\"")
             files[role] = FileRef(role, resolve_path(f["path"], root), f.get("bytes"), f.get("sha256"))
         stages[name] = StageSpec(name, s["kind"], files, dict(s.get("config") or {}))
+    if stages["complete"] is not None and stages["segment"] is None:
+        raise BundleError(f"{mpath}: stage 'complete' needs a 'segment' stage (the inpainter fills the "
+                          "segmenter's occlusion mask)")
     bundle = Bundle(
         name=str(raw.get("name", root.name)), root=root, stages=stages, match=dict(raw.get("match") or {}),
         description=str(raw.get("description", "")), format_version=version,

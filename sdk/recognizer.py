@@ -2,6 +2,10 @@
 
 Data flows one way: frame (BGR uint8) -> detect (faces: boxes + 5 landmarks) -> align (crops) ->
 [segment -> complete, when the bundle has them] -> embed (unit vectors) -> match (gallery top-k) -> Match.
+
+With a ``complete`` stage, faces the segmenter calls occluded are completed on their 112x112 ArcFace crop and
+pasted back into a *copy* of the frame; the embedder cuts its own chip from that copy (the caller's frame is
+never modified).
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from sdk import _registry
-from sdk.align import ARCFACE_CROP, align
+from sdk.align import ARCFACE_CROP, CropSpec, similarity_to_template, warp
 from sdk.bundle import Bundle, load_bundle
-from sdk.errors import GalleryError
+from sdk.errors import BundleError, GalleryError
 from sdk.frame import as_bgr, read_image
 from sdk.gallery import Gallery
 from sdk.types import Face, Match
@@ -81,11 +85,16 @@ class Recognizer:
         det_opts = {k: v for k, v in (("min_face_size", config.min_face_size), ("max_side", config.max_side)) if v is not None}
         self.detector = _registry.build_stage(self.bundle.stages["detect"], det_opts)
         self.embedder = _registry.build_stage(self.bundle.stages["embed"])
-        if self.bundle.stages["complete"] is not None:
-            raise NotImplementedError("bundle stage 'complete' is not supported by this SDK version yet")
-        seg_spec = self.bundle.stages["segment"]
+        seg_spec, comp_spec = self.bundle.stages["segment"], self.bundle.stages["complete"]
         #: occlusion segmenter (``None`` in baseline bundles): fills :attr:`Match.occlusion`.
         self.segmenter = _registry.build_stage(seg_spec) if seg_spec is not None else None
+        #: face inpainter (``None`` without a ``complete`` stage): fills the segmenter's holes before embedding.
+        self.completer = _registry.build_stage(comp_spec) if comp_spec is not None else None
+        if self.completer is not None:
+            a, b = self._seg_crop, self.completer.crop_spec
+            if self.segmenter is None or a.size != b.size or not np.array_equal(a.template, b.template):
+                raise BundleError(f"bundle {self.bundle.name}: the complete stage needs a segment stage on the same "
+                                  f"crop ({b.size}), got {None if self.segmenter is None else a.size}")
         self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
         self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
         #: seconds spent per stage in the last call of :meth:`identify` (for benchmarks and logging).
@@ -107,7 +116,23 @@ class Recognizer:
         self.embedder.prepare()
         if self.segmenter is not None:
             self.segmenter.prepare()
+        if self.completer is not None:
+            self.completer.prepare()
         return self
+
+    @property
+    def _seg_crop(self) -> CropSpec:
+        return getattr(self.segmenter, "crop_spec", ARCFACE_CROP)
+
+    def _segment(self, bgr: np.ndarray, faces: Sequence[Face]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """``(matrices, crops, masks, probs)`` of the segment stage for ``faces`` (at least one) of a BGR frame:
+        N (2, 3) frame -> crop matrices, (N, h, w, 3) uint8 BGR crops, (N, h, w) float32 occlusion maps in
+        [0, 1], (N,) float32 occlusion probabilities."""
+        spec = self._seg_crop
+        mats = [similarity_to_template(f.landmarks, spec.template) for f in faces]
+        crops = np.stack([warp(bgr, m, spec.size) for m in mats])
+        masks, probs = self.segmenter.segment(crops)
+        return mats, crops, masks, probs
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in a BGR uint8 frame (validated), best score first, below ``min_det_score`` dropped."""
@@ -123,10 +148,7 @@ class Recognizer:
             return [None] * len(faces)
         if not faces:
             return []
-        bgr = as_bgr(frame)
-        spec = getattr(self.segmenter, "crop_spec", ARCFACE_CROP)
-        _, probs = self.segmenter.segment([align(bgr, f.landmarks, spec) for f in faces])
-        return [float(p) for p in probs]
+        return [float(p) for p in self._segment(as_bgr(frame), faces)[3]]
 
     def embed_faces(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """(N, dim) float32 unit-norm embeddings for ``faces`` of ``frame``."""
@@ -138,7 +160,7 @@ class Recognizer:
 
     # -- public API ---------------------------------------------------------------------------------------
     def identify(self, frame: np.ndarray) -> list[Match]:
-        """Detect, [segment,] embed and match every face in ``frame``.
+        """Detect, [segment, complete,] embed and match every face in ``frame``.
 
         Args:
             frame: uint8 ``(H, W, 3)`` BGR (OpenCV order); grey ``(H, W)`` and BGRA are converted.
@@ -151,21 +173,33 @@ class Recognizer:
         bgr = as_bgr(frame)
         with self._timed("detect"):
             faces = [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+        occ: list[float | None] = [None] * len(faces)
+        completed = np.zeros(len(faces), bool)
+        emb_frame = bgr  # read-only from here on: as_bgr may return the caller's own array
         if self.segmenter is not None:
             with self._timed("segment"):
-                occ = self.occlusion(bgr, faces)
-        else:
-            occ = [None] * len(faces)
-        emb = self.embed_faces(bgr, faces)
+                if faces:
+                    mats, crops, masks, probs = self._segment(bgr, faces)
+                    occ = [float(p) for p in probs]
+            if self.completer is not None and faces:
+                with self._timed("complete"):
+                    todo = np.flatnonzero(probs >= self.completer.min_occlusion)
+                    if len(todo):
+                        # holes = the segmenter's M at its threshold (0.5); complete_in_frame grows them by the
+                        # stage's `dilate` px (1) so the occluder's anti-aliased edge is filled too
+                        emb_frame, done = self.completer.complete_in_frame(
+                            bgr, crops[todo], self.segmenter.binary_masks(masks[todo]), [mats[i] for i in todo])
+                        completed[todo] = done
+        emb = self.embed_faces(emb_frame, faces)
         with self._timed("match"):
             hits = self.gallery.search(emb, self.config.top_k) if faces else []
         matches = []
-        for face, face_hits, face_occ in zip(faces, hits, occ):
+        for face, face_hits, face_occ, done in zip(faces, hits, occ, completed):
             best = face_hits[0] if face_hits else None
             sim = best.similarity if best else float("nan")
             ident = best.name if best is not None and sim >= self.threshold else None
             matches.append(Match(face.box, face.landmarks, face.score, face_occ, ident, sim,
-                                 [(h.name, h.similarity) for h in face_hits]))
+                                 [(h.name, h.similarity) for h in face_hits], completed=bool(done)))
         return matches
 
     def embed_largest(self, image: ImageLike, *, what: str = "image") -> np.ndarray:

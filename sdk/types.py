@@ -49,6 +49,8 @@ class Match:
             (or the gallery is empty).
         similarity: cosine similarity in [-1, 1] to the best gallery entry (``nan`` for an empty gallery).
         candidates: up to k ``(name, similarity)`` pairs, best first.
+        completed: the bundle's ``complete`` stage filled the occluded pixels of this face before it was
+            embedded (only with a ``complete`` stage and ``occlusion`` at or above its ``min_occlusion``).
     """
 
     box: np.ndarray
@@ -58,6 +60,7 @@ class Match:
     identity: str | None
     similarity: float
     candidates: list[tuple[str, float]] = field(default_factory=list)
+    completed: bool = False
 
     def to_dict(self) -> dict:
         """JSON-friendly view (lists and floats)."""
@@ -69,4 +72,5 @@ class Match:
             "identity": self.identity,
             "similarity": round(float(self.similarity), 4),
             "candidates": [(n, round(float(s), 4)) for n, s in self.candidates],
+            "completed": bool(self.completed),
         }

@@ -54,6 +54,7 @@ class InpaintTrainConfig:
     """Training options (every field is a ``--flag`` of the ``inpainter`` command)."""
 
     data: str = "../shared/data/celeba_subset"  #: folder with one sub-folder per identity
+    faces: str | None = None  #: face pack (.npz from ``pack-faces``) used instead of detecting faces in ``data``
     templates: str | None = None  #: mask_templates folder (real masks); None = procedural occluders only
     out: str = "out/inpainter/run"  #: output folder (checkpoints, logs, grids, eval.json)
     model: str | None = None  #: bundle whose detector / embedder align the faces (default: built-in baseline)
@@ -84,9 +85,12 @@ class InpaintTrainConfig:
     beta: float = 0.5
     category_weights: str | None = None  #: JSON dict category -> weight (default: the synthesizer's)
     threads: int = 0  #: torch intra-op threads (0 = torch default)
+    device: str = "cpu"  #: cpu | cuda | cuda:N | auto (cuda when available)
+    workers: int = 0  #: DataLoader worker processes for mask synthesis (0 = in the training process)
     log_every: int = 10
     grid_every: int = 100
     ckpt_every: int = 100
+    snapshot_every: int = 0  #: also keep the generator's weights every N steps (snapshots/generator_<step>.safetensors)
     val_images: int = 40  #: held-out faces in the final evaluation (0 = all); each gets every category
     resume: bool = False  #: continue from ``out`` if it holds a checkpoint
     progress: bool = True  #: tqdm progress bars
@@ -156,16 +160,17 @@ def to_u8(x) -> np.ndarray:
 
 
 def complete(gen, x_u8: np.ndarray, m: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Completed uint8 crops for uint8 truth crops ``x_u8`` with holes ``m`` (N, H, W)."""
+    """Completed uint8 crops for uint8 truth crops ``x_u8`` with holes ``m`` (N, H, W) (on ``gen``'s device)."""
     import torch
 
     was = gen.training
     gen.eval()
+    dev = next(gen.parameters()).device
     outs = []
     with torch.no_grad():
         for s in range(0, len(x_u8), batch):
             x, mm = to_tensor(x_u8[s:s + batch], m[s:s + batch])
-            outs.append(to_u8(gen(x, mm)))
+            outs.append(to_u8(gen(x.to(dev), mm.to(dev))))
     gen.train(was)
     return np.concatenate(outs)
 
@@ -237,8 +242,23 @@ class Trainer:
     def critics(self) -> dict:
         return {"global": self.Dg, "local": self.Dl}
 
-    def step(self, x, m, labels=None) -> dict:
-        """One update of the critics (``n_critic`` times) and of the generator; returns the loss parts."""
+    def to(self, device) -> "Trainer":
+        """Move the networks (and the identity loss) to ``device``; optimiser state follows lazily."""
+        for mod in (self.G, self.Dg, self.Dl, self.id_loss):
+            if mod is not None:
+                mod.to(device)
+        for opt in (self.opt_g, self.opt_d):
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if hasattr(v, "to"):
+                        st[k] = v.to(device)
+        return self
+
+    def step(self, x, m, labels=None, w=None) -> dict:
+        """One update of the critics (``n_critic`` times) and of the generator; returns the loss parts.
+
+        ``w``: the spatial-discount weights of ``m`` (computed here when None; pass them precomputed on the CPU
+        when training on a GPU, the distance transform is a CPU routine)."""
         import torch
 
         from trainer.losses.inpaint import (d_wgan_loss, discounted_l1, g_wgan_loss, gradient_penalty, known_l1,
@@ -247,7 +267,7 @@ class Trainer:
 
         cfg = self.cfg
         boxes = mask_boxes(m, self.Dl.config.min_box)
-        w = spatial_discount(m, cfg.gamma)
+        w = spatial_discount(m, cfg.gamma) if w is None else w
         real_l = self.Dl.crop(x, boxes)
         parts: dict = {}
         for k in range(max(1, cfg.n_critic)):
@@ -297,7 +317,24 @@ class Trainer:
         return ck
 
 
-def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: int):
+def resolve_device(name: str):
+    """``torch.device`` for a config's ``device`` (``auto``: cuda when available); clear error when missing."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"device {name!r} asked for but this torch sees no CUDA device "
+                             f"(torch {torch.__version__}); use --device cpu")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: int, device=None):
     """IdentityDiversityLoss with the dlib teacher and centres from the training identities' clean faces."""
     from trainer.losses.inpaint import DlibIdentityFeatures, IdentityDiversityLoss, identity_centres
     from trainer.models.dlib_resnet import DlibResNet
@@ -305,8 +342,11 @@ def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: i
     import torch
 
     rec = DlibIdentityFeatures(DlibResNet.from_dat(cfg.teacher))
+    if device is not None:
+        rec.to(device)
+    dev = next(rec.parameters()).device
     t0 = time.perf_counter()
-    centres = identity_centres(rec, to_tensor(train_f.crops), torch.as_tensor(labels), n_ids)
+    centres = identity_centres(rec, to_tensor(train_f.crops).to(dev), torch.as_tensor(labels), n_ids)
     log.info("identity centres: %d ids from %d clean faces in %.0f s", n_ids, len(labels), time.perf_counter() - t0)
     return IdentityDiversityLoss(rec, centres, cfg.alpha_l, cfg.alpha_h, cfg.beta)
 
@@ -317,12 +357,14 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
     from tqdm import tqdm
 
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
+    from trainer.losses.inpaint import spatial_discount
     from trainer.models.inpainter import count_flops, count_params
     from trainer.segmenter_train import load_faces, split_by_identity
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if synth is None:
@@ -340,19 +382,22 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
              len(ids), len(val_f.crops), len(set(val_f.identities)))
     val_small = build_val(val_f, synth, cfg.seed, limit=2)
 
-    id_loss = build_id_loss(cfg, train_f, labels, len(ids)) if cfg.id_loss else None
+    id_loss = build_id_loss(cfg, train_f, labels, len(ids), device) if cfg.id_loss else None
     tr = Trainer(cfg, id_loss)
     start = 0
     if cfg.resume and (out / "generator.safetensors").is_file():
         start = int(tr.load(out).get("step", 0))
         log.info("resumed from %s at step %d", out, start)
+    tr.to(device)
+    log.info("training on %s", device)
     params = {"generator": count_params(tr.G), "global_critic": count_params(tr.Dg), "local_critic": count_params(tr.Dl)}
     flops = count_flops(tr.G)
     log.info("generator: %d params, %.3f GFLOPs per 112x112 face", params["generator"], flops / 1e9)
 
     ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed)
     sampler = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                     persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None)
     csv_path = out / "log.csv"
     new_csv = not csv_path.is_file() or start == 0
     fcsv = open(csv_path, "w" if new_csv else "a", newline="")
@@ -370,7 +415,9 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, desc="inpainter", unit="step", disable=not cfg.progress)
     for clean, m, lab in dl:
         x, mm = to_tensor(clean.numpy(), m.numpy())
-        parts = tr.step(x, mm, lab)
+        w = spatial_discount(mm, cfg.gamma)
+        parts = tr.step(x.to(device, non_blocking=True), mm.to(device, non_blocking=True), lab.to(device),
+                        w.to(device, non_blocking=True))
         step += 1
         bar.update(1)
         bar.set_postfix(l1=f"{parts['l1']:.3f}", d=f"{parts['d_loss']:.2f}")
@@ -383,6 +430,11 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
             wr.writerow([step, *[f"{parts[c]:.5f}" if c in parts else "" for c in cols],
                          f"{time.perf_counter() - t0:.1f}", vcol])
             fcsv.flush()
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            from trainer._io import save_tensors
+
+            save_tensors(tr.G.state_dict(), out / "snapshots" / f"generator_{step:06d}.safetensors",
+                         {"format": "lookthrough.inpainter", "version": "1", "step": str(step)})
         if step % cfg.grid_every == 0 or last:
             save_grid(tr.G, val_small, out / "grids" / f"step_{step:06d}.png")
         if last:

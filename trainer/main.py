@@ -2,12 +2,16 @@
 
 Commands so far:
 
+    pack-faces align a folder-per-identity tree once and store 112x112 crops + landmarks + identities in one
+               .npz (trainer/data/pack.py): ``--faces`` of segmenter / inpainter reads it (no detector needed).
     split      identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
                manifest (identities per part, seed, image counts, and the alignment failures counted).
     segmenter  train the occlusion segmenter on synthesized masks (see trainer/segmenter_train.py).
     student    distil the dlib teacher into a student that sees masked faces (trainer/student_train.py).
     inpainter  train the contextual-attention inpainter, optionally with the ID-GAN identity loss
                (trainer/inpainter_train.py).
+    ablation   the student ablation rows (CE / +pair / +triplet / hard / soft / completed inputs), each
+               trained, exported and evaluated on LFW pairs -> one table (trainer/ablation.py).
 
 Evaluation has its own entry point: ``python -m trainer.evaluate --help``.
 """
@@ -50,6 +54,21 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack_faces(args: argparse.Namespace) -> int:
+    from trainer.data.pack import save_face_pack
+    from trainer.segmenter_train import SegTrainConfig, load_faces
+
+    cfg = SegTrainConfig(data=str(args.data), model=args.model, cache=str(args.cache),
+                         images_per_identity=args.images_per_identity)
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"data folder not found: {args.data}")
+    faces = load_faces(cfg)
+    path = save_face_pack(faces, args.out, quality=args.quality)
+    print(json.dumps({"pack": str(path), "faces": len(faces.crops), "identities": len(set(faces.identities)),
+                      "megabytes": round(path.stat().st_size / 1e6, 2)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python trainer/main.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="bundle for --align (default: built-in baseline)")
     s.add_argument("--cache", type=Path, default=Path("out/cache"), help="alignment cache folder")
     s.set_defaults(fn=cmd_split)
+    pk = sub.add_parser("pack-faces", help="aligned faces -> one .npz face pack (for --faces)")
+    pk.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per identity")
+    pk.add_argument("--out", type=Path, required=True, help="pack file to write (.npz)")
+    pk.add_argument("--images-per-identity", type=int, default=0, help="at most this many per identity (0 = all)")
+    pk.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored crops (1-100)")
+    pk.add_argument("--model", default=None, help="bundle whose detector aligns the faces (default: baseline)")
+    pk.add_argument("--cache", type=Path, default=Path("out/cache"), help="alignment cache folder")
+    pk.set_defaults(fn=cmd_pack_faces)
     from trainer.segmenter_train import add_parser as add_segmenter
 
     add_segmenter(sub)
@@ -73,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.inpainter_train import add_parser as add_inpainter
 
     add_inpainter(sub)
+    from trainer.ablation import add_parser as add_ablation
+
+    add_ablation(sub)
     return p
 
 

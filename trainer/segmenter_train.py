@@ -53,6 +53,7 @@ class SegTrainConfig:
     """Training options (every field is a ``--flag`` of the ``segmenter`` command)."""
 
     data: str = "../shared/data/celeba_subset"  #: folder with one sub-folder per identity
+    faces: str | None = None  #: face pack (.npz from ``pack-faces``) used instead of detecting faces in ``data``
     templates: str | None = None  #: mask_templates folder (real masks); None = procedural occluders only
     out: str = "out/segmenter/run"  #: output folder (checkpoints, logs, grids, eval.json)
     model: str | None = None  #: bundle whose detector / embedder align the faces (default: built-in baseline)
@@ -95,7 +96,22 @@ class FaceArrays:
 
 
 def load_faces(cfg: SegTrainConfig) -> FaceArrays:
-    """Detect + align (cached) the CelebA-style tree at ``cfg.data`` into 112x112 ArcFace crops."""
+    """Detect + align (cached) the CelebA-style tree at ``cfg.data`` into 112x112 ArcFace crops; or read the
+    face pack ``cfg.faces`` (:mod:`trainer.data.pack`) when the config has one."""
+    if getattr(cfg, "faces", None):
+        from trainer.data.pack import load_face_pack
+
+        faces = load_face_pack(cfg.faces)
+        if cfg.images_per_identity:
+            seen: dict[str, int] = {}
+            keep = []
+            for i, d in enumerate(faces.identities):
+                seen[d] = seen.get(d, 0) + 1
+                if seen[d] <= cfg.images_per_identity:
+                    keep.append(i)
+            faces = faces.subset(keep)
+        log.info("faces: %d from pack %s", len(faces.crops), cfg.faces)
+        return faces
     from sdk._registry import build_stage
     from sdk.align import ARCFACE_CROP
     from sdk.bundle import load_bundle
@@ -265,14 +281,14 @@ def save_grid(model, val: dict[str, np.ndarray], path: Path, rows: int = 8) -> N
 
 
 def _save_optim(opt, path: Path) -> None:
-    from safetensors.torch import save_file
+    from trainer._io import save_tensors
 
     sd = opt.state_dict()
     tensors = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            tensors[f"{pid}.{k}"] = v.detach().reshape(v.shape).contiguous() if hasattr(v, "detach") else v
-    save_file(tensors, str(path))
+            tensors[f"{pid}.{k}"] = v if hasattr(v, "detach") else __import__("torch").as_tensor(v)
+    save_tensors(tensors, path)
 
 
 def _load_optim(opt, path: Path) -> None:

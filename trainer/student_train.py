@@ -79,7 +79,9 @@ class StudentConfig:
     lambda_p: float = 1.0
     lambda_t: float = 2.0
     ce_weight: float = 0.0                # > 0 adds ArcFace CE on training identities
+    head_lr_mult: float = 100.0           # ArcFace head learning rate = lr * head_lr_mult (the backbone is pretrained)
     mask_prob: float = 0.8                # fraction of samples that get an occluder
+    completion: str | None = None         # inpainter generator.safetensors: train on completed faces (None: masked)
     mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
     val_fraction: float = 0.1
     val_pairs: int = 1200                 # genuine + impostor pairs (half each) for validation
@@ -480,12 +482,20 @@ def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
         q.requires_grad_(False)
     student = load_student_weights(cfg.init) if cfg.init else DlibResNet.from_dat()
     student.train()
+    soft = cfg.instance == "soft"
     loss_mod = RelationalDistillLoss(128, 128, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
                                      lambda_t=cfg.lambda_t, ce_weight=cfg.ce_weight, projection="identity",
-                                     n_classes=n_train_ids if cfg.instance == "soft" else None,
-                                     teacher_centres=teacher_centres, student_centres="ema")
+                                     n_classes=n_train_ids if soft else None,
+                                     teacher_centres=teacher_centres if soft else None, student_centres="ema")
     head = ArcFaceHead(128, n_train_ids) if cfg.ce_weight > 0 else None
-    params = list(student.parameters()) + list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
+    if head is not None and teacher_centres is not None:
+        # the student starts as the teacher: class weights = the teacher's identity centres, so the CE term
+        # starts from a sensible classifier instead of pulling the pretrained features towards random ones
+        with torch.no_grad():
+            head.weight.copy_(torch.nn.functional.normalize(teacher_centres.float(), dim=1))
+    params = [{"params": list(student.parameters()) + list(loss_mod.parameters())}]
+    if head is not None:
+        params.append({"params": list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult})
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "sgd":
@@ -575,7 +585,7 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
     n_train_ids = len(prep.train_ids)
     tr_lab = prep.labels[prep.train_idx]
     centres = None
-    if cfg.instance == "soft":
+    if cfg.instance == "soft" or cfg.ce_weight > 0:
         centres = identity_centres(torch.from_numpy(prep.teacher[prep.train_idx]), torch.from_numpy(tr_lab), n_train_ids)
     teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres)
     # DDP averages the student's gradients; the loss/head parameters (if any) are all-reduced by hand
@@ -776,6 +786,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-p", type=float, default=d.lambda_p)
     p.add_argument("--lambda-t", type=float, default=d.lambda_t)
     p.add_argument("--ce-weight", type=float, default=d.ce_weight, help="> 0: add ArcFace CE on the training identities")
+    p.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
+                   help="ArcFace head lr = lr x this (head starts at the teacher's identity centres)")
     p.add_argument("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out identity fraction")
     p.add_argument("--val-pairs", type=int, default=d.val_pairs)

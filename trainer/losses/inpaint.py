@@ -161,7 +161,8 @@ def identity_centres(recognizer: Callable, images: torch.Tensor, labels: torch.T
         feats.append(recognizer(images[s:s + batch])[1].float())
     f = torch.cat(feats)
     labels = labels.to(torch.long)
-    sums = torch.zeros(n_ids, f.shape[1]).index_add_(0, labels, f)
+    labels = labels.to(f.device)
+    sums = f.new_zeros(n_ids, f.shape[1]).index_add_(0, labels, f)
     counts = torch.bincount(labels, minlength=n_ids).clamp_min(1).to(f.dtype)
     return sums / counts[:, None]
 

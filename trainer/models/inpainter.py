@@ -233,8 +233,9 @@ def count_flops(model: Generator, size: int = INPUT_SIZE) -> float:
 
     was = model.training
     model.eval()
-    x = torch.zeros(1, 3, size, size)
-    m = torch.zeros(1, 1, size, size)
+    dev = next(model.parameters()).device
+    x = torch.zeros(1, 3, size, size, device=dev)
+    m = torch.zeros(1, 1, size, size, device=dev)
     m[:, :, size // 4: size // 2, size // 4: 3 * size // 4] = 1
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x, m)

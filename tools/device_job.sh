@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# tools/device_job.sh -- everything one call on a lent GPU machine does, in one script.
+#
+#   1. builds the C++/CUDA core for the card (sm_90 by default), runs the GPU tests and the kernel benchmark
+#      (CUDA warp vs our CPU warp, in the same run);
+#   2. trains the inpainter twice at once on the GPU, with and without the ID-GAN identity loss (same data, seed,
+#      batch and wall-clock budget), each followed by its held-out PSNR/SSIM evaluation;
+#   3. packs logs, checkpoints and eval JSON into $OUT (at most 8 files, each < 16 MB).
+#
+# Inputs (a git-ignored folder carried to the machine, made by `python trainer/main.py pack-faces ...`):
+#   PACK/celeba_faces.npz, PACK/dlib_face_recognition_resnet_model_v1.dat, PACK/mask_templates/
+# Knobs: MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY, CUDAARCHS.
+# Dry run here, without a GPU:
+#   OUT=out/device_dry DEVICE=cpu MINUTES=0.2 STEPS=3 BATCH=4 WORKERS=0 VAL=2 PY=.venv/bin/python \
+#       SKIP_BUILD=1 bash tools/device_job.sh
+set -uo pipefail
+OUT=${OUT:-out/device_job}
+PACK=${PACK:-.device}
+MINUTES=${MINUTES:-6}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-100000}
+BATCH=${BATCH:-32}
+WORKERS=${WORKERS:-6}
+VAL=${VAL:-120}
+PY=${PY:-python3}
+RUNS=${RUNS:-$OUT/runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+{ nvidia-smi 2>&1 || true; $PY -c "import sys, torch, numpy, cv2; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('numpy', numpy.__version__, 'cv2', cv2.__version__)"; nproc; } > "$OUT/env.txt" 2>&1
+log "env: $(tail -n 3 "$OUT/env.txt" | tr '\n' ' ')"
+
+# ---- 1. build + GPU tests + kernel benchmark (background; the trainings do not need the C++ core) ----------------
+(
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    CUDAARCHS=${CUDAARCHS:-90} $PY -m pip install --no-build-isolation --no-deps -e . > "$RUNS/build.log" 2>&1 \
+      || { echo "CUDA build failed" >> "$RUNS/build.log"; exit 1; }
+    $PY -c "from sdk import _native; print(_native.build_info()); print(_native.cuda_info())" >> "$RUNS/build.log" 2>&1
+    $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_align.py > "$RUNS/gpu_tests.log" 2>&1
+    $PY -m pytest -q -p no:cacheprovider tests/test_kernels_align.py tests/test_kernels_contextual_attention.py \
+      tests/test_kernels_search.py > "$RUNS/kernel_tests.log" 2>&1
+    $PY benchmarks/bench_kernels.py --out "$RUNS/bench_kernels.json" > "$RUNS/bench_kernels.log" 2>&1
+  fi
+) &
+BUILD_PID=$!
+
+# ---- 2. the two inpainter runs ----------------------------------------------------------------------------------------
+COMMON=(--data "$PACK" --faces "$PACK/celeba_faces.npz" --templates "$PACK/mask_templates" --teacher
+        "$PACK/dlib_face_recognition_resnet_model_v1.dat" --images-per-identity 0 --device "$DEVICE"
+        --workers "$WORKERS" --batch-size "$BATCH" --steps "$STEPS" --max-minutes "$MINUTES" --val-images "$VAL"
+        --ckpt-every 500 --snapshot-every 250 --grid-every 1000 --log-every 50 --no-progress)
+$PY trainer/main.py inpainter "${COMMON[@]}" ${EXTRA_ARGS:-} --id-loss --out "$RUNS/id" > "$RUNS/id.log" 2>&1 &
+ID_PID=$!
+$PY trainer/main.py inpainter "${COMMON[@]}" ${EXTRA_ARGS:-} --no-id-loss --out "$RUNS/noid" > "$RUNS/noid.log" 2>&1 &
+NOID_PID=$!
+log "started: build $BUILD_PID, id $ID_PID, noid $NOID_PID"
+
+# fail fast: if both trainings die in their first minute, stop here (a rerun has time left)
+for _ in $(seq 1 12); do
+  sleep 5
+  if ! kill -0 $ID_PID 2>/dev/null && ! kill -0 $NOID_PID 2>/dev/null; then break; fi
+done
+if ! kill -0 $ID_PID 2>/dev/null && ! kill -0 $NOID_PID 2>/dev/null && [ ! -f "$RUNS/id/eval.json" ]; then
+  log "both trainings ended early:"; tail -n 25 "$RUNS/id.log" "$RUNS/noid.log"
+fi
+for name in id noid; do tail -n 3 "$RUNS/$name/log.csv" 2>/dev/null | sed "s/^/$name: /"; done
+
+wait $ID_PID; ID_RC=$?
+wait $NOID_PID; NOID_RC=$?
+log "trainings done: id rc=$ID_RC noid rc=$NOID_RC"
+wait $BUILD_PID; log "build/tests/bench rc=$?"
+gen_dir="$RUNS/id"; [ -f "$gen_dir/generator.safetensors" ] || gen_dir=""
+$PY benchmarks/bench_inpainter.py ${gen_dir:+--generator "$gen_dir"} --threads "${BENCH_THREADS:-1}" \
+    --out "$RUNS/bench_inpainter.json" > "$RUNS/bench_inpainter.log" 2>&1; log "inpainter bench rc=$?"
+
+# ---- 3. pack the results ---------------------------------------------------------------------------------------------
+# the runs share a wall-clock budget, so they end at different step counts: keep each run's snapshot at the
+# other run's final step too (rounded down to a snapshot), for a same-steps comparison
+steps_of() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" "$1" 2>/dev/null || echo 0; }
+ID_STEPS=$(steps_of "$RUNS/id/eval.json"); NOID_STEPS=$(steps_of "$RUNS/noid/eval.json")
+pick_snapshot() {  # run, step -> the last snapshot at or before step
+  ls "$RUNS/$1"/snapshots/generator_*.safetensors 2>/dev/null | awk -F_ -v s="$2" '{n=$NF; sub(/\..*/,"",n); if (n+0 <= s+0) f=$0} END {if (f) print f}'
+}
+SNAP_NOID=$(pick_snapshot noid "$ID_STEPS"); SNAP_ID=$(pick_snapshot id "$NOID_STEPS")
+log "steps: id $ID_STEPS noid $NOID_STEPS; snapshots kept: ${SNAP_NOID:-none} ${SNAP_ID:-none}"
+for name in id noid; do
+  d="$RUNS/$name"
+  [ -d "$d" ] || continue
+  last_grid=$(ls "$d"/grids/*.png 2>/dev/null | tail -n 1)
+  tar czf "$OUT/inpainter_$name.tgz" -C "$RUNS" "$name.log" \
+      $(cd "$RUNS" && ls "$name"/{generator.safetensors,critics.safetensors,config.json,eval.json,log.csv} 2>/dev/null) \
+      ${last_grid:+"$name/grids/$(basename "$last_grid")"} \
+      $( [ "$name" = noid ] && [ -n "$SNAP_NOID" ] && echo "noid/snapshots/$(basename "$SNAP_NOID")" ) \
+      $( [ "$name" = id ] && [ -n "$SNAP_ID" ] && echo "id/snapshots/$(basename "$SNAP_ID")" )
+  tar czf "$OUT/inpainter_${name}_optim.tgz" -C "$RUNS" $(cd "$RUNS" && ls "$name"/optim_*.safetensors 2>/dev/null)
+done
+cp "$OUT/env.txt" "$RUNS/env.txt"
+tar czf "$OUT/kernels.tgz" -C "$RUNS" $(cd "$RUNS" && ls env.txt build.log gpu_tests.log kernel_tests.log \
+    bench_kernels.json bench_kernels.log bench_inpainter.json bench_inpainter.log 2>/dev/null)
+ls -la "$OUT"
+for name in id noid; do
+  $PY - "$RUNS/$name/eval.json" <<'EOF' 2>/dev/null
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sys.argv[1], "steps", r["steps"], "psnr", round(r["psnr_hole"], 3), "ssim", round(r["ssim_hole"], 4),
+      "telea", round(r["telea_psnr_hole"], 3), round(r["telea_ssim_hole"], 4), "s", r["train_seconds_this_run"])
+EOF
+done
+tail -n 4 "$RUNS/gpu_tests.log" "$RUNS/kernel_tests.log" 2>/dev/null
+log "done"
