@@ -54,6 +54,15 @@ def dilate_holes(holes: np.ndarray, pixels: int) -> np.ndarray:
     return np.stack([cv2.dilate(h.astype(np.uint8), kernel, iterations=int(pixels)) > 0 for h in holes])
 
 
+def is_greyscale(crops: np.ndarray, holes: np.ndarray, tol: int = 2) -> np.ndarray:
+    """``(N,)`` bool: True where a BGR crop's known pixels (``holes`` False) have B, G and R within ``tol`` grey
+    levels of each other everywhere (a greyscale image stored as BGR)."""
+    c = np.asarray(crops).astype(np.int16)
+    known = ~np.asarray(holes).astype(bool)
+    spread = np.maximum(np.abs(c[..., 0] - c[..., 1]), np.abs(c[..., 1] - c[..., 2]))
+    return np.array([not (sp[k] > tol).any() for sp, k in zip(spread, known)], bool)
+
+
 def paste_back(frame_bgr: np.ndarray, crop_bgr: np.ndarray, hole: np.ndarray, matrix: np.ndarray,
                out: np.ndarray | None = None) -> np.ndarray:
     """Put the hole pixels of an aligned crop back into the frame it was cut from.
@@ -202,6 +211,12 @@ class OnnxInpainter:
                                                "mask": np.ascontiguousarray(hm[:, None], dtype=np.float32)})
             parts.append(from_model_output(y))
         done = np.concatenate(parts)
+        # greyscale faces (IR / night cameras, LFW) get greyscale fills: the generator was trained on colour faces
+        # and would paint skin tones into a grey face
+        grey = is_greyscale(crops, holes)
+        if grey.any():
+            luma = np.stack([cv2.cvtColor(d, cv2.COLOR_BGR2GRAY) for d in done[grey]])
+            done[grey] = np.repeat(luma[..., None], 3, axis=3)
         # the graph composites in float; do it again in uint8 so known pixels are bit-exact
         return np.where(holes[..., None], done, crops)
 

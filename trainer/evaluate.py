@@ -51,13 +51,14 @@ class Job:
     condition: str
     templates: str | None
     seed: int
+    complete: str | None = None  #: inpainter spec (trainer.data.completion) applied to masked chips, or None
 
 
 # ------------------------------------------------------------------------------------------------ workers
 _W: dict = {}
 
 
-def _worker_init(model: str | None, templates: str | None) -> None:
+def _worker_init(model: str | None, templates: str | None, complete: str | None = None) -> None:
     cv2.setNumThreads(1)
     from sdk.bundle import load_bundle
     from sdk._registry import build_stage
@@ -66,6 +67,12 @@ def _worker_init(model: str | None, templates: str | None) -> None:
     _W["embedder"] = build_stage(bundle.stages["embed"])
     _W["templates"] = templates
     _W["synth"] = {}
+    if complete:
+        from trainer.data.completion import ChipCompleter
+
+        _W["completer"] = ChipCompleter(complete)
+    else:
+        _W.pop("completer", None)
 
 
 def _synthesizer(condition: str, templates: str | None):
@@ -102,12 +109,20 @@ def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templa
 
 
 def _embed_chunk(args: tuple) -> np.ndarray:
-    paths, chip_ms, lms, seeds, masked_flags, condition = args
+    paths, chip_ms, lms, seeds, masked_flags, condition, arc_ms = args
     emb = _W["embedder"]
-    chips = []
+    chips, holes = [], []
     for p, m, lm, sd, flag in zip(paths, chip_ms, lms, seeds, masked_flags):
-        chip, _ = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"], emb.crop_size, lm)
-        chips.append(np.ascontiguousarray(chip[:, :, ::-1]) if emb.crop_order == "RGB" else chip)
+        chip, hole = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"], emb.crop_size, lm)
+        chips.append(chip)
+        holes.append(np.zeros(chip.shape[:2], np.uint8) if hole is None else hole)
+    completer = _W.get("completer")
+    if completer is not None and condition != "unmasked":
+        from trainer.data.completion import chip_to_arc
+
+        mats = np.stack([chip_to_arc(cm, am) for cm, am in zip(chip_ms, arc_ms)])
+        chips = list(completer(np.stack(chips), np.stack(holes), mats))
+    chips = [np.ascontiguousarray(c[:, :, ::-1]) if emb.crop_order == "RGB" else c for c in chips]
     return emb.embed_crops(chips)
 
 
@@ -115,27 +130,35 @@ def _embed_chunk(args: tuple) -> np.ndarray:
 def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
                     chunk: int = 32) -> np.ndarray:
     """Embeddings (len(idx), D) of images ``aligned.paths[idx]`` under ``job.condition`` (cached)."""
-    h = hashlib.sha1(json.dumps([job.model, job.condition, job.templates, job.seed,
-                                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()]).encode())
+    from trainer.data.completion import model_fingerprint
+
+    key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
+                 masked.astype(int).tolist()]
+    if job.complete and job.condition != "unmasked":
+        key_parts.append(["complete", model_fingerprint(job.complete)])
+    h = hashlib.sha1(json.dumps(key_parts).encode())
     h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())  # the chip geometry is part of the key
     key = h.hexdigest()[:16]
-    cache = cache_dir / f"emb-{job.condition}-{key}.npy" if cache_dir else None
+    tag = f"{job.condition}-completed" if job.complete and job.condition != "unmasked" else job.condition
+    cache = cache_dir / f"emb-{tag}-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
         return np.load(cache)
     seeds = job.seed * 1_000_003 + idx
     tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
-              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition)
+              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
+              aligned.arc_m[idx[s:s + chunk]])
              for s in range(0, len(idx), chunk)]
     out: list[np.ndarray] = []
-    bar = tqdm(total=len(idx), desc=f"embed {job.condition}", unit="face")
+    bar = tqdm(total=len(idx), desc=f"embed {tag}", unit="face")
     if workers <= 1:
-        _worker_init(job.model, job.templates)
+        _worker_init(job.model, job.templates, job.complete)
         for t in tasks:
             out.append(_embed_chunk(t))
             bar.update(len(t[0]))
     else:
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(job.model, job.templates)) as ex:
+        with ProcessPoolExecutor(workers, initializer=_worker_init,
+                                 initargs=(job.model, job.templates, job.complete)) as ex:
             for t, e in zip(tasks, ex.map(_embed_chunk, tasks)):
                 out.append(e)
                 bar.update(len(t[0]))
@@ -180,7 +203,7 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
     results, curves = {}, {}
     all_idx = np.arange(len(paths))
     for cond in args.conditions:
-        job = Job(args.model, cond, args.templates, args.seed)
+        job = Job(args.model, cond, args.templates, args.seed, args.complete)
         t0 = time.perf_counter()
         masked_all = embed_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
         if args.mask_side == "both" or cond == "unmasked":
@@ -232,8 +255,8 @@ def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, 
     results = {}
     for cond in args.conditions:
         t0 = time.perf_counter()
-        pe = embed_condition(aligned, p_idx, np.ones(len(p_idx), bool), Job(args.model, cond, args.templates, args.seed),
-                             args.workers, args.cache)
+        pe = embed_condition(aligned, p_idx, np.ones(len(p_idx), bool),
+                             Job(args.model, cond, args.templates, args.seed, args.complete), args.workers, args.cache)
         r = rank1_identification(clean_g, g_labels, pe, p_labels, ks=[1, 5])
         results[cond] = {"rank1": r[1], "rank_k": {5: r[5]}, "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: rank-1 %.2f %%", cond, 100 * r[1])
@@ -257,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="lfw-pairs: first N folds only; rank1: first N identities (0 = all)")
     p.add_argument("--probes-per-identity", type=int, default=5, help="rank1: probes per identity (default 5)")
     p.add_argument("--seed", type=int, default=0, help="synthesis seed (per-image seeds derive from it)")
+    p.add_argument("--complete", default=None,
+                   help="complete the occluded chips before embedding: an inpainter .onnx, a bundle with a 'complete' "
+                        "stage, a trainer run folder (generator.safetensors) or 'telea' (OpenCV); the true synthesis "
+                        "mask is the hole (the ID-GAN protocol)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="embedding processes")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="cache folder for alignment and embeddings")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (report.json, report.md, roc.png, examples.png)")
@@ -288,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     fn = evaluate_lfw if args.protocol == "lfw-pairs" else evaluate_rank1
     results, extra = fn(args, detector, embedder)
     meta = {**extra["meta"], "protocol": args.protocol, "data": str(args.data), "model": bundle.name,
-            "embedder": embedder.model_id, "templates": args.templates, "seed": args.seed,
+            "embedder": embedder.model_id, "templates": args.templates, "seed": args.seed, "complete": args.complete,
             "seconds": round(time.perf_counter() - t0, 1), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "command": "python -m trainer.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     write_report(results, args.out / "report.json", args.out / "report.md", title=f"{bundle.name} on {args.data.name}", meta=meta)

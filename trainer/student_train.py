@@ -1,4 +1,8 @@
-"""Student training, "no completion" variant: dlib-initialised ResNet fine-tuned on masked faces.
+"""Student training: dlib-initialised ResNet fine-tuned on masked faces -- raw, or completed by the inpainter.
+
+``--completion <inpainter>`` trains on *completed* faces (the paper's pipeline: the occluder's pixels are filled by
+the GAN inpainter through the 112x112 ArcFace crop, :mod:`trainer.data.completion`, before the student sees the
+chip); without it the student sees the raw masked chip (the "no completion" ablation).
 
 The student starts as an exact copy of the frozen teacher (the PyTorch port of dlib's ResNet,
 :class:`trainer.models.dlib_resnet.DlibResNet`) and is fine-tuned on *masked* 150x150 dlib chips to reproduce
@@ -120,13 +124,24 @@ class MaskedChipDataset:
     """
 
     def __init__(self, paths: Sequence[str], chip_m: np.ndarray, landmarks: np.ndarray, labels: Sequence[int],
-                 synth, mask_prob: float, seed: int, val_synth=None, chip_size: int = 150):
+                 synth, mask_prob: float, seed: int, val_synth=None, chip_size: int = 150, completer=None):
         self.paths = list(paths)
         self.chip_m = np.asarray(chip_m, np.float64)
         self.landmarks = np.asarray(landmarks, np.float32)
         self.labels = np.asarray(labels, np.int64)
         self.synth, self.val_synth = synth, val_synth
         self.mask_prob, self.seed, self.chip_size = float(mask_prob), int(seed), int(chip_size)
+        self.completer = completer  # trainer.data.completion.ChipCompleter: masked chips are completed
+
+    def _complete(self, i: int, masked: np.ndarray, hole: np.ndarray) -> np.ndarray:
+        """``masked`` chip of image ``i`` with its hole filled by the inpainter (through the ArcFace crop)."""
+        if self.completer is None or not hole.any():
+            return masked
+        from sdk.align import ARCFACE_112, similarity_to_template
+        from trainer.data.completion import chip_to_arc
+
+        mat = chip_to_arc(self.chip_m[i], similarity_to_template(self.landmarks[i], ARCFACE_112))
+        return self.completer(masked[None], hole[None], mat[None])[0]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,11 +164,13 @@ class MaskedChipDataset:
         sd = sample_seed(self.seed, epoch, i)
         if epoch < 0:
             synth = self.val_synth or self.synth
-            masked = synth(clean, self.chip_landmarks(i), sd, category="simple").masked
+            r = synth(clean, self.chip_landmarks(i), sd, category="simple")
+            masked = self._complete(i, r.masked, r.mask)
         else:
             rng = np.random.default_rng(sd)
             if rng.random() < self.mask_prob:
-                masked = self.synth(clean, self.chip_landmarks(i), rng).masked
+                r = self.synth(clean, self.chip_landmarks(i), rng)
+                masked = self._complete(i, r.masked, r.mask)
             else:
                 masked = clean
         return (np.ascontiguousarray(masked[:, :, ::-1]), np.ascontiguousarray(clean[:, :, ::-1]),
@@ -597,8 +614,14 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
     synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, weights=dict(cfg.mask_weights)))
     val_synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, template_prob=1.0 if tdir else 0.7,
                                                 recolor_prob=0.0))
+    completer = None
+    if cfg.completion:
+        from trainer.data.completion import ChipCompleter
+
+        completer = ChipCompleter(cfg.completion)
+        log.info("training on completed faces: inpainter %s", completer.model)
     ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, synth, cfg.mask_prob, cfg.seed,
-                           val_synth)
+                           val_synth, completer=completer)
     teacher_t = torch.from_numpy(prep.teacher)
 
     start_epoch, start_batch, step = 0, 0, 0
@@ -789,6 +812,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
                    help="ArcFace head lr = lr x this (head starts at the teacher's identity centres)")
     p.add_argument("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
+    p.add_argument("--completion", default=None,
+                   help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
+                        "(generator.safetensors) or 'telea'; default: raw masked faces")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out identity fraction")
     p.add_argument("--val-pairs", type=int, default=d.val_pairs)
     p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")

@@ -19,6 +19,7 @@ Arrays in the ``.npz`` (``allow_pickle=False`` loadable):
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -63,7 +64,7 @@ def load_face_pack(path: str | Path):
         z = np.load(path, allow_pickle=False)
         jpeg, offsets, lms, ids = z["jpeg"], z["offsets"], z["landmarks"], z["identities"]
         version = int(z["version"])
-    except (KeyError, ValueError, OSError) as e:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a face pack (python trainer/main.py pack-faces writes them): {e}") from e
     if version != PACK_VERSION:
         raise ValueError(f"{path}: face pack version {version}, this code reads version {PACK_VERSION}")

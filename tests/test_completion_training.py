@@ -1,0 +1,206 @@
+"""Completion in training and evaluation: face packs, chip completion through the ArcFace crop, greyscale fills,
+the student dataset on completed faces, `trainer.evaluate --complete`, the ablation rows, the inpainter's device
+option.  Everything runs on images the tests render (scikit-image's astronaut / camera); no ../shared data."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from sdk.align import ARCFACE_112, DLIB_150, similarity_to_template, warp
+
+#: MTCNN landmarks of the astronaut in skimage.data.astronaut() (the default detector's output).
+ASTRO_LM = np.array([[203.9, 101.3], [246.4, 103.2], [224.3, 128.9], [201.8, 139.8], [244.9, 142.0]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    t = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    return t
+
+
+@pytest.fixture(scope="module")
+def run_dir(torch, tmp_path_factory):
+    """Trainer run folder of a width-4 generator with random weights."""
+    from trainer.models.inpainter import Generator, InpainterConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("inp")
+    save_checkpoint(out, Generator(InpainterConfig(width=4, disc_width=4)).eval(), extra={"step": 0})
+    return out
+
+
+def _chip_and_arc(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(150x150 dlib-style chip, frame->chip matrix, frame->arc matrix) of the astronaut's face."""
+    chip_m = similarity_to_template(ASTRO_LM, DLIB_150)
+    arc_m = similarity_to_template(ASTRO_LM, ARCFACE_112)
+    return warp(img, chip_m, (150, 150)), chip_m, arc_m
+
+
+def test_face_pack_roundtrip(tmp_path, astronaut_bgr):
+    from trainer.data.pack import load_face_pack, save_face_pack
+    from trainer.segmenter_train import FaceArrays
+
+    m = similarity_to_template(ASTRO_LM, ARCFACE_112)
+    crop = warp(astronaut_bgr, m, (112, 112))
+    faces = FaceArrays(np.stack([crop, crop[:, ::-1].copy(), crop // 2]),
+                       np.stack([ARCFACE_112.astype(np.float32)] * 3), ["a", "a", "b"])
+    path = save_face_pack(faces, tmp_path / "faces.npz", quality=95)
+    got = load_face_pack(path)
+    assert got.crops.shape == (3, 112, 112, 3) and got.crops.dtype == np.uint8
+    assert got.identities == ["a", "a", "b"]
+    np.testing.assert_array_equal(got.landmarks, faces.landmarks)
+    err = np.abs(got.crops.astype(int) - faces.crops.astype(int)).mean()
+    assert err < 2.0, f"JPEG q95 should be near-lossless, mean abs err {err}"
+    # a truncated pack and a foreign npz are refused with a clear error
+    raw = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="face pack"):
+        load_face_pack(tmp_path / "cut.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a face pack"):
+        load_face_pack(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError):
+        load_face_pack(tmp_path / "missing.npz")
+
+
+def test_chip_to_arc_composes_the_two_warps(astronaut_bgr):
+    from trainer.data.completion import chip_to_arc
+
+    chip, chip_m, arc_m = _chip_and_arc(astronaut_bgr)
+    a = chip_to_arc(chip_m, arc_m)
+    pts = ASTRO_LM.astype(np.float64)
+    in_chip = pts @ chip_m[:, :2].T + chip_m[:, 2]
+    np.testing.assert_allclose(in_chip @ a[:, :2].T + a[:, 2], pts @ arc_m[:, :2].T + arc_m[:, 2], atol=1e-9)
+    # the crop cut from the chip looks like the crop cut from the frame (inside the chip's field of view)
+    direct = warp(astronaut_bgr, arc_m, (112, 112)).astype(int)
+    via = warp(chip, a, (112, 112)).astype(int)
+    assert np.abs(direct - via)[20:100, 20:100].mean() < 6
+
+
+@pytest.mark.parametrize("spec", ["telea", "run"])
+def test_chip_completer_fills_only_the_hole(spec, run_dir, astronaut_bgr):
+    from trainer.data.completion import ChipCompleter, chip_to_arc
+
+    chip, chip_m, arc_m = _chip_and_arc(astronaut_bgr)
+    hole = np.zeros((150, 150), np.uint8)
+    hole[85:120, 45:105] = 1  # lower face, inside the ArcFace crop
+    masked = chip.copy()
+    masked[hole > 0] = 255
+    comp = ChipCompleter("telea" if spec == "telea" else run_dir)
+    mats = chip_to_arc(chip_m, arc_m)[None]
+    out = comp(np.stack([masked, chip]), np.stack([hole, np.zeros_like(hole)]), np.stack([mats[0], mats[0]]))
+    assert out.shape == (2, 150, 150, 3) and out.dtype == np.uint8
+    far = cv2.dilate(hole, np.ones((7, 7), np.uint8)) == 0
+    np.testing.assert_array_equal(out[0][far], masked[far])  # known pixels untouched
+    assert (out[0][hole > 0] != 255).any(axis=-1).mean() > 0.9  # the white occluder is gone
+    np.testing.assert_array_equal(out[1], chip)  # no hole: unchanged
+    if spec == "run":
+        assert (run_dir / "inpainter.onnx").is_file()  # exported once, cached beside the weights
+
+
+def test_greyscale_faces_get_greyscale_fills(run_dir):
+    from sdk.complete import OnnxInpainter, is_greyscale
+    from trainer.data.completion import resolve_model
+
+    inp = OnnxInpainter(resolve_model(run_dir))
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (1, 112, 112, 1), dtype=np.uint8), 3, axis=3)
+    colour = rng.integers(0, 256, (1, 112, 112, 3), dtype=np.uint8)
+    holes = np.zeros((2, 112, 112), np.uint8)
+    holes[:, 60:100, 20:90] = 1
+    assert is_greyscale(np.concatenate([grey, colour]), holes).tolist() == [True, False]
+    out = inp.complete(np.concatenate([grey, colour]), holes)
+    g = out[0][holes[0] > 0].astype(int)
+    assert (g[:, 0] == g[:, 1]).all() and (g[:, 1] == g[:, 2]).all()
+    c = out[1][holes[1] > 0].astype(int)
+    assert (c[:, 0] != c[:, 2]).any()  # colour faces keep the generator's colour
+
+
+def test_student_dataset_completes_masked_chips(run_dir, tmp_path, astronaut_bgr):
+    from trainer.data.completion import ChipCompleter
+    from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
+    from trainer.student_train import MaskedChipDataset
+
+    cv2.imwrite(str(tmp_path / "a.png"), astronaut_bgr)
+    chip_m = similarity_to_template(ASTRO_LM, DLIB_150)
+    args = ([str(tmp_path / "a.png")], chip_m[None], ASTRO_LM[None], [0], MaskSynthesizer(SynthesisConfig()), 1.0, 0)
+    plain = MaskedChipDataset(*args)
+    done = MaskedChipDataset(*args, completer=ChipCompleter(run_dir))
+    m0, c0, _, _ = plain[(0, 0)]
+    m1, c1, _, _ = done[(0, 0)]
+    np.testing.assert_array_equal(c0, c1)
+    assert (m0 != c0).any() and (m1 != m0).any()  # an occluder was painted, and the completion changed it
+    v0, _, _, _ = plain[(0, -1)]
+    v1, _, _, _ = done[(0, -1)]
+    assert (v1 != v0).any()  # validation chips are completed too
+
+
+def test_evaluate_complete_option(tmp_path, astronaut_bgr, camera_bgr):
+    from tests.test_readers_evaluate import variants
+
+    root = tmp_path / "lfw"
+    for name, img in {"Eileen_Collins": astronaut_bgr, "Camera_Man": camera_bgr}.items():
+        (root / name).mkdir(parents=True)
+        for i, v in enumerate(variants(img, 4), start=1):
+            cv2.imwrite(str(root / name / f"{name}_{i:04d}.jpg"), v)
+    lines = ["2\t2"]
+    for f in range(2):
+        lines += [f"Eileen_Collins\t{1 + 2 * f}\t{2 + 2 * f}", f"Camera_Man\t{1 + 2 * f}\t{2 + 2 * f}",
+                  f"Eileen_Collins\t{1 + f}\tCamera_Man\t{3 - f}", f"Eileen_Collins\t{3 + f}\tCamera_Man\t{1 + f}"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "rep"
+    cmd = [sys.executable, "-m", "trainer.evaluate", "--data", str(root), "--conditions", "block", "--complete", "telea",
+           "--workers", "1", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["complete"] == "telea" and "block" in rep["results"]
+    caches = sorted(p.name for p in (tmp_path / "cache").glob("emb-*.npy"))
+    assert any(n.startswith("emb-block-completed-") for n in caches), caches
+    # without --complete the masked embeddings are a different cache entry (and different numbers)
+    r = subprocess.run(cmd[:-8] + ["--workers", "1", "--out", str(tmp_path / "rep2"), "--cache", str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "cache").glob("emb-block-*.npy"))
+    assert len(names) == 2, names
+    a, b = (np.load(tmp_path / "cache" / n) for n in names)
+    assert a.shape == b.shape and np.abs(a - b).max() > 1e-4
+
+
+def test_ablation_rows_are_distinct_configs(tmp_path):
+    import argparse
+
+    from trainer.ablation import DEFAULT_ROWS, build_parser, row_for, student_config
+
+    args = build_parser().parse_args(["--out", str(tmp_path), "--completion", "telea"])
+    cfgs = {n: student_config(args, n) for n in DEFAULT_ROWS}
+    keys = {n: (c.instance, c.lambda_i if c.instance != "none" else 0, c.lambda_p, c.lambda_t, c.ce_weight)
+            for n, c in cfgs.items()}
+    assert len(set(keys.values())) == len(keys), keys  # every row trains something different
+    assert keys["finetune_ce"] == ("none", 0, 0.0, 0.0, 1.0)
+    assert keys["ce_pt_soft"] == ("soft", 1.0, 1.0, 2.0, 1.0)
+    assert all(c.epochs == cfgs["finetune_ce"].epochs and c.seed == 0 for c in cfgs.values())
+    assert student_config(args, "ce_pt_hard_completed").completion == "telea"
+    assert student_config(args, "ce_pt_hard").completion is None
+    with pytest.raises(SystemExit, match="unknown ablation row"):
+        row_for("nope")
+    no_comp = build_parser().parse_args(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="needs --completion"):
+        student_config(no_comp, "pt_hard_completed")
+    assert isinstance(args, argparse.Namespace)
+
+
+def test_inpainter_device_option(torch):
+    from trainer.inpainter_train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            resolve_device("cuda")
