@@ -34,6 +34,7 @@ bench: setup  ## every benchmark, JSON into benchmarks/results/ (DATA=../shared/
 	$(PY) benchmarks/bench_kernels.py --out benchmarks/results/kernels.json
 	$(PY) benchmarks/bench_embed.py --out benchmarks/results/embed.json > /dev/null
 	$(PY) benchmarks/bench_segmenter.py --out benchmarks/results/segmenter.json > /dev/null
+	$(PY) benchmarks/bench_inpainter.py --out benchmarks/results/inpainter.json
 	$(PY) benchmarks/bench_synthesis.py $(if $(wildcard $(DATA)/mask_templates),--templates $(DATA)/mask_templates) \
 		--out benchmarks/results/synthesis.json > /dev/null
 

@@ -9,7 +9,8 @@
 #
 # Inputs (a git-ignored folder carried to the machine, made by `python trainer/main.py pack-faces ...`):
 #   PACK/celeba_faces.npz, PACK/dlib_face_recognition_resnet_model_v1.dat, PACK/mask_templates/
-# Knobs: MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY, CUDAARCHS.
+# Knobs: MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY, CUDAARCHS, GREY_PROB
+# (0.2: a fifth of the faces greyscale; the 2026-11-27 run used 0), EXTRA_ARGS (e.g. --resume).
 # Dry run here, without a GPU:
 #   OUT=out/device_dry DEVICE=cpu MINUTES=0.2 STEPS=3 BATCH=4 WORKERS=0 VAL=2 PY=.venv/bin/python \
 #       SKIP_BUILD=1 bash tools/device_job.sh
@@ -50,7 +51,7 @@ BUILD_PID=$!
 COMMON=(--data "$PACK" --faces "$PACK/celeba_faces.npz" --templates "$PACK/mask_templates" --teacher
         "$PACK/dlib_face_recognition_resnet_model_v1.dat" --images-per-identity 0 --device "$DEVICE"
         --workers "$WORKERS" --batch-size "$BATCH" --steps "$STEPS" --max-minutes "$MINUTES" --val-images "$VAL"
-        --ckpt-every 500 --snapshot-every 250 --grid-every 1000 --log-every 50 --no-progress)
+        --grey-prob "${GREY_PROB:-0.2}" --ckpt-every 500 --snapshot-every 250 --grid-every 1000 --log-every 50 --no-progress)
 $PY trainer/main.py inpainter "${COMMON[@]}" ${EXTRA_ARGS:-} --id-loss --out "$RUNS/id" > "$RUNS/id.log" 2>&1 &
 ID_PID=$!
 $PY trainer/main.py inpainter "${COMMON[@]}" ${EXTRA_ARGS:-} --no-id-loss --out "$RUNS/noid" > "$RUNS/noid.log" 2>&1 &

@@ -170,16 +170,29 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
 
 
 def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
-                  seed: int) -> None:
-    """A contact sheet: one row per condition, the same faces in each column (BGR PNG)."""
+                  seed: int, complete: str | None = None) -> None:
+    """A contact sheet: one row per condition (and, with ``complete``, one more row with those faces completed),
+    the same faces in each column (BGR PNG)."""
     _W.setdefault("synth", {})
     rows = []
+    completer = None
+    if complete:
+        from trainer.data.completion import ChipCompleter, chip_to_arc
+
+        completer = ChipCompleter(complete)
     for c in conditions:
-        tiles = [render_crop(aligned.paths[i], aligned.chip_m[i], c, seed * 1_000_003 + int(i), templates, crop_size,
-                             aligned.landmarks[i])[0] for i in idx]
-        row = np.concatenate(tiles, axis=1)
-        cv2.putText(row, c, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
-        rows.append(row)
+        rendered = [render_crop(aligned.paths[i], aligned.chip_m[i], c, seed * 1_000_003 + int(i), templates, crop_size,
+                                aligned.landmarks[i]) for i in idx]
+        tiles = [r[0] for r in rendered]
+        labelled = [(c, tiles)]
+        if completer is not None and c != "unmasked":
+            holes = np.stack([np.zeros(t.shape[:2], np.uint8) if r[1] is None else r[1] for t, r in zip(tiles, rendered)])
+            mats = np.stack([chip_to_arc(aligned.chip_m[i], aligned.arc_m[i]) for i in idx])
+            labelled.append((f"{c} completed", list(completer(np.stack(tiles), holes, mats))))
+        for label, ts in labelled:
+            row = np.concatenate(ts, axis=1)
+            cv2.putText(row, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
+            rows.append(row)
     cv2.imwrite(str(path), np.concatenate(rows, axis=0))
 
 
@@ -221,7 +234,7 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
     meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}
     save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
-                  embedder.crop_size, args.out / "examples.png", args.seed)
+                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete)
     return results, {"meta": meta, "curves": curves}
 
 
@@ -262,7 +275,7 @@ def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, 
         log.info("%s: rank-1 %.2f %%", cond, 100 * r[1])
     meta = {"identities": len(g_idx), "probes": len(p_idx), "alignment": aligned.counts()}
     save_examples(aligned, list(p_idx[:: max(1, len(p_idx) // 8)][:8]), args.conditions, args.templates,
-                  embedder.crop_size, args.out / "examples.png", args.seed)
+                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete)
     return results, {"meta": meta, "curves": {}}
 
 

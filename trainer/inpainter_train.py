@@ -84,6 +84,7 @@ class InpaintTrainConfig:
     alpha_h: float = 0.05
     beta: float = 0.5
     category_weights: str | None = None  #: JSON dict category -> weight (default: the synthesizer's)
+    grey_prob: float = 0.0  #: fraction of training faces turned greyscale (grey cameras, greyscale LFW)
     threads: int = 0  #: torch intra-op threads (0 = torch default)
     device: str = "cpu"  #: cpu | cuda | cuda:N | auto (cuda when available)
     workers: int = 0  #: DataLoader worker processes for mask synthesis (0 = in the training process)
@@ -113,8 +114,9 @@ class InpaintStream:
     """Map-style dataset; item ``i`` (deterministic in ``(seed, i)``) = ``(clean uint8 HWC, M float32 HW,
     identity label int64)``."""
 
-    def __init__(self, faces, labels: np.ndarray, synth, length: int, seed: int):
+    def __init__(self, faces, labels: np.ndarray, synth, length: int, seed: int, grey_prob: float = 0.0):
         self.faces, self.labels, self.synth, self.length, self.seed = faces, labels, synth, length, seed
+        self.grey_prob = float(grey_prob)
 
     def __len__(self) -> int:
         return self.length
@@ -123,6 +125,8 @@ class InpaintStream:
         rng = np.random.default_rng([self.seed, int(i)])
         j = int(rng.integers(len(self.faces.crops)))
         img, lm = _augment(self.faces.crops[j], self.faces.landmarks[j], rng)
+        if self.grey_prob and rng.random() < self.grey_prob:
+            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         s = self.synth(img, lm, rng)
         return s.clean, s.mask.astype(np.float32), np.int64(self.labels[j])
 
@@ -394,7 +398,7 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
     flops = count_flops(tr.G)
     log.info("generator: %d params, %.3f GFLOPs per 112x112 face", params["generator"], flops / 1e9)
 
-    ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed)
+    ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed, cfg.grey_prob)
     sampler = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
     dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                                      persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None)
