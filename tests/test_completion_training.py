@@ -204,3 +204,22 @@ def test_inpainter_device_option(torch):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_ablation_table_from_reports(tmp_path):
+    """write_table reads the evaluation reports' structure (TAR entries are dicts) and writes md + json + png."""
+    from trainer.ablation import write_table
+
+    def res(acc: float, tar: float) -> dict:
+        return {"verification": {"accuracy_mean": acc, "accuracy_std": 0.01},
+                "tar_at_far": {"0.01": {"tar": tar + 0.1, "threshold": 0.9}, "0.001": {"tar": tar, "threshold": 0.95}}}
+
+    teacher = {"template": res(0.92, 0.37), "unmasked": res(0.98, 0.90)}
+    rows = [{"row": "finetune_ce", "label": "CE only", "train_seconds": 12.0,
+             "lfw": {"template": res(0.94, 0.66), "unmasked": res(0.979, 0.89)}}]
+    write_table(rows, teacher, ["template", "unmasked"], tmp_path, {"command": "cmd", "machine": "m", "seconds": 3.0})
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| teacher (dlib, no training) | 92.00 ± 1.00 | 37.00 | 98.00 ± 1.00 | 90.00 | - |" in md
+    assert "| CE only (`finetune_ce`) | 94.00 ± 1.00 | 66.00 | 97.90 ± 1.00 | 89.00 | 12 |" in md
+    assert json.loads((tmp_path / "ablation.json").read_text())["rows"][0]["row"] == "finetune_ce"
+    assert (tmp_path / "ablation.png").stat().st_size > 1000

@@ -155,7 +155,7 @@ def write_table(rows: list[dict], teacher: dict, conditions: list[str], report: 
 
     def tar(res: dict, c: str) -> str:
         r = res.get(c)
-        return f"{100 * r['tar_at_far']['0.001']:.2f}" if r and "0.001" in r.get("tar_at_far", {}) else "-"
+        return f"{100 * r['tar_at_far']['0.001']['tar']:.2f}" if r and "0.001" in r.get("tar_at_far", {}) else "-"
 
     head = "| row | " + " | ".join(f"{c} acc % | {c} TAR@1e-3 %" for c in conditions) + " | train s |"
     lines = [f"# Student ablation on LFW 6,000 pairs (masks on both images)", "",
