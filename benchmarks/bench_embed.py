@@ -15,7 +15,6 @@ minute load averages before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from _report import emit  # benchmarks/_report.py (this folder is sys.path[0] when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -157,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_vs_dlib": parity,
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -16,7 +16,6 @@ roughly, with a lower-face hole like a surgical mask, 21% of the crop):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,8 @@ if __package__ in (None, ""):
 
 import cv2
 import numpy as np
+
+from _report import emit  # benchmarks/_report.py (this folder is sys.path[0] when run as a script)
 
 
 def _time(fn, warmup: int, repeats: int, budget_s: float, sync=None) -> dict:
@@ -125,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 cases[f"cuda_b{b}_fp16"] = {**t, "per_face_ms": round(t["median_ms"] / b, 4)}
     for c in cases.values():
         c["ratio_vs_telea"] = round(c["per_face_ms"] / max(telea["median_ms"], 1e-9), 3)
-    text = json.dumps(res, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    emit(res, args.out)
     return 0
 
 

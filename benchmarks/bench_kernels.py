@@ -16,7 +16,6 @@ writes it to ``--out``. Runs in about 30 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from _report import emit  # benchmarks/_report.py (this folder is sys.path[0] when run as a script)
 
 from sdk import _native
 
@@ -159,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "topk": bench_topk(args, rng),
     }
     report["meta"]["total_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    emit(report, args.out)
     return 0
 
 

@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -29,6 +28,8 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from _report import emit  # noqa: E402  (benchmarks/_report.py; this folder is sys.path[0] when run as a script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -118,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"python": platform.python_version(), "machine": platform.machine(), "opencv": cv2.__version__,
                  "numpy": np.__version__, "cpu_count": os.cpu_count()},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     if args.sheet:
         contact_sheet(synth, face, lm, args.sheet)
     return 0

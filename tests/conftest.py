@@ -44,3 +44,22 @@ def recognizer():
     rec = Recognizer()
     rec.enroll("astronaut", np.ascontiguousarray(data.astronaut()[:, :, ::-1]))
     return rec
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module (skips when the training extras, torch + onnx, are not installed)."""
+    t = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    return t
+
+
+@pytest.fixture(scope="session")
+def inpainter_run_dir(torch, tmp_path_factory):
+    """A trainer run folder (generator.safetensors + config.json) of a width-4 inpainter with random weights."""
+    from trainer.models.inpainter import Generator, InpainterConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("inpainter_run")
+    save_checkpoint(out, Generator(InpainterConfig(width=4, disc_width=4)).eval(), extra={"step": 0})
+    return out

@@ -22,29 +22,11 @@ S = ARCFACE_CROP.width
 
 
 @pytest.fixture(scope="module")
-def torch():
-    t = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    return t
-
-
-@pytest.fixture(scope="module")
-def run_dir(torch, tmp_path_factory):
-    """A run folder (generator.safetensors + config.json) of a width-4 generator with random weights."""
-    from trainer.models.inpainter import Generator, InpainterConfig, save_checkpoint
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("inpainter_run")
-    save_checkpoint(out, Generator(InpainterConfig(width=4, disc_width=4)).eval(), extra={"step": 0})
-    return out
-
-
-@pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory):
+def exported(inpainter_run_dir, tmp_path_factory):
     from export.onnx_inpainter import export
 
     out = tmp_path_factory.mktemp("bundles") / "inpainter_test"
-    summary = export(run_dir, out, bundle_from="default", verbose=False)
+    summary = export(inpainter_run_dir, out, bundle_from="default", verbose=False)
     return out, summary
 
 
@@ -105,7 +87,7 @@ def test_sdk_preprocessing_matches_trainer(crops_holes, torch):
     np.testing.assert_array_equal(from_model_output(y.numpy()), to_u8(y))
 
 
-def test_complete_output_known_pixels_and_holes(inpainter, run_dir, crops_holes):
+def test_complete_output_known_pixels_and_holes(inpainter, inpainter_run_dir, crops_holes):
     from export.onnx_inpainter import torch_completed
     from sdk.complete import from_model_output
     from trainer.models.inpainter import load_checkpoint
@@ -120,7 +102,7 @@ def test_complete_output_known_pixels_and_holes(inpainter, run_dir, crops_holes)
     hole = holes == 1
     assert (out != crops).any(-1)[hole].mean() > 0.5  # holes are filled with something else
     # what the torch generator computes, through the same pre/post-processing (within 1 grey level)
-    gen, _ = load_checkpoint(run_dir)
+    gen, _ = load_checkpoint(inpainter_run_dir)
     ref = from_model_output(torch_completed(gen, crops, holes))
     assert np.abs(out.astype(int) - ref.astype(int))[hole].max() <= 1
     # mask dtypes: bool, uint8 {0, 1}, float probabilities (>= 0.5 is a hole) give the same answer

@@ -17,24 +17,6 @@ from sdk.align import ARCFACE_112, DLIB_150, similarity_to_template, warp
 ASTRO_LM = np.array([[203.9, 101.3], [246.4, 103.2], [224.3, 128.9], [201.8, 139.8], [244.9, 142.0]], np.float32)
 
 
-@pytest.fixture(scope="module")
-def torch():
-    t = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    return t
-
-
-@pytest.fixture(scope="module")
-def run_dir(torch, tmp_path_factory):
-    """Trainer run folder of a width-4 generator with random weights."""
-    from trainer.models.inpainter import Generator, InpainterConfig, save_checkpoint
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("inp")
-    save_checkpoint(out, Generator(InpainterConfig(width=4, disc_width=4)).eval(), extra={"step": 0})
-    return out
-
-
 def _chip_and_arc(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(150x150 dlib-style chip, frame->chip matrix, frame->arc matrix) of the astronaut's face."""
     chip_m = similarity_to_template(ASTRO_LM, DLIB_150)
@@ -84,7 +66,7 @@ def test_chip_to_arc_composes_the_two_warps(astronaut_bgr):
 
 
 @pytest.mark.parametrize("spec", ["telea", "run"])
-def test_chip_completer_fills_only_the_hole(spec, run_dir, astronaut_bgr):
+def test_chip_completer_fills_only_the_hole(spec, inpainter_run_dir, astronaut_bgr):
     from trainer.data.completion import ChipCompleter, chip_to_arc
 
     chip, chip_m, arc_m = _chip_and_arc(astronaut_bgr)
@@ -92,7 +74,7 @@ def test_chip_completer_fills_only_the_hole(spec, run_dir, astronaut_bgr):
     hole[85:120, 45:105] = 1  # lower face, inside the ArcFace crop
     masked = chip.copy()
     masked[hole > 0] = 255
-    comp = ChipCompleter("telea" if spec == "telea" else run_dir)
+    comp = ChipCompleter("telea" if spec == "telea" else inpainter_run_dir)
     mats = chip_to_arc(chip_m, arc_m)[None]
     out = comp(np.stack([masked, chip]), np.stack([hole, np.zeros_like(hole)]), np.stack([mats[0], mats[0]]))
     assert out.shape == (2, 150, 150, 3) and out.dtype == np.uint8
@@ -101,14 +83,14 @@ def test_chip_completer_fills_only_the_hole(spec, run_dir, astronaut_bgr):
     assert (out[0][hole > 0] != 255).any(axis=-1).mean() > 0.9  # the white occluder is gone
     np.testing.assert_array_equal(out[1], chip)  # no hole: unchanged
     if spec == "run":
-        assert (run_dir / "inpainter.onnx").is_file()  # exported once, cached beside the weights
+        assert (inpainter_run_dir / "inpainter.onnx").is_file()  # exported once, cached beside the weights
 
 
-def test_greyscale_faces_get_greyscale_fills(run_dir):
+def test_greyscale_faces_get_greyscale_fills(inpainter_run_dir):
     from sdk.complete import OnnxInpainter, is_greyscale
     from trainer.data.completion import resolve_model
 
-    inp = OnnxInpainter(resolve_model(run_dir))
+    inp = OnnxInpainter(resolve_model(inpainter_run_dir))
     rng = np.random.default_rng(0)
     grey = np.repeat(rng.integers(0, 256, (1, 112, 112, 1), dtype=np.uint8), 3, axis=3)
     colour = rng.integers(0, 256, (1, 112, 112, 3), dtype=np.uint8)
@@ -122,7 +104,7 @@ def test_greyscale_faces_get_greyscale_fills(run_dir):
     assert (c[:, 0] != c[:, 2]).any()  # colour faces keep the generator's colour
 
 
-def test_student_dataset_completes_masked_chips(run_dir, tmp_path, astronaut_bgr):
+def test_student_dataset_completes_masked_chips(inpainter_run_dir, tmp_path, astronaut_bgr):
     from trainer.data.completion import ChipCompleter
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
     from trainer.student_train import MaskedChipDataset
@@ -131,7 +113,7 @@ def test_student_dataset_completes_masked_chips(run_dir, tmp_path, astronaut_bgr
     chip_m = similarity_to_template(ASTRO_LM, DLIB_150)
     args = ([str(tmp_path / "a.png")], chip_m[None], ASTRO_LM[None], [0], MaskSynthesizer(SynthesisConfig()), 1.0, 0)
     plain = MaskedChipDataset(*args)
-    done = MaskedChipDataset(*args, completer=ChipCompleter(run_dir))
+    done = MaskedChipDataset(*args, completer=ChipCompleter(inpainter_run_dir))
     m0, c0, _, _ = plain[(0, 0)]
     m1, c1, _, _ = done[(0, 0)]
     np.testing.assert_array_equal(c0, c1)
