@@ -1,10 +1,25 @@
-"""Student training: dlib-initialised ResNet fine-tuned on masked faces -- raw, or completed by the inpainter.
+"""Student training: a student fine-tuned / trained on masked faces -- raw, or completed by the inpainter.
+
+Students (``--arch``):
+
+* ``dlib`` (default): a copy of the teacher (the dlib ResNet port), fine-tuned on 150x150 dlib chips, 128-d.
+* ``resnet18``: the paper's student, ResNet-18 (insightface IR-18) + one embedding layer
+  (:class:`trainer.models.student.ResNet18Embed`, ``--embedding-dim``, 512 by default), trained from scratch on
+  112x112 ArcFace crops.
+* ``mobilefacenet``: :class:`trainer.models.student.MobileFaceNet` (~1 M parameters), from scratch on 112x112
+  ArcFace crops.
+
+Whatever the student, the teacher keeps its own 150x150 dlib chips (descriptors of the clean chips are
+precomputed; the validator's teacher baseline embeds the teacher's own masked dlib chips).  The non-dlib students
+carry their input normalisation inside the module (:class:`ArcInput`: ``x / 127.5 - 1``), so every student takes
+float RGB in [0, 255], NCHW.  Presets (``--preset paper|cpu``, :data:`PRESETS`) fill the fields a command line
+did not set.
 
 ``--completion <inpainter>`` trains on *completed* faces (the paper's pipeline: the occluder's pixels are filled by
 the GAN inpainter through the 112x112 ArcFace crop, :mod:`trainer.data.completion`, before the student sees the
 chip); without it the student sees the raw masked chip (the "no completion" ablation).
 
-The student starts as an exact copy of the frozen teacher (the PyTorch port of dlib's ResNet,
+The ``dlib`` student starts as an exact copy of the frozen teacher (the PyTorch port of dlib's ResNet,
 :class:`trainer.models.dlib_resnet.DlibResNet`) and is fine-tuned on *masked* 150x150 dlib chips to reproduce
 the teacher's relations on the *clean* versions of the same faces (relational de-occlusion distillation,
 :class:`trainer.losses.distill.RelationalDistillLoss`, without the completion network)::
@@ -12,8 +27,9 @@ the teacher's relations on the *clean* versions of the same faces (relational de
     L = lambda_i * L_instance(s(masked), t(clean)) + lambda_p * L_pair + lambda_t * L_triplet  [+ w_ce * ArcFace CE]
 
 * data: a folder-per-identity tree (the CelebA subset).  Faces are detected and aligned once with the
-  baseline bundle (cached, :func:`trainer.data.faces.align_images`); each sample re-warps the dlib chip
-  (BGR), paints a synthetic occluder on it with probability ``mask_prob`` (real templates + procedural,
+  baseline bundle (cached, :func:`trainer.data.faces.align_images`); each sample re-warps the student's chip
+  (BGR; the dlib chip, or the 112x112 ArcFace crop for resnet18 / mobilefacenet), paints a synthetic occluder on
+  it with probability ``mask_prob`` (real templates + procedural,
   :class:`trainer.data.synthesis.MaskSynthesizer`, seeded by ``(seed, epoch, index)``: reproducible and
   resumable) and converts to RGB.  Teacher descriptors of the clean chips are computed once and cached (npy).
 * split: identity-disjoint, ``val_fraction`` of the identities are held out.  Validation = pair verification
@@ -22,10 +38,12 @@ the teacher's relations on the *clean* versions of the same faces (relational de
 * batches: identity-balanced, P identities x K images.
 * outputs (``out``): ``steps.csv`` (losses per step), ``val.csv``, ``loss.png``, ``ckpt/last.safetensors`` +
   ``ckpt/last.json`` (weights + optimiser state, no pickle), ``ckpt/epoch<N>.safetensors``,
-  ``student.safetensors`` (the student's weights only, the input of ``python -m export.onnx_embedder``).
+  ``student.safetensors`` (the student's weights only, metadata ``arch`` / ``embedding_dim``; for ``dlib`` the
+  input of ``python -m export.onnx_embedder``; read any of them back with :func:`load_student_weights`).
 
 Run: ``python -m trainer.student_train --data ../shared/data/celeba_subset --templates ../shared/data/mask_templates
---epochs 2 --out out/student`` (``--resume`` continues from ``out/ckpt/last.*``).
+--epochs 2 --out out/student`` (``--resume`` continues from ``out/ckpt/last.*``).  The paper's student:
+``--preset paper --out out/student_paper``; a few-minute CPU smoke run: ``--preset cpu --out out/student_cpu``.
 
 Several processes (DistributedDataParallel): ``python -m torch.distributed.run --nproc_per_node 2 -m
 trainer.student_train ...`` (``torchrun``).  When ``WORLD_SIZE > 1`` every rank builds the same epoch's PK batches
@@ -70,6 +88,9 @@ class StudentConfig:
     cache: str | None = None              # alignment + teacher cache (default <out>/cache)
     model: str | None = None              # bundle used for detection/alignment (default: baseline)
     init: str | None = None               # student init: dlib .dat / safetensors (default: packaged dlib .dat)
+    arch: str = "dlib"                    # dlib (teacher copy, 150 px chips) | resnet18 | mobilefacenet (112 px crops)
+    embedding_dim: int = 512              # student embedding width (ignored for dlib: 128)
+    preset: str | None = None             # the preset the fields were filled from (record only; see from_preset)
     epochs: int = 2
     p_identities: int = 8                 # P identities per batch
     k_images: int = 4                     # K images per identity  (batch = P * K)
@@ -78,6 +99,7 @@ class StudentConfig:
     lr: float = 1e-5                      # Adam at 1e-4 wrecks the dlib weights within 2 steps (val 0.94 -> 0.77)
     optimizer: str = "adam"               # adam | sgd
     weight_decay: float = 0.0
+    lr_step_epochs: int = 0               # lr x 0.1 every N epochs (0: constant); derived from the epoch (resumable)
     instance: str = "hard"                # hard | soft | none
     lambda_i: float = 1.0
     lambda_p: float = 1.0
@@ -96,9 +118,31 @@ class StudentConfig:
     resume: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.lr_step_epochs < 0:
+            raise ValueError(f"lr_step_epochs must be >= 0, got {self.lr_step_epochs}")
+
     @property
     def batch_size(self) -> int:
         return self.p_identities * self.k_images
+
+    @property
+    def student_dim(self) -> int:
+        """Width of the student's embedding: 128 for ``dlib``, else ``embedding_dim``."""
+        return 128 if self.arch == "dlib" else int(self.embedding_dim)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the student's square input in pixels: 150 (dlib chip) or 112 (ArcFace crop)."""
+        return 150 if self.arch == "dlib" else ARC_SIZE
+
+    def lr_factor(self, epoch: int) -> float:
+        """Step schedule: the lr multiplier during 0-based ``epoch`` (``0.1 ** (epoch // lr_step_epochs)``)."""
+        return 0.1 ** (int(epoch) // self.lr_step_epochs) if self.lr_step_epochs > 0 else 1.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,6 +152,41 @@ class StudentConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @classmethod
+    def from_preset(cls, preset: str | None, **explicit: Any) -> "StudentConfig":
+        """A config whose fields come from ``explicit`` first, then from ``PRESETS[preset]``, then the defaults.
+
+        A preset only fills the fields the caller did not pass: ``from_preset("paper", lr=0.01)`` trains with
+        lr 0.01 and every other paper setting (this is what ``--preset`` does with the flags on the command
+        line).  ``preset=None`` is plain ``StudentConfig(**explicit)``."""
+        if preset is None:
+            return cls(**explicit)
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **explicit, "preset": preset})
+
+
+#: student architectures (``StudentConfig.arch``)
+ARCHS = ("dlib", "resnet18", "mobilefacenet")
+#: side of the ArcFace crop the non-dlib students see (sdk.align.ARCFACE_112 template)
+ARC_SIZE = 112
+
+#: ``--preset`` values: fields filled when the user did not set them (``StudentConfig.from_preset``).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Look Through Masks (Li et al., ACM MM 2020) sec. 3.4 / 4.1: ResNet-18 + one 512-d embedding layer, batch 128,
+    # SGD momentum 0.9, lr 0.1 divided by 10 every 24 epochs, weight decay 5e-4, lambda_p = 1, lambda_t = 2, the
+    # soft instance term, CE.  The paper gives no epoch count: 60 is our choice (two lr drops, then 12 epochs at
+    # 1e-3).  All images of every identity.  The ArcFace head trains at the backbone's lr (no pretrained backbone).
+    "paper": dict(arch="resnet18", embedding_dim=512, p_identities=32, k_images=4, optimizer="sgd", lr=0.1,
+                  lr_step_epochs=24, weight_decay=5e-4, lambda_i=1.0, lambda_p=1.0, lambda_t=2.0, instance="soft",
+                  ce_weight=1.0, head_lr_mult=1.0, epochs=60, max_per_identity=0),
+    # a smoke run that finishes in minutes on 2 CPU cores: MobileFaceNet (128-d), 20 batches of 8 x 4, Adam 1e-3,
+    # the paper's loss terms.
+    "cpu": dict(arch="mobilefacenet", embedding_dim=128, p_identities=8, k_images=4, epochs=1, steps_per_epoch=20,
+                optimizer="adam", lr=1e-3, lr_step_epochs=0, weight_decay=0.0, lambda_p=1.0, lambda_t=2.0,
+                instance="soft", ce_weight=1.0, head_lr_mult=1.0),
+}
+
 
 # ------------------------------------------------------------------------------------------------- data
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -116,11 +195,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class MaskedChipDataset:
-    """``ds[(index, epoch)] -> (masked RGB uint8 (150,150,3), clean RGB uint8, label int, index int)``.
+    """``ds[(index, epoch)] -> (masked RGB uint8 (S,S,3), clean RGB uint8 (S,S,3), label int, index int)``.
 
     ``paths``/``chip_m``/``landmarks`` come from :class:`trainer.data.faces.AlignedSet` (frame->chip matrices and
-    frame landmarks).  ``epoch < 0`` means validation: always masked (``val_synth``), seed independent of epoch.
-    Picklable (DataLoader workers): the synthesizer reloads its templates lazily.
+    frame landmarks); ``S = chip_size``: 150 with the dlib chip matrices, 112 with ArcFace-crop matrices
+    (``similarity_to_template(landmarks, ARCFACE_112)``, :func:`arc_matrices`).  The occluder is synthesised on
+    the chip from the chip's landmarks.  ``epoch < 0`` means validation: always masked (``val_synth``), seed
+    independent of epoch.  Picklable (DataLoader workers): the synthesizer reloads its templates lazily.
     """
 
     def __init__(self, paths: Sequence[str], chip_m: np.ndarray, landmarks: np.ndarray, labels: Sequence[int],
@@ -227,10 +308,95 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
+def arc_matrices(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) float64 frame -> 112x112 ArcFace-crop matrices from (N, 5, 2) frame landmarks (MTCNN order)."""
+    from sdk.align import ARCFACE_112, similarity_to_template
+
+    lms = np.asarray(landmarks, np.float32)
+    out = np.zeros((len(lms), 2, 3), np.float64)
+    for i, lm in enumerate(lms):
+        out[i] = similarity_to_template(lm, ARCFACE_112)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def to_input(chips_rgb_u8):
-    """(N, 150, 150, 3) uint8 tensor -> (N, 3, 150, 150) float32 in [0, 255] (the DlibResNet input)."""
+    """(N, S, S, 3) uint8 RGB tensor -> (N, 3, S, S) float32 RGB in [0, 255]: the input of every student (the
+    DlibResNet takes it as is, the others normalise inside the module, :class:`ArcInput`)."""
     return chips_rgb_u8.permute(0, 3, 1, 2).float().contiguous()
+
+
+def _arc_input_cls():
+    """:class:`ArcInput`, defined lazily so importing this module does not import torch."""
+    global _ARC_INPUT
+    if _ARC_INPUT is None:
+        from torch import nn
+
+        class ArcInput(nn.Module):
+            """``net(x / 127.5 - 1)``: float RGB [0, 255] NCHW in, the wrapped network's output out.
+
+            Puts the insightface normalisation ``(x / 255 - 0.5) / 0.5`` (:func:`trainer.models.student.preprocess`)
+            inside the module, so the training loop feeds every student the same [0, 255] tensors and an exported
+            graph takes uint8-range RGB.  ``arch``, ``embedding_dim`` and ``input_size`` (112) describe the student;
+            the wrapped network is ``.net`` (its state dict keys carry a ``net.`` prefix here)."""
+
+            def __init__(self, net: nn.Module, arch: str):
+                super().__init__()
+                self.net, self.arch = net, arch
+                self.embedding_dim = int(net.embedding_dim)
+                self.input_size = int(getattr(net, "input_size", ARC_SIZE))
+
+            def forward(self, x):
+                """(N, 3, S, S) float RGB in [0, 255] -> (N, embedding_dim) raw (un-normalised) embeddings."""
+                return self.net(x / 127.5 - 1.0)
+
+        ArcInput.__qualname__ = "ArcInput"  # importable (and picklable) as trainer.student_train.ArcInput
+        ArcInput.__module__ = __name__
+        _ARC_INPUT = ArcInput
+    return _ARC_INPUT
+
+
+_ARC_INPUT = None
+
+
+def __getattr__(name: str):
+    """``trainer.student_train.ArcInput`` (built on first access: importing this module does not import torch)."""
+    if name == "ArcInput":
+        return _arc_input_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def new_student(arch: str, embedding_dim: int = 512):
+    """An untrained student: ``resnet18`` / ``mobilefacenet`` at 112x112 wrapped in :class:`ArcInput`; ``dlib``
+    is the packaged dlib ResNet (pretrained, 128-d, 150x150 input)."""
+    if arch == "dlib":
+        from trainer.models.dlib_resnet import DlibResNet
+
+        return DlibResNet.from_dat()
+    from trainer.models.student import build_student
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return _arc_input_cls()(build_student(arch, embedding_dim=int(embedding_dim), input_size=ARC_SIZE), arch)
+
+
+def student_arch(net) -> str:
+    """``"dlib"`` for a :class:`DlibResNet` (possibly DDP-wrapped), else the :class:`ArcInput`'s ``arch``."""
+    net = getattr(net, "module", net)
+    return str(getattr(net, "arch", "dlib"))
+
+
+def student_cost(net, input_size: int) -> dict:
+    """``{"params", "gflops"}`` of one forward of ``net`` on a (1, 3, input_size, input_size) image (FLOPs =
+    2 x multiply-accumulates of convolutions and matmuls, :func:`trainer.models.student.count_flops`)."""
+    from trainer.models.student import count_flops, count_params
+
+    try:
+        flops = count_flops(net, input_size)
+    except Exception as e:  # noqa: BLE001 - the cost is informative only
+        log.debug("FLOP count failed: %s", e)
+        flops = float("nan")
+    return {"params": int(count_params(net)), "gflops": float(flops) / 1e9}
 
 
 @dataclass
@@ -349,8 +515,13 @@ def pair_accuracy(ea: np.ndarray, eb: np.ndarray, same: np.ndarray, folds: int =
 
 
 def embed_chips(net, chips: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
-    """(N, 128) raw descriptors of uint8 RGB chips (N, 150, 150, 3).  The network is exported to ONNX and run by
-    ONNX Runtime (bit-compatible to ~1e-6 with torch and ~5x faster on CPU than torch's eager forward)."""
+    """(N, D) raw descriptors of uint8 RGB chips (N, S, S, 3).
+
+    A :class:`DlibResNet` (S = 150, D = 128) is exported to ONNX and run by ONNX Runtime (bit-compatible to ~1e-6
+    with torch and ~5x faster on CPU than torch's eager forward); any other student (S = 112, D = its embedding
+    width) runs in torch, eval mode, ``torch.no_grad()``, ``batch`` chips at a time (training mode restored)."""
+    if student_arch(net) != "dlib":
+        return torch_embed(net, chips, batch, threads)
     from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
 
     if not len(chips):
@@ -358,20 +529,60 @@ def embed_chips(net, chips: np.ndarray, batch: int = 64, threads: int = 0) -> np
     return ort_descriptors(ort_session(export_onnx_bytes(net), threads), chips, batch)
 
 
+def torch_embed(net, chips: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
+    """(N, D) float32 raw embeddings of uint8 RGB chips (N, S, S, 3) by ``net`` (float RGB [0, 255] NCHW input)
+    in torch: eval mode, no gradients, ``batch`` chips per forward; ``threads > 0`` sets torch's intra-op threads
+    for the call.  The module's training flag is restored."""
+    import torch
+
+    net = getattr(net, "module", net)
+    dim = int(getattr(net, "embedding_dim", 128))
+    if not len(chips):
+        return np.zeros((0, dim), np.float32)
+    old_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    was = net.training
+    net.eval()
+    try:
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(chips), batch):
+                x = to_input(torch.from_numpy(np.ascontiguousarray(chips[s:s + batch])))
+                out.append(net(x).float().numpy())
+    finally:
+        net.train(was)
+        torch.set_num_threads(old_threads)
+    return np.concatenate(out).astype(np.float32)
+
+
 class Validator:
-    """Held-out pair verification, clean (a) vs masked (b); the teacher baseline is computed once."""
+    """Held-out pair verification, clean (a) vs masked (b); the teacher baseline is computed once.
+
+    ``ds`` yields the *student's* chips (150x150 dlib chips or 112x112 ArcFace crops).  The teacher always sees
+    its own 150x150 dlib chips: ``teacher_clean`` are their precomputed descriptors and, when the student's
+    chips are not dlib chips, ``teacher_ds`` (the same images with the dlib chip matrices) gives the teacher's
+    masked chips -- same synthesis seed per image (``sample_seed(seed, -1, i)``), the occluder placed from the
+    chip's own landmarks.  ``teacher_ds=None``: the teacher embeds ``ds``'s masked chips (the dlib student)."""
 
     def __init__(self, ds: MaskedChipDataset, val_idx: np.ndarray, teacher_clean: np.ndarray, teacher, n_pairs: int,
-                 seed: int, progress: bool = True):
+                 seed: int, progress: bool = True, teacher_ds: MaskedChipDataset | None = None):
         from tqdm import tqdm
 
         self.idx = np.asarray(val_idx)
         self.a, self.b, self.same = val_pairs(ds.labels, self.idx, n_pairs, seed)
+        empty = np.zeros((0, ds.chip_size, ds.chip_size, 3), np.uint8)
         items = [ds[(int(i), -1)] for i in tqdm(self.idx, desc="val chips", disable=not progress)]
-        self.masked = np.stack([it[0] for it in items]) if items else np.zeros((0, 150, 150, 3), np.uint8)
-        self.clean = np.stack([it[1] for it in items]) if items else np.zeros((0, 150, 150, 3), np.uint8)
+        self.masked = np.stack([it[0] for it in items]) if items else empty
+        self.clean = np.stack([it[1] for it in items]) if items else empty
+        if teacher_ds is None:
+            self.teacher_masked = self.masked
+        else:
+            t_items = [teacher_ds[(int(i), -1)][0]
+                       for i in tqdm(self.idx, desc="val chips (teacher)", disable=not progress)]
+            self.teacher_masked = np.stack(t_items) if t_items else np.zeros((0, 150, 150, 3), np.uint8)
         tc = teacher_clean[self.idx]
-        tm = embed_chips(teacher, self.masked)
+        tm = embed_chips(teacher, self.teacher_masked)
         self.baseline = {"teacher_clean_vs_masked": pair_accuracy(tc[self.a], tm[self.b], self.same),
                          "teacher_clean_vs_clean": pair_accuracy(tc[self.a], tc[self.b], self.same),
                          "pairs": int(len(self.same))}
@@ -387,6 +598,29 @@ class Validator:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+def _arch_meta(student) -> dict[str, str]:
+    """safetensors metadata describing the student: ``{"arch", "embedding_dim"}`` (strings)."""
+    net = getattr(student, "module", student)
+    return {"arch": student_arch(net), "embedding_dim": str(int(getattr(net, "embedding_dim", 128)))}
+
+
+def save_student(student, path: str | Path) -> Path:
+    """The student's weights only (no optimiser, no loss), for export / evaluation: ``path`` (.safetensors) with
+    metadata ``{"format": "pt", "model", "arch", "embedding_dim"}``.  ``dlib``: DlibResNet's state dict (the
+    input of ``python -m export.onnx_embedder``); other archs: the wrapped network's state dict (insightface key
+    names for resnet18, no ``net.`` prefix; the input normalisation has no parameters).  No pickle."""
+    from trainer._io import save_tensors
+
+    net = getattr(student, "module", student)
+    arch = student_arch(net)
+    if arch == "dlib":
+        sd, model = net.state_dict(), "dlib_face_recognition_resnet_model_v1"
+    else:
+        sd, model = net.net.state_dict(), f"lookthrough_student_{arch}"
+    return save_tensors({k: v.detach().clone() for k, v in sd.items()}, path,
+                        {"format": "pt", "model": model, **_arch_meta(net)})
+
+
 def save_checkpoint(path: Path, student, loss_mod, head, opt, meta: dict) -> None:
     """``path`` (.safetensors: weights + optimiser tensors) and ``path.with_suffix('.json')`` (config, progress,
     optimiser hyper-parameters).  No pickle anywhere."""
@@ -405,8 +639,9 @@ def save_checkpoint(path: Path, student, loss_mod, head, opt, meta: dict) -> Non
             t = torch.as_tensor(v)
             shapes[key] = list(t.shape)
             tensors[key] = t.reshape(-1) if t.dim() == 0 else t
+    arch = student_arch(student)
     save_tensors({k: v.clone() for k, v in tensors.items()}, path,
-                 {"format": "pt", "model": "lookthrough_student_dlib"})
+                 {"format": "pt", "model": f"lookthrough_student_{arch}", **_arch_meta(student)})
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
     js = {**meta, "optimizer": {"param_groups": groups, "shapes": shapes}}
     path.with_suffix(".json").write_text(json.dumps(js, indent=1))
@@ -437,19 +672,49 @@ def load_checkpoint(path: Path, student, loss_mod=None, head=None, opt=None) -> 
     return meta
 
 
-def load_student_weights(path: str | Path):
-    """A :class:`DlibResNet` from a training checkpoint (``student.`` keys), a bare state dict or a dlib ``.dat``."""
+def _infer_arch(sd: dict) -> tuple[str, int]:
+    """``(arch, embedding_dim)`` of a student state dict (keys without the ``student.`` / ``net.`` prefixes)."""
+    if "fc.weight" in sd and "layer1.0.conv1.weight" in sd:
+        return "resnet18", int(sd["fc.weight"].shape[0])
+    if "linear.weight" in sd and "gdconv.conv.weight" in sd:
+        return "mobilefacenet", int(sd["linear.weight"].shape[0])
+    return "dlib", 128
+
+
+def load_student_weights(path: str | Path, arch: str | None = None):
+    """The student in a file, eval mode: a training checkpoint (``student.`` keys), a bare state dict
+    (``student.safetensors``, :func:`save_student`) or a dlib ``.dat`` (-> :class:`DlibResNet`).
+
+    The architecture is ``arch`` when given, else the file's ``arch`` metadata, else inferred from the keys
+    (older dlib files carry no ``arch``); ``resnet18`` / ``mobilefacenet`` come back wrapped in
+    :class:`ArcInput` (float RGB [0, 255] NCHW 112x112 in), ``dlib`` as a :class:`DlibResNet` (150x150 in)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from trainer.models.dlib_resnet import DlibResNet
 
     p = Path(path)
     if p.suffix == ".dat":
+        if arch not in (None, "dlib"):
+            raise ValueError(f"{p} is a dlib .dat: it holds a dlib student, not {arch!r}")
         return DlibResNet.from_dat(p)
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
     t = load_file(str(p))
-    sub = {k[len("student."):]: v for k, v in t.items() if k.startswith("student.")}
-    net = DlibResNet()
-    net.load_state_dict(sub or t)
+    sd = {k[len("student."):]: v for k, v in t.items() if k.startswith("student.")} or t
+    if sd and all(k.startswith("net.") for k in sd):
+        sd = {k[len("net."):]: v for k, v in sd.items()}
+    found, dim = _infer_arch(sd)
+    file_arch = meta.get("arch") or found
+    if arch is not None and arch != file_arch:
+        raise ValueError(f"{p} holds a {file_arch!r} student, not {arch!r}")
+    if file_arch == "dlib":
+        net = DlibResNet()
+        net.load_state_dict(sd)
+        return net.eval()
+    dim = int(meta.get("embedding_dim", dim))
+    net = new_student(file_arch, dim)
+    net.net.load_state_dict(sd)
     return net.eval()
 
 
@@ -488,29 +753,54 @@ CSV_FIELDS = ["step", "epoch", "batch", "lr", "total", "instance", "pair", "trip
 
 
 def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
+    """``(teacher, student, loss_mod, head, opt)`` for ``cfg``.
+
+    * teacher: the frozen dlib ResNet (a ``.dat`` ``cfg.init`` for the dlib arch, else the packaged one), 128-d.
+    * student: ``dlib``: a copy of the teacher (or ``cfg.init``); ``resnet18`` / ``mobilefacenet``: untrained
+      (or ``cfg.init`` of that arch), wrapped in :class:`ArcInput`; all take float RGB [0, 255] NCHW.
+    * loss: :class:`RelationalDistillLoss` (student_dim -> 128; a learned linear projection for the instance
+      term when the widths differ).  ``teacher_centres``: (n_train_ids, 128) teacher identity centres (needed
+      for ``instance="soft"``).
+    * head: ArcFace over the student's embedding when ``ce_weight > 0``; its class weights start at the teacher's
+      identity centres for the dlib student (which starts *as* the teacher), randomly otherwise.
+    * opt: Adam / SGD (momentum 0.9); param group 0 = student + loss, group 1 = head at ``lr * head_lr_mult``.
+    """
     import torch
 
     from trainer.losses.distill import RelationalDistillLoss
     from trainer.losses.margin import ArcFaceHead
     from trainer.models.dlib_resnet import DlibResNet
 
-    teacher = DlibResNet.from_dat(cfg.init if cfg.init and str(cfg.init).endswith(".dat") else None).eval()
+    dlib = cfg.arch == "dlib"
+    init_dat = bool(cfg.init) and str(cfg.init).endswith(".dat")
+    if init_dat and not dlib:
+        raise ValueError(f"--init {cfg.init}: a dlib .dat cannot initialise a {cfg.arch} student")
+    teacher = DlibResNet.from_dat(cfg.init if init_dat else None).eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
-    student = load_student_weights(cfg.init) if cfg.init else DlibResNet.from_dat()
+    if cfg.init:
+        student = load_student_weights(cfg.init, arch=cfg.arch)
+        if not dlib and student.embedding_dim != cfg.student_dim:
+            raise ValueError(f"--init {cfg.init} is {student.embedding_dim}-d, the config asks for {cfg.student_dim}")
+    else:
+        student = new_student(cfg.arch, cfg.student_dim)
     student.train()
+    dim = cfg.student_dim
     soft = cfg.instance == "soft"
-    loss_mod = RelationalDistillLoss(128, 128, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
-                                     lambda_t=cfg.lambda_t, ce_weight=cfg.ce_weight, projection="identity",
+    loss_mod = RelationalDistillLoss(dim, 128, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
+                                     lambda_t=cfg.lambda_t, ce_weight=cfg.ce_weight,
+                                     # a student trained from scratch lives on its own scale: the instance term
+                                     # always compares it through a learned projection (also at equal widths)
+                                     projection="identity" if dlib else "linear",
                                      n_classes=n_train_ids if soft else None,
                                      teacher_centres=teacher_centres if soft else None, student_centres="ema")
-    head = ArcFaceHead(128, n_train_ids) if cfg.ce_weight > 0 else None
-    if head is not None and teacher_centres is not None:
+    head = ArcFaceHead(dim, n_train_ids) if cfg.ce_weight > 0 else None
+    if head is not None and teacher_centres is not None and dlib:
         # the student starts as the teacher: class weights = the teacher's identity centres, so the CE term
         # starts from a sensible classifier instead of pulling the pretrained features towards random ones
         with torch.no_grad():
             head.weight.copy_(torch.nn.functional.normalize(teacher_centres.float(), dim=1))
-    params = [{"params": list(student.parameters()) + list(loss_mod.parameters())}]
+    params = [{"params": [q for q in list(student.parameters()) + list(loss_mod.parameters()) if q.requires_grad]}]
     if head is not None:
         params.append({"params": list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult})
     if cfg.optimizer == "adam":
@@ -520,6 +810,20 @@ def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
     else:
         raise ValueError(f"optimizer must be adam | sgd, got {cfg.optimizer!r}")
     return teacher, student, loss_mod, head, opt
+
+
+def set_epoch_lr(opt, cfg: StudentConfig, epoch: int) -> float:
+    """Set every param group's lr for 0-based ``epoch`` from the config (group 0: ``lr``, group 1 (head):
+    ``lr * head_lr_mult``, both times :meth:`StudentConfig.lr_factor`); returns group 0's lr.  Derived from the
+    epoch alone, so a resumed run continues the schedule.  No-op (constant lr, as before) when
+    ``lr_step_epochs == 0``."""
+    if cfg.lr_step_epochs <= 0:
+        return float(opt.param_groups[0]["lr"])
+    f = cfg.lr_factor(epoch)
+    bases = [cfg.lr, cfg.lr * cfg.head_lr_mult]
+    for g, base in zip(opt.param_groups, bases):
+        g["lr"] = base * f
+    return float(opt.param_groups[0]["lr"])
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -605,6 +909,11 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
     if cfg.instance == "soft" or cfg.ce_weight > 0:
         centres = identity_centres(torch.from_numpy(prep.teacher[prep.train_idx]), torch.from_numpy(tr_lab), n_train_ids)
     teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres)
+    cost = student_cost(student, cfg.input_size)
+    if main:
+        log.info("student %s: %d-d embedding, %dx%d RGB input, %.2f M params, %.3f GFLOPs per image%s",
+                 cfg.arch, cfg.student_dim, cfg.input_size, cfg.input_size, cost["params"] / 1e6, cost["gflops"],
+                 f" (preset {cfg.preset})" if cfg.preset else "")
     # DDP averages the student's gradients; the loss/head parameters (if any) are all-reduced by hand
     model = DistributedDataParallel(student) if ddp else student
     extra_params = [q for q in list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
@@ -620,8 +929,15 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
 
         completer = ChipCompleter(cfg.completion)
         log.info("training on completed faces: inpainter %s", completer.model)
-    ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, synth, cfg.mask_prob, cfg.seed,
-                           val_synth, completer=completer)
+    # the dlib student sees the teacher's 150x150 dlib chips; the others 112x112 ArcFace crops of the same frames
+    # (the teacher keeps its dlib chips: prep.teacher holds their descriptors, teacher_ds gives its masked chips)
+    teacher_ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, synth, cfg.mask_prob,
+                                   cfg.seed, val_synth, chip_size=150, completer=completer)
+    if cfg.arch == "dlib":
+        ds = teacher_ds
+    else:
+        ds = MaskedChipDataset(prep.paths, arc_matrices(prep.landmarks), prep.landmarks, prep.labels, synth,
+                               cfg.mask_prob, cfg.seed, val_synth, chip_size=ARC_SIZE, completer=completer)
     teacher_t = torch.from_numpy(prep.teacher)
 
     start_epoch, start_batch, step = 0, 0, 0
@@ -638,7 +954,8 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
 
-    validator = Validator(ds, prep.val_idx, prep.teacher, teacher, cfg.val_pairs, cfg.seed, cfg.progress) \
+    validator = Validator(ds, prep.val_idx, prep.teacher, teacher, cfg.val_pairs, cfg.seed, cfg.progress,
+                          teacher_ds=None if ds is teacher_ds else teacher_ds) \
         if len(prep.val_idx) and main else None
     if validator is not None:
         log.info("validation baseline (dlib teacher): %s", validator.baseline)
@@ -682,6 +999,10 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
                             worker_init_fn=_worker_init if cfg.workers else None)
         student.train()
         loss_mod.train()
+        lr_now = set_epoch_lr(opt, cfg, epoch)
+        if main and cfg.lr_step_epochs > 0 and (epoch == start_epoch
+                                                or cfg.lr_factor(epoch) != cfg.lr_factor(epoch - 1)):
+            log.info("epoch %d: lr %.3g", epoch + 1, lr_now)
         t_ep = time.perf_counter()
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not run_cfg.progress)
@@ -720,6 +1041,11 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
             val_rows.append(v)
             log.info("val after epoch %d (%.0f s): %s", epoch + 1, epoch_times[-1], v)
     hashes = None
+    if ddp:
+        # DDP broadcasts rank 0's buffers (BatchNorm running statistics) before every forward, so the ranks' buffers
+        # differ only by the last step's update: take rank 0's, as its checkpoints did
+        for b in student.buffers():
+            dist.broadcast(b, 0)
     if ddp:  # every rank's final weights (student + loss buffers): they must agree
         mine = state_sha1(student) + ":" + state_sha1(loss_mod)
         hashes = [None] * world
@@ -738,12 +1064,13 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
             if new:
                 w.writeheader()
             w.writerows(val_rows)
-    student.save_safetensors(out / "student.safetensors")
+    save_student(student, out / "student.safetensors")
     plot_losses(steps_csv, out / "loss.png")
     summary = {"steps": step, "epoch_seconds": [round(x, 1) for x in epoch_times], "val": val_rows,
                "train_images": int(len(prep.train_idx)), "val_images": int(len(prep.val_idx)),
                "train_identities": n_train_ids, "val_identities": len(prep.val_ids),
-               "student": str(out / "student.safetensors")}
+               "student": str(out / "student.safetensors"), "arch": cfg.arch, "embedding_dim": cfg.student_dim,
+               "student_params": cost["params"], "student_gflops": round(cost["gflops"], 4)}
     if ddp:
         summary.update({"world_size": world, "weights_sha1": hashes})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -788,54 +1115,87 @@ def _allreduce_mean_parts(parts: dict, world: int) -> dict:
 
 # -------------------------------------------------------------------------------------------------- CLI
 def _add_args(p: argparse.ArgumentParser) -> None:
+    """The student options.  Every option defaults to ``None`` in the namespace ("not given"), so that
+    :func:`config_from_args` can tell the flags on the command line from the ones a ``--preset`` fills; the help
+    shows the value used when neither sets it."""
     d = StudentConfig()
-    p.add_argument("--data", default=d.data, help="folder-per-identity training data (CelebA subset)")
-    p.add_argument("--templates", default=d.templates, help="mask_templates folder ('' for procedural masks only)")
-    p.add_argument("--out", default=d.out, help="run folder (CSV logs, checkpoints, loss.png, student.safetensors)")
-    p.add_argument("--cache", default=None, help="alignment + teacher-descriptor cache (default <out>/cache)")
-    p.add_argument("--model", default=None, help="bundle used for detection/alignment (default: baseline)")
-    p.add_argument("--init", default=None, help="student initial weights (.dat or .safetensors; default dlib's .dat)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--p-identities", type=int, default=d.p_identities, help="identities per batch (P)")
-    p.add_argument("--k-images", type=int, default=d.k_images, help="images per identity in a batch (K)")
-    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
-                   help="PK batches per epoch (0: train images // batch); split across torchrun processes")
-    p.add_argument("--max-per-identity", type=int, default=d.max_per_identity, help="cap images per identity (0 = all)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--instance", choices=("hard", "soft", "none"), default=d.instance)
-    p.add_argument("--lambda-i", type=float, default=d.lambda_i)
-    p.add_argument("--lambda-p", type=float, default=d.lambda_p)
-    p.add_argument("--lambda-t", type=float, default=d.lambda_t)
-    p.add_argument("--ce-weight", type=float, default=d.ce_weight, help="> 0: add ArcFace CE on the training identities")
-    p.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
-                   help="ArcFace head lr = lr x this (head starts at the teacher's identity centres)")
-    p.add_argument("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
-    p.add_argument("--completion", default=None,
-                   help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
-                        "(generator.safetensors) or 'telea'; default: raw masked faces")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out identity fraction")
-    p.add_argument("--val-pairs", type=int, default=d.val_pairs)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt/last.safetensors")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    def add(*flags: str, default: Any = None, help: str = "", **kw: Any) -> None:
+        shown = f" (default: {default})" if default is not None and "action" not in kw else ""
+        p.add_argument(*flags, default=None, help=help + shown, **kw)
+
+    add("--preset", choices=sorted(PRESETS),
+        help="fill every setting not given on the command line from a preset (explicit flags win).  'paper': the "
+             "Look-Through-Masks student -- --arch resnet18 --embedding-dim 512, batch 128 = 32 identities x 4 "
+             "images, SGD momentum 0.9, lr 0.1 x0.1 every 24 epochs, weight decay 5e-4, soft instance term, "
+             "lambda_p 1, lambda_t 2, ArcFace CE weight 1 (head at the backbone lr), all images per identity, "
+             "60 epochs (our choice: the paper does not give the number of epochs).  'cpu': a run that finishes in "
+             "minutes on a laptop CPU -- MobileFaceNet 128-d, 8 x 4 batches, 1 epoch of 20 steps, Adam lr 1e-3, the "
+             "same loss terms")
+    add("--data", default=d.data, help="folder-per-identity training data (CelebA subset)")
+    add("--templates", default=d.templates, help="mask_templates folder ('' for procedural masks only)")
+    add("--out", default=d.out, help="run folder (CSV logs, checkpoints, loss.png, student.safetensors)")
+    add("--cache", help="alignment + teacher-descriptor cache (default <out>/cache)")
+    add("--model", help="bundle used for detection/alignment (default: baseline)")
+    add("--arch", choices=ARCHS, default=d.arch,
+        help="student network: 'dlib' = a copy of the dlib teacher fine-tuned on 150x150 dlib chips (128-d); "
+             "'resnet18' = the paper's ResNet-18 (insightface IR-18) + embedding layer, 'mobilefacenet' = "
+             "MobileFaceNet (~1 M params), both trained from scratch on 112x112 ArcFace crops (the teacher keeps its "
+             "dlib chips)")
+    add("--embedding-dim", type=int, default=d.embedding_dim,
+        help="embedding width of resnet18 / mobilefacenet (ignored by dlib: 128); a learned linear projection maps "
+             "it to the teacher's 128-d for the instance term")
+    add("--init", help="student initial weights: .dat (dlib) or .safetensors of the chosen --arch (default: dlib's "
+                       ".dat for dlib, random for the others)")
+    add("--epochs", type=int, default=d.epochs)
+    add("--p-identities", type=int, default=d.p_identities, help="identities per batch (P)")
+    add("--k-images", type=int, default=d.k_images, help="images per identity in a batch (K)")
+    add("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+        help="PK batches per epoch (0: train images // batch); split across torchrun processes")
+    add("--max-per-identity", type=int, default=d.max_per_identity, help="cap images per identity (0 = all)")
+    add("--lr", type=float, default=d.lr, help="learning rate (the dlib student is pretrained: keep it small)")
+    add("--lr-step-epochs", type=int, default=d.lr_step_epochs,
+        help="multiply the lr by 0.1 every N epochs (0 = constant); follows the epoch, so --resume continues it")
+    add("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="sgd uses momentum 0.9")
+    add("--weight-decay", type=float, default=d.weight_decay)
+    add("--instance", choices=("hard", "soft", "none"), default=d.instance,
+        help="instance term: hard = l1(t_i, s_i), soft = relative to the identity centres (paper eq. 17)")
+    add("--lambda-i", type=float, default=d.lambda_i, help="instance term weight")
+    add("--lambda-p", type=float, default=d.lambda_p, help="pair (distance) term weight")
+    add("--lambda-t", type=float, default=d.lambda_t, help="triplet (angle) term weight")
+    add("--ce-weight", type=float, default=d.ce_weight, help="> 0: add ArcFace CE on the training identities")
+    add("--head-lr-mult", type=float, default=d.head_lr_mult,
+        help="ArcFace head lr = lr x this (the dlib student's head starts at the teacher's identity centres; "
+             "the presets use 1)")
+    add("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
+    add("--completion",
+        help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
+             "(generator.safetensors) or 'telea'; default: raw masked faces")
+    add("--val-fraction", type=float, default=d.val_fraction, help="held-out identity fraction")
+    add("--val-pairs", type=int, default=d.val_pairs)
+    add("--threads", type=int, default=d.threads, help="torch intra-op threads")
+    add("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    add("--seed", type=int, default=d.seed)
+    add("--ckpt-every", type=int, default=d.ckpt_every)
+    add("--resume", action="store_true", help="continue from <out>/ckpt/last.safetensors (its saved config wins, "
+                                               "except --epochs and the run-time options)")
+    add("--no-progress", dest="progress", action="store_false")
 
 
 def config_from_args(args: argparse.Namespace) -> StudentConfig:
+    """The :class:`StudentConfig` of parsed :func:`_add_args` options: the flags given (non-``None``), then the
+    ``--preset``'s values, then the dataclass defaults."""
     known = {f.name for f in fields(StudentConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in known}
+    kw = {k: v for k, v in vars(args).items() if k in known and k != "preset" and v is not None}
     if kw.get("templates") == "":
         kw["templates"] = None
-    return StudentConfig(**kw)
+    return StudentConfig.from_preset(getattr(args, "preset", None), **kw)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``student`` subcommand on ``subparsers`` (``trainer/main.py``)."""
-    p = subparsers.add_parser("student", help="fine-tune the dlib-initialised student on masked faces (distillation)",
+    p = subparsers.add_parser("student", help="train a student on masked faces by distillation from dlib "
+                                              "(--arch, --preset)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_args(p)
     p.set_defaults(fn=run)
