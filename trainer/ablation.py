@@ -136,7 +136,7 @@ def run_row(args: argparse.Namespace, name: str) -> dict:
     return {"row": name, "label": row_for(name)[0].label + (" [completed inputs]" if cfg.completion else ""),
             "config": {k: getattr(cfg, k) for k in ("instance", "lambda_i", "lambda_p", "lambda_t", "ce_weight",
                                                      "epochs", "lr", "completion")},
-            "train_seconds": summary.get("train_seconds", round(train_s, 1)), "steps": summary.get("steps"),
+            "train_seconds": round(sum(summary.get("epoch_seconds") or []) or train_s, 1), "steps": summary.get("steps"),
             "val": (summary.get("val") or [{}])[-1], "lfw": rep["results"]}
 
 
