@@ -162,11 +162,11 @@ def test_ablation_rows_are_distinct_configs(tmp_path):
 
     args = build_parser().parse_args(["--out", str(tmp_path), "--completion", "telea"])
     cfgs = {n: student_config(args, n) for n in DEFAULT_ROWS}
-    keys = {n: (c.instance, c.lambda_i if c.instance != "none" else 0, c.lambda_p, c.lambda_t, c.ce_weight)
+    keys = {n: (c.instance, c.lambda_i if c.instance != "none" else 0, c.lambda_p, c.lambda_t, c.ce_weight, c.pairwise)
             for n, c in cfgs.items()}
     assert len(set(keys.values())) == len(keys), keys  # every row trains something different
-    assert keys["finetune_ce"] == ("none", 0, 0.0, 0.0, 1.0)
-    assert keys["ce_pt_soft"] == ("soft", 1.0, 1.0, 2.0, 1.0)
+    assert keys["finetune_ce"] == ("none", 0, 0.0, 0.0, 1.0, "none")
+    assert keys["ce_pt_soft"] == ("soft", 1.0, 1.0, 2.0, 1.0, "none")
     assert all(c.epochs == cfgs["finetune_ce"].epochs and c.seed == 0 for c in cfgs.values())
     assert student_config(args, "ce_pt_hard_completed").completion == "telea"
     assert student_config(args, "ce_pt_hard").completion is None

@@ -9,11 +9,27 @@ Students (``--arch``):
 * ``mobilefacenet``: :class:`trainer.models.student.MobileFaceNet` (~1 M parameters), from scratch on 112x112
   ArcFace crops.
 
-Whatever the student, the teacher keeps its own 150x150 dlib chips (descriptors of the clean chips are
-precomputed; the validator's teacher baseline embeds the teacher's own masked dlib chips).  The non-dlib students
-carry their input normalisation inside the module (:class:`ArcInput`: ``x / 127.5 - 1``), so every student takes
-float RGB in [0, 255], NCHW.  Presets (``--preset paper|cpu``, :data:`PRESETS`) fill the fields a command line
-did not set.
+Whatever the student, the teacher keeps its own crops -- 150x150 dlib chips for the dlib teacher (descriptors of
+the clean chips are precomputed; the validator's teacher baseline embeds the teacher's own masked chips).  The
+non-dlib students carry their input normalisation inside the module (:class:`ArcInput`: ``x / 127.5 - 1``), so
+every student takes float RGB in [0, 255], NCHW.  Presets (``--preset paper|cpu``, :data:`PRESETS`) fill the
+fields a command line did not set.
+
+Teacher (``--teacher-onnx PATH``): instead of the dlib ResNet port, any ONNX face embedder (:class:`OnnxTeacher`):
+``--teacher-crop dlib150|arcface112`` says which crops it sees, ``--teacher-input`` its input convention
+(``uint8_nhwc_rgb``: (N, H, W, 3) uint8 RGB as ``export.onnx_embedder`` writes; ``float_nchw_rgb_pm1``: (N, 3, H, W)
+float32 RGB ``(x / 255 - 0.5) / 0.5``, the insightface convention; :data:`TEACHER_INPUTS`).  Its clean-crop
+descriptors are computed by ONNX Runtime and cached under a key with the file's sha256 and the crop; the teacher
+width Dt is the graph's output width (the instance terms go through the learned projection, soft-instance centres
+are Dt-d); the validator's baseline runs the ONNX teacher on its own masked crops.  No dlib teacher is built.
+
+Capstone variant (``--pairwise mse|cosine|margin_cosine``, Liu & Shao 2022 eq. 5): the student embeds the masked and
+the clean chip of every sample (one forward of the concatenated batch) and the loss adds
+``pairwise_beta * pairwise_distill(s(masked), s(clean))`` (:func:`trainer.losses.margin.pairwise_distill`),
+optionally only over the samples the ArcFace head classifies correctly on both (``--pairwise-correct-only``, needs
+``--ce-weight > 0``); with CE, the ArcFace CE also applies to the clean embeddings (``ArcFace(gamma_r) +
+ArcFace(gamma_m)``).  ``steps.csv`` logs ``pairwise`` and ``pairwise_kept`` (fraction distilled).  The pure recipe
+ArcFace + beta * MSE: ``--pairwise mse --ce-weight 1 --instance none --lambda-p 0 --lambda-t 0``.
 
 ``--completion <inpainter>`` trains on *completed* faces (the paper's pipeline: the occluder's pixels are filled by
 the GAN inpainter through the 112x112 ArcFace crop, :mod:`trainer.data.completion`, before the student sees the
@@ -25,6 +41,7 @@ the teacher's relations on the *clean* versions of the same faces (relational de
 :class:`trainer.losses.distill.RelationalDistillLoss`, without the completion network)::
 
     L = lambda_i * L_instance(s(masked), t(clean)) + lambda_p * L_pair + lambda_t * L_triplet  [+ w_ce * ArcFace CE]
+        [+ pairwise_beta * L_dist(s(masked), s(clean)) (+ w_ce * ArcFace CE of s(clean))]       (--pairwise)
 
 * data: a folder-per-identity tree (the CelebA subset).  Faces are detected and aligned once with the
   baseline bundle (cached, :func:`trainer.data.faces.align_images`); each sample re-warps the student's chip
@@ -106,6 +123,17 @@ class StudentConfig:
     lambda_t: float = 2.0
     ce_weight: float = 0.0                # > 0 adds ArcFace CE on training identities
     head_lr_mult: float = 100.0           # ArcFace head learning rate = lr * head_lr_mult (the backbone is pretrained)
+    # capstone (Liu & Shao 2022, eq. 5): distil the masked embedding towards the *clean* embedding of the same
+    # image through the same student: L += pairwise_beta * pairwise_distill(s(masked), s(clean))
+    pairwise: str = "none"                # none | mse | cosine | margin_cosine
+    pairwise_beta: float = 1.0            # weight beta of the pairwise term
+    pairwise_correct_only: bool = False   # distil only samples the ArcFace head gets right on masked AND clean
+    pairwise_margin: float = 0.5          # m of margin_cosine (radians)
+    pairwise_clean_ce: bool = True        # with pairwise: ArcFace CE on the clean embeddings too (eq. 5)
+    # teacher: None = the dlib ResNet port (150x150 dlib chips, 128-d); else any ONNX face embedder
+    teacher_onnx: str | None = None       # .onnx embedder used as the (frozen) teacher
+    teacher_crop: str = "dlib150"         # dlib150 | arcface112: the crops the ONNX teacher sees
+    teacher_input: str = "uint8_nhwc_rgb"  # the ONNX teacher's input convention (TEACHER_INPUTS)
     mask_prob: float = 0.8                # fraction of samples that get an occluder
     completion: str | None = None         # inpainter generator.safetensors: train on completed faces (None: masked)
     mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
@@ -125,6 +153,21 @@ class StudentConfig:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.lr_step_epochs < 0:
             raise ValueError(f"lr_step_epochs must be >= 0, got {self.lr_step_epochs}")
+        if self.pairwise not in PAIRWISE:
+            raise ValueError(f"pairwise must be one of {', '.join(PAIRWISE)}, got {self.pairwise!r}")
+        if self.pairwise_beta < 0:
+            raise ValueError(f"pairwise_beta must be >= 0, got {self.pairwise_beta}")
+        if self.pairwise_correct_only and not self.ce_weight > 0:
+            raise ValueError("pairwise_correct_only selects the samples the ArcFace head classifies correctly: it "
+                             f"needs the ArcFace CE term (ce_weight > 0), got ce_weight={self.ce_weight} "
+                             "(the capstone recipe is ArcFace + beta * pairwise distillation: pass --ce-weight 1)")
+        if self.pairwise_correct_only and self.pairwise == "none":
+            raise ValueError("pairwise_correct_only selects the samples of the pairwise term: set pairwise "
+                             "(--pairwise mse|cosine|margin_cosine)")
+        if self.teacher_crop not in TEACHER_CROPS:
+            raise ValueError(f"teacher_crop must be one of {', '.join(TEACHER_CROPS)}, got {self.teacher_crop!r}")
+        if self.teacher_input not in TEACHER_INPUTS:
+            raise ValueError(f"teacher_input must be one of {', '.join(TEACHER_INPUTS)}, got {self.teacher_input!r}")
 
     @property
     def batch_size(self) -> int:
@@ -168,6 +211,17 @@ class StudentConfig:
 
 #: student architectures (``StudentConfig.arch``)
 ARCHS = ("dlib", "resnet18", "mobilefacenet")
+#: capstone pairwise masked/clean distillation kinds (``StudentConfig.pairwise``, :func:`pairwise_distill`)
+PAIRWISE = ("none", "mse", "cosine", "margin_cosine")
+#: crops an ONNX teacher can see (``StudentConfig.teacher_crop``): side in pixels
+TEACHER_CROPS = {"dlib150": 150, "arcface112": 112}
+#: ONNX teacher input conventions (``StudentConfig.teacher_input``): what the graph's single input expects
+TEACHER_INPUTS = {
+    "uint8_nhwc_rgb": "(N, H, W, 3) uint8 RGB, preprocessing inside the graph (what export.onnx_embedder writes)",
+    "float_nchw_rgb_pm1": "(N, 3, H, W) float32 RGB, (x / 255 - 0.5) / 0.5 in [-1, 1] (ArcFace / insightface)",
+    "float_nchw_bgr_pm1": "(N, 3, H, W) float32 BGR, (x / 255 - 0.5) / 0.5 in [-1, 1]",
+    "float_nchw_rgb_255": "(N, 3, H, W) float32 RGB in [0, 255] (this trainer's students, normalisation inside)",
+}
 #: side of the ArcFace crop the non-dlib students see (sdk.align.ARCFACE_112 template)
 ARC_SIZE = 112
 
@@ -399,6 +453,145 @@ def student_cost(net, input_size: int) -> dict:
     return {"params": int(count_params(net)), "gflops": float(flops) / 1e9}
 
 
+# ---------------------------------------------------------------------------------------------- teachers
+class OnnxTeacher:
+    """A frozen teacher from any ONNX face embedder, run by ONNX Runtime (CPU).
+
+    Args:
+        path: the ``.onnx`` file: one input ``(N, ...)`` image batch, first output ``(N, D)`` float descriptors.
+        crop: ``"dlib150"`` (150x150 dlib chips) or ``"arcface112"`` (112x112 ArcFace crops): the crops the graph
+            was trained on (:data:`TEACHER_CROPS`).
+        input_kind: the graph's input convention, one of :data:`TEACHER_INPUTS` (``"uint8_nhwc_rgb"``: what
+            ``python -m export.onnx_embedder`` writes; ``"float_nchw_rgb_pm1"``: the ArcFace / insightface
+            convention ``(x / 255 - 0.5) / 0.5``, RGB, NCHW).
+        threads: ONNX Runtime intra-op threads (0 = one per core).
+        batch: images per ``session.run`` (a graph with a static batch dimension uses that instead).
+
+    :meth:`descriptors` takes what every chip here is: uint8 RGB ``(N, S, S, 3)`` with ``S = input_size``, and
+    converts it to the graph's convention.  ``dim`` is the width of the graph's output (from its static shape,
+    else from one forward pass on a black image); ``sha256`` the file's digest (part of the descriptor cache
+    key).  Raises :class:`sdk.errors.ModelFileError` naming the file when it is missing, cannot be loaded
+    (truncated, not ONNX) or its input / output do not match ``crop`` / ``input_kind``.
+    """
+
+    arch = "onnx"
+
+    def __init__(self, path: str | Path, crop: str = "dlib150", input_kind: str = "uint8_nhwc_rgb", threads: int = 0,
+                 batch: int = 64):
+        from sdk.backends.ort import open_session
+        from sdk.embed import file_digest
+        from sdk.errors import ModelFileError
+
+        if crop not in TEACHER_CROPS:
+            raise ValueError(f"teacher crop must be one of {', '.join(TEACHER_CROPS)}, got {crop!r}")
+        if input_kind not in TEACHER_INPUTS:
+            raise ValueError(f"teacher input must be one of {', '.join(TEACHER_INPUTS)}, got {input_kind!r}")
+        self.path, self.crop, self.input_kind = Path(path), crop, input_kind
+        self.input_size = TEACHER_CROPS[crop]
+        self.batch = int(batch)
+        self._sess = open_session(self.path, threads=threads, what="an ONNX teacher embedder")
+        self.sha256 = file_digest(self.path)
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if len(ins) != 1 or not outs:
+            raise ModelFileError(self.path, f"an ONNX teacher needs 1 input and an output, got {len(ins)} inputs, "
+                                            f"{len(outs)} outputs")
+        i, o = ins[0], outs[0]
+        size = self.input_size
+        want_type = "tensor(uint8)" if input_kind.startswith("uint8") else "tensor(float)"
+        want_shape = [size, size, 3] if "_nhwc_" in input_kind else [3, size, size]
+        shp = list(i.shape)
+        if (i.type != want_type or len(shp) != 4
+                or any(isinstance(d, int) and d != w for d, w in zip(shp[1:], want_shape))):
+            raise ModelFileError(self.path, f"input {i.name!r} is {i.type} {shp}; --teacher-input {input_kind} "
+                                            f"--teacher-crop {crop} expects {want_type} [N, "
+                                            f"{', '.join(map(str, want_shape))}]")
+        #: a graph exported with a fixed batch size gets exactly that many images per run (zero-padded)
+        self.static_batch = int(shp[0]) if isinstance(shp[0], int) and shp[0] > 0 else None
+        if self.static_batch:
+            self.batch = self.static_batch
+        oshp = list(o.shape)
+        if o.type != "tensor(float)" or len(oshp) != 2:
+            raise ModelFileError(self.path, f"output {o.name!r} is {o.type} {oshp}; an ONNX teacher must return "
+                                            "float [N, D] descriptors")
+        self._in, self._out = i.name, o.name
+        if isinstance(oshp[1], int) and oshp[1] > 0:
+            self.dim = int(oshp[1])
+        else:
+            self.dim = int(self.descriptors(np.zeros((1, size, size, 3), np.uint8), check_dim=False).shape[1])
+        self.embedding_dim = self.dim
+
+    @property
+    def key(self) -> str:
+        """What decides the descriptors: ``onnx:<sha256>:<crop>:<input_kind>``."""
+        return f"onnx:{self.sha256}:{self.crop}:{self.input_kind}"
+
+    def _feed(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 RGB (n, S, S, 3) -> the graph's input array (``input_kind``)."""
+        if self.input_kind == "uint8_nhwc_rgb":
+            return np.ascontiguousarray(chips, np.uint8)
+        x = chips[..., ::-1] if "_bgr_" in self.input_kind else chips
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
+        return x if self.input_kind.endswith("_255") else (x / 255.0 - 0.5) / 0.5
+
+    def descriptors(self, chips: np.ndarray, check_dim: bool = True) -> np.ndarray:
+        """(N, dim) float32 raw teacher descriptors of uint8 RGB chips (N, S, S, 3), S = ``input_size``."""
+        chips = np.asarray(chips)
+        size = self.input_size
+        if chips.ndim != 4 or chips.shape[1:] != (size, size, 3) or chips.dtype != np.uint8:
+            raise ValueError(f"the ONNX teacher ({self.crop}) needs uint8 RGB chips (N, {size}, {size}, 3), got "
+                             f"{chips.dtype} {chips.shape}")
+        out = []
+        for s in range(0, len(chips), self.batch):
+            part = chips[s:s + self.batch]
+            n = len(part)
+            if self.static_batch and n < self.static_batch:
+                part = np.concatenate([part, np.zeros((self.static_batch - n,) + part.shape[1:], np.uint8)])
+            out.append(np.asarray(self._sess.run([self._out], {self._in: self._feed(part)})[0], np.float32)[:n])
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        res = np.concatenate(out).astype(np.float32, copy=False)
+        if check_dim and res.shape[1] != self.dim:
+            raise ValueError(f"{self.path}: returned {res.shape[1]}-d descriptors, expected {self.dim}")
+        return res
+
+    def __repr__(self) -> str:
+        return f"OnnxTeacher({str(self.path)!r}, crop={self.crop!r}, input_kind={self.input_kind!r}, dim={self.dim})"
+
+
+def build_teacher(cfg: StudentConfig, threads: int | None = None):
+    """The frozen teacher of ``cfg``: an :class:`OnnxTeacher` when ``cfg.teacher_onnx`` is set, else the dlib
+    ResNet port (:class:`trainer.models.dlib_resnet.DlibResNet`, eval mode, no gradients) from ``cfg.init`` when
+    that is a dlib ``.dat``, else from the packaged ``.dat``."""
+    if cfg.teacher_onnx:
+        return OnnxTeacher(cfg.teacher_onnx, cfg.teacher_crop, cfg.teacher_input,
+                           threads=cfg.threads if threads is None else threads)
+    from trainer.models.dlib_resnet import DlibResNet
+
+    init_dat = bool(cfg.init) and str(cfg.init).endswith(".dat")
+    teacher = DlibResNet.from_dat(cfg.init if init_dat else None).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    return teacher
+
+
+def teacher_dim(teacher) -> int:
+    """Width of the teacher's descriptors: the ONNX graph's output width, 128 for the dlib ResNet."""
+    return int(teacher.dim) if isinstance(teacher, OnnxTeacher) else 128
+
+
+def teacher_crop(teacher) -> str:
+    """The crops the teacher sees: ``"dlib150"`` or ``"arcface112"`` (an :class:`OnnxTeacher`'s ``crop``)."""
+    return teacher.crop if isinstance(teacher, OnnxTeacher) else "dlib150"
+
+
+def teacher_matrices(teacher, chip_m: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(frame->crop matrices (N, 2, 3), crop side)`` of the teacher's crops: the dlib chip matrices ``chip_m``
+    (150) or the ArcFace-crop matrices fitted to the frame ``landmarks`` (112, :func:`arc_matrices`)."""
+    if teacher_crop(teacher) == "arcface112":
+        return arc_matrices(landmarks), ARC_SIZE
+    return np.asarray(chip_m, np.float64), 150
+
+
 @dataclass
 class Prepared:
     """Aligned train/val data and the teacher's clean descriptors."""
@@ -410,7 +603,7 @@ class Prepared:
     val_idx: np.ndarray
     chip_m: np.ndarray
     landmarks: np.ndarray
-    teacher: np.ndarray         # (N, 128) raw teacher descriptors of the clean chips
+    teacher: np.ndarray         # (N, Dt) raw teacher descriptors of its clean crops (Dt = 128 for dlib)
     train_ids: list[str]
     val_ids: list[str]
 
@@ -429,30 +622,59 @@ def select_samples(data: str | Path, max_per_identity: int):
 
 def teacher_descriptors(teacher, ds: MaskedChipDataset, cache: Path | None, batch: int = 64,
                         progress: bool = True) -> np.ndarray:
-    """Raw teacher descriptors of every clean chip of ``ds`` (cached in ``cache`` when given)."""
+    """(N, Dt) float32 raw teacher descriptors of every clean crop of ``ds`` (cached in ``cache`` when given).
+
+    ``teacher``: the dlib ResNet (exported to ONNX in memory, Dt = 128, ``ds`` of 150x150 dlib chips) or an
+    :class:`OnnxTeacher` (Dt = its output width, ``ds`` of its own crops).  A cache file of another shape is
+    recomputed."""
     from tqdm import tqdm
 
+    dim = teacher_dim(teacher)
     if cache is not None and cache.is_file():
         out = np.load(cache)
-        if out.shape == (len(ds), 128):
+        if out.shape == (len(ds), dim):
             log.info("teacher descriptors from cache %s", cache)
             return out
-    from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
+    if isinstance(teacher, OnnxTeacher):
+        run = teacher.descriptors
+    else:
+        from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
 
-    sess = ort_session(export_onnx_bytes(teacher))
+        sess = ort_session(export_onnx_bytes(teacher))
+
+        def run(chips: np.ndarray) -> np.ndarray:
+            return ort_descriptors(sess, chips)
     res = []
     for s in tqdm(range(0, len(ds), batch), desc="teacher (clean)", disable=not progress):
         chips = np.stack([ds.clean_bgr(i)[:, :, ::-1] for i in range(s, min(len(ds), s + batch))])
-        res.append(ort_descriptors(sess, chips))
-    out = np.concatenate(res).astype(np.float32)
+        res.append(run(chips))
+    out = np.concatenate(res).astype(np.float32) if res else np.zeros((0, dim), np.float32)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, out)
+        log.info("teacher descriptors (%s) cached in %s", getattr(teacher, "key", "dlib"), cache)
     return out
 
 
+def teacher_cache_name(teacher, paths: Sequence[str], chip_m: np.ndarray, init: str | None) -> str:
+    """File name of the teacher-descriptor cache: ``teacher-<hash>.npy`` over the image paths and the teacher's
+    frame->crop matrices, plus ``init`` for the dlib teacher (unchanged from earlier runs) or, for an
+    :class:`OnnxTeacher`, ``teacher-onnx-<hash>.npy`` with its :attr:`OnnxTeacher.key` (file sha256, crop, input
+    convention) in the hash: another ONNX file or crop is another cache."""
+    h = hashlib.sha1("|".join(paths).encode())
+    h.update(np.ascontiguousarray(np.asarray(chip_m, np.float64)).tobytes())
+    if isinstance(teacher, OnnxTeacher):
+        h.update(teacher.key.encode())
+        return f"teacher-onnx-{h.hexdigest()[:16]}.npy"
+    h.update(str(init).encode())
+    return f"teacher-{h.hexdigest()[:16]}.npy"
+
+
 def prepare_data(cfg: StudentConfig, teacher, detector=None, embedder=None) -> Prepared:
-    """Read, split (identity-disjoint), align (cached) and compute the teacher's clean descriptors (cached)."""
+    """Read, split (identity-disjoint), align (cached) and compute the teacher's clean descriptors (cached).
+
+    ``teacher``: the dlib ResNet (descriptors of the 150x150 dlib chips) or an :class:`OnnxTeacher` (of its own
+    crops, ``teacher.crop``)."""
     from trainer.data.faces import align_images
     from trainer.data.readers import identity_split
 
@@ -478,11 +700,10 @@ def prepare_data(cfg: StudentConfig, teacher, detector=None, embedder=None) -> P
     labels = np.array([lab_of[s.identity] for s in samples], np.int64)
     tr = np.array([i for i, s in enumerate(samples) if s.identity in set(train_ids)], np.int64)
     va = np.array([i for i, s in enumerate(samples) if s.identity in set(val_ids)], np.int64)
-    h = hashlib.sha1("|".join(paths).encode())
-    h.update(np.ascontiguousarray(aligned.chip_m).tobytes())
-    h.update(str(cfg.init).encode())
-    ds = MaskedChipDataset(aligned.paths, aligned.chip_m, aligned.landmarks, labels, None, 0.0, cfg.seed)
-    t = teacher_descriptors(teacher, ds, cache / f"teacher-{h.hexdigest()[:16]}.npy", progress=cfg.progress)
+    t_m, t_size = teacher_matrices(teacher, aligned.chip_m, aligned.landmarks)
+    ds = MaskedChipDataset(aligned.paths, t_m, aligned.landmarks, labels, None, 0.0, cfg.seed, chip_size=t_size)
+    name = teacher_cache_name(teacher, paths, t_m, cfg.init)
+    t = teacher_descriptors(teacher, ds, cache / name, progress=cfg.progress)
     return Prepared(aligned.paths, order, labels, tr, va, aligned.chip_m, aligned.landmarks, t, train_ids, val_ids)
 
 
@@ -519,7 +740,10 @@ def embed_chips(net, chips: np.ndarray, batch: int = 64, threads: int = 0) -> np
 
     A :class:`DlibResNet` (S = 150, D = 128) is exported to ONNX and run by ONNX Runtime (bit-compatible to ~1e-6
     with torch and ~5x faster on CPU than torch's eager forward); any other student (S = 112, D = its embedding
-    width) runs in torch, eval mode, ``torch.no_grad()``, ``batch`` chips at a time (training mode restored)."""
+    width) runs in torch, eval mode, ``torch.no_grad()``, ``batch`` chips at a time (training mode restored).
+    An :class:`OnnxTeacher` embeds its own crops (S = its ``input_size``, D = its ``dim``)."""
+    if isinstance(net, OnnxTeacher):
+        return net.descriptors(chips)
     if student_arch(net) != "dlib":
         return torch_embed(net, chips, batch, threads)
     from export.onnx_embedder import export_onnx_bytes, ort_descriptors, ort_session
@@ -560,10 +784,11 @@ class Validator:
     """Held-out pair verification, clean (a) vs masked (b); the teacher baseline is computed once.
 
     ``ds`` yields the *student's* chips (150x150 dlib chips or 112x112 ArcFace crops).  The teacher always sees
-    its own 150x150 dlib chips: ``teacher_clean`` are their precomputed descriptors and, when the student's
-    chips are not dlib chips, ``teacher_ds`` (the same images with the dlib chip matrices) gives the teacher's
-    masked chips -- same synthesis seed per image (``sample_seed(seed, -1, i)``), the occluder placed from the
-    chip's own landmarks.  ``teacher_ds=None``: the teacher embeds ``ds``'s masked chips (the dlib student)."""
+    its own crops (the dlib teacher: 150x150 dlib chips; an :class:`OnnxTeacher`: its ``crop``):
+    ``teacher_clean`` are their precomputed descriptors and, when the student's chips are not the teacher's,
+    ``teacher_ds`` (the same images with the teacher's crop matrices) gives the teacher's masked crops -- same
+    synthesis seed per image (``sample_seed(seed, -1, i)``), the occluder placed from the crop's own landmarks.
+    ``teacher_ds=None``: the teacher embeds ``ds``'s masked chips (student and teacher see the same crops)."""
 
     def __init__(self, ds: MaskedChipDataset, val_idx: np.ndarray, teacher_clean: np.ndarray, teacher, n_pairs: int,
                  seed: int, progress: bool = True, teacher_ds: MaskedChipDataset | None = None):
@@ -580,7 +805,8 @@ class Validator:
         else:
             t_items = [teacher_ds[(int(i), -1)][0]
                        for i in tqdm(self.idx, desc="val chips (teacher)", disable=not progress)]
-            self.teacher_masked = np.stack(t_items) if t_items else np.zeros((0, 150, 150, 3), np.uint8)
+            self.teacher_masked = np.stack(t_items) if t_items else \
+                np.zeros((0, teacher_ds.chip_size, teacher_ds.chip_size, 3), np.uint8)
         tc = teacher_clean[self.idx]
         tm = embed_chips(teacher, self.teacher_masked)
         self.baseline = {"teacher_clean_vs_masked": pair_accuracy(tc[self.a], tm[self.b], self.same),
@@ -729,8 +955,8 @@ def plot_losses(steps_csv: Path, png: Path) -> None:
         return
     step = np.array([int(r["step"]) for r in rows])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key in ("total", "instance", "pair", "triplet", "ce"):
-        v = np.array([float(r[key]) for r in rows])
+    for key in ("total", "instance", "pair", "triplet", "ce", "pairwise"):
+        v = np.array([float(r.get(key) or 0.0) for r in rows])
         if not np.any(v):
             continue
         w = min(20, len(v))
@@ -749,35 +975,39 @@ def plot_losses(steps_csv: Path, png: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- training
-CSV_FIELDS = ["step", "epoch", "batch", "lr", "total", "instance", "pair", "triplet", "ce", "seconds"]
+CSV_FIELDS = ["step", "epoch", "batch", "lr", "total", "instance", "pair", "triplet", "ce", "pairwise", "pairwise_kept",
+              "seconds"]
 
 
-def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
+def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None, teacher=None):
     """``(teacher, student, loss_mod, head, opt)`` for ``cfg``.
 
-    * teacher: the frozen dlib ResNet (a ``.dat`` ``cfg.init`` for the dlib arch, else the packaged one), 128-d.
-    * student: ``dlib``: a copy of the teacher (or ``cfg.init``); ``resnet18`` / ``mobilefacenet``: untrained
+    * teacher: ``teacher`` when given, else :func:`build_teacher` -- the frozen dlib ResNet (a ``.dat``
+      ``cfg.init`` for the dlib arch, else the packaged one), 128-d, or the :class:`OnnxTeacher` of
+      ``cfg.teacher_onnx`` (Dt = its output width).
+    * student: ``dlib``: a copy of the dlib ResNet (or ``cfg.init``); ``resnet18`` / ``mobilefacenet``: untrained
       (or ``cfg.init`` of that arch), wrapped in :class:`ArcInput`; all take float RGB [0, 255] NCHW.
-    * loss: :class:`RelationalDistillLoss` (student_dim -> 128; a learned linear projection for the instance
-      term when the widths differ).  ``teacher_centres``: (n_train_ids, 128) teacher identity centres (needed
-      for ``instance="soft"``).
+    * loss: :class:`RelationalDistillLoss` (student_dim -> Dt; a learned linear projection for the instance
+      term unless the student is the dlib copy of the dlib teacher).  ``teacher_centres``: (n_train_ids, Dt)
+      teacher identity centres (needed for ``instance="soft"``).
     * head: ArcFace over the student's embedding when ``ce_weight > 0``; its class weights start at the teacher's
-      identity centres for the dlib student (which starts *as* the teacher), randomly otherwise.
+      identity centres for the dlib student taught by the dlib teacher (the student starts *as* the teacher),
+      randomly otherwise.
     * opt: Adam / SGD (momentum 0.9); param group 0 = student + loss, group 1 = head at ``lr * head_lr_mult``.
     """
     import torch
 
     from trainer.losses.distill import RelationalDistillLoss
     from trainer.losses.margin import ArcFaceHead
-    from trainer.models.dlib_resnet import DlibResNet
 
     dlib = cfg.arch == "dlib"
     init_dat = bool(cfg.init) and str(cfg.init).endswith(".dat")
     if init_dat and not dlib:
         raise ValueError(f"--init {cfg.init}: a dlib .dat cannot initialise a {cfg.arch} student")
-    teacher = DlibResNet.from_dat(cfg.init if init_dat else None).eval()
-    for q in teacher.parameters():
-        q.requires_grad_(False)
+    if teacher is None:
+        teacher = build_teacher(cfg)
+    t_dim = teacher_dim(teacher)
+    same_space = dlib and not isinstance(teacher, OnnxTeacher)  # the dlib student starts as the dlib teacher
     if cfg.init:
         student = load_student_weights(cfg.init, arch=cfg.arch)
         if not dlib and student.embedding_dim != cfg.student_dim:
@@ -787,15 +1017,18 @@ def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
     student.train()
     dim = cfg.student_dim
     soft = cfg.instance == "soft"
-    loss_mod = RelationalDistillLoss(dim, 128, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
+    if teacher_centres is not None and tuple(teacher_centres.shape[1:]) != (t_dim,):
+        raise ValueError(f"teacher_centres are {tuple(teacher_centres.shape)}, the teacher is {t_dim}-d")
+    loss_mod = RelationalDistillLoss(dim, t_dim, instance=cfg.instance, lambda_i=cfg.lambda_i, lambda_p=cfg.lambda_p,
                                      lambda_t=cfg.lambda_t, ce_weight=cfg.ce_weight,
-                                     # a student trained from scratch lives on its own scale: the instance term
-                                     # always compares it through a learned projection (also at equal widths)
-                                     projection="identity" if dlib else "linear",
+                                     # a student trained from scratch (or taught by another network) lives on its
+                                     # own scale: the instance term always compares it through a learned
+                                     # projection (also at equal widths)
+                                     projection="identity" if same_space else "linear",
                                      n_classes=n_train_ids if soft else None,
                                      teacher_centres=teacher_centres if soft else None, student_centres="ema")
     head = ArcFaceHead(dim, n_train_ids) if cfg.ce_weight > 0 else None
-    if head is not None and teacher_centres is not None and dlib:
+    if head is not None and teacher_centres is not None and same_space:
         # the student starts as the teacher: class weights = the teacher's identity centres, so the CE term
         # starts from a sensible classifier instead of pulling the pretrained features towards random ones
         with torch.no_grad():
@@ -810,6 +1043,45 @@ def build_models(cfg: StudentConfig, n_train_ids: int, teacher_centres=None):
     else:
         raise ValueError(f"optimizer must be adam | sgd, got {cfg.optimizer!r}")
     return teacher, student, loss_mod, head, opt
+
+
+def capstone_terms(cfg: StudentConfig, s, s_clean, labels, head) -> tuple[Any, Any, Any]:
+    """The capstone's extra terms for one batch: ``(pairwise, kept, ce_clean)``.
+
+    Args:
+        cfg: ``pairwise`` (kind), ``pairwise_margin``, ``pairwise_correct_only``, ``pairwise_clean_ce``.
+        s, s_clean: (B, D) student embeddings of the masked and of the clean chips of the same samples (same
+            network, same forward pass).
+        labels: (B,) int64 training identities (the ArcFace classes).
+        head: the :class:`ArcFaceHead` (``None`` without CE).
+
+    Returns:
+        ``pairwise``: :func:`trainer.losses.margin.pairwise_distill` of ``(s, s_clean)`` (0-d, in the graph;
+        gradients reach both branches; with ``pairwise_correct_only`` summed over the selected rows and divided by
+        B, the capstone's "dynamic balancing").  ``kept``: 0-d float, the fraction of rows distilled -- those the
+        head classifies correctly on *both* images from its margin-free logits ``head(x)``
+        (:func:`correctly_classified`), 1 without ``pairwise_correct_only``.  ``ce_clean``: ArcFace CE of the
+        clean embeddings (capstone eq. 5, ``ArcFace(gamma_r)``), 0-d; 0 without a head or without
+        ``pairwise_clean_ce``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.losses.margin import correctly_classified, pairwise_distill
+
+    keep = None
+    if cfg.pairwise_correct_only:
+        if head is None:
+            raise ValueError("pairwise_correct_only needs the ArcFace head (ce_weight > 0)")
+        with torch.no_grad():
+            keep = correctly_classified(labels, head(s.detach()), head(s_clean.detach()))
+    pw = pairwise_distill(s, s_clean, kind=cfg.pairwise, margin=cfg.pairwise_margin, correct_mask=keep)
+    kept = keep.float().mean() if keep is not None else torch.ones((), dtype=s.dtype)
+    if head is not None and cfg.pairwise_clean_ce:
+        ce_clean = F.cross_entropy(head(s_clean, labels), labels)
+    else:
+        ce_clean = s_clean.sum() * 0.0
+    return pw, kept, ce_clean
 
 
 def set_epoch_lr(opt, cfg: StudentConfig, epoch: int) -> float:
@@ -894,26 +1166,39 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
 
     from trainer.models.dlib_resnet import DlibResNet
 
+    # an ONNX teacher is opened once (descriptor cache, validation baseline); the dlib one comes from build_models
+    onnx_teacher = build_teacher(cfg) if cfg.teacher_onnx else None
     if prepared is not None:
         prep = prepared
     else:
         # rank 0 builds the alignment + teacher caches; the others wait, then read them
         if ddp and not main:
             dist.barrier()
-        prep = prepare_data(run_cfg, DlibResNet.from_dat().eval(), detector, embedder)
+        prep = prepare_data(run_cfg, onnx_teacher or DlibResNet.from_dat().eval(), detector, embedder)
         if ddp and main:
             dist.barrier()
+    t_dim = teacher_dim(onnx_teacher) if onnx_teacher is not None else 128
+    if prep.teacher.ndim != 2 or prep.teacher.shape[1] != t_dim:
+        raise ValueError(f"the prepared teacher descriptors are {prep.teacher.shape}, the teacher is {t_dim}-d")
     n_train_ids = len(prep.train_ids)
     tr_lab = prep.labels[prep.train_idx]
     centres = None
     if cfg.instance == "soft" or cfg.ce_weight > 0:
         centres = identity_centres(torch.from_numpy(prep.teacher[prep.train_idx]), torch.from_numpy(tr_lab), n_train_ids)
-    teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres)
+    teacher, student, loss_mod, head, opt = build_models(cfg, n_train_ids, centres, teacher=onnx_teacher)
     cost = student_cost(student, cfg.input_size)
+    pairwise = cfg.pairwise != "none"
     if main:
         log.info("student %s: %d-d embedding, %dx%d RGB input, %.2f M params, %.3f GFLOPs per image%s",
                  cfg.arch, cfg.student_dim, cfg.input_size, cfg.input_size, cost["params"] / 1e6, cost["gflops"],
                  f" (preset {cfg.preset})" if cfg.preset else "")
+        log.info("teacher: %s (%d-d, %s crops)%s", teacher if onnx_teacher is not None else "dlib ResNet", t_dim,
+                 teacher_crop(teacher), "; instance term through a learned projection"
+                 if isinstance(loss_mod.projection, torch.nn.Linear) and cfg.instance != "none" else "")
+        if pairwise:
+            log.info("capstone pairwise distillation: %s, beta %g%s%s", cfg.pairwise, cfg.pairwise_beta,
+                     ", correctly classified samples only" if cfg.pairwise_correct_only else "",
+                     ", ArcFace CE on clean + masked" if head is not None and cfg.pairwise_clean_ce else "")
     # DDP averages the student's gradients; the loss/head parameters (if any) are all-reduced by hand
     model = DistributedDataParallel(student) if ddp else student
     extra_params = [q for q in list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
@@ -929,11 +1214,13 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
 
         completer = ChipCompleter(cfg.completion)
         log.info("training on completed faces: inpainter %s", completer.model)
-    # the dlib student sees the teacher's 150x150 dlib chips; the others 112x112 ArcFace crops of the same frames
-    # (the teacher keeps its dlib chips: prep.teacher holds their descriptors, teacher_ds gives its masked chips)
-    teacher_ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, synth, cfg.mask_prob,
-                                   cfg.seed, val_synth, chip_size=150, completer=completer)
-    if cfg.arch == "dlib":
+    # the dlib student sees 150x150 dlib chips; the others 112x112 ArcFace crops of the same frames (the teacher
+    # keeps its own crops -- dlib chips, or an ONNX teacher's --teacher-crop: prep.teacher holds their
+    # descriptors, teacher_ds gives its masked crops for the validation baseline)
+    t_m, t_size = teacher_matrices(teacher, prep.chip_m, prep.landmarks)
+    teacher_ds = MaskedChipDataset(prep.paths, t_m, prep.landmarks, prep.labels, synth, cfg.mask_prob,
+                                   cfg.seed, val_synth, chip_size=t_size, completer=completer)
+    if (cfg.arch == "dlib") == (teacher_crop(teacher) == "dlib150"):  # student and teacher see the same crops
         ds = teacher_ds
     else:
         ds = MaskedChipDataset(prep.paths, arc_matrices(prep.landmarks), prep.landmarks, prep.labels, synth,
@@ -958,14 +1245,19 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
                           teacher_ds=None if ds is teacher_ds else teacher_ds) \
         if len(prep.val_idx) and main else None
     if validator is not None:
-        log.info("validation baseline (dlib teacher): %s", validator.baseline)
+        log.info("validation baseline (%s teacher): %s", "ONNX" if onnx_teacher is not None else "dlib",
+                 validator.baseline)
 
     steps_csv = out / "steps.csv"
     fcsv = wcsv = None
     if main:
-        new_csv = not steps_csv.is_file()
+        new_csv = not steps_csv.is_file() or steps_csv.stat().st_size == 0
+        header = CSV_FIELDS
+        if not new_csv:  # a resumed run keeps its file's columns (older runs have no pairwise columns)
+            with steps_csv.open(newline="") as f:
+                header = next(csv.reader(f), None) or CSV_FIELDS
         fcsv = steps_csv.open("a", newline="")
-        wcsv = csv.DictWriter(fcsv, CSV_FIELDS)
+        wcsv = csv.DictWriter(fcsv, header, extrasaction="ignore")
         if new_csv:
             wcsv.writeheader()
     val_rows = []
@@ -1006,12 +1298,23 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
         t_ep = time.perf_counter()
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not run_cfg.progress)
-        for bi, (masked, _clean, labels, index) in enumerate(loader, start=first):
+        for bi, (masked, clean, labels, index) in enumerate(loader, start=first):
             t0 = time.perf_counter()
-            s = model(to_input(masked))
+            if pairwise:
+                # one forward of the masked + clean chips (one DDP forward per step; BatchNorm students see the
+                # statistics of both halves), split back into s(masked), s(clean)
+                emb = model(to_input(torch.cat([masked, clean])))
+                s, s_clean = emb[:len(masked)], emb[len(masked):]
+            else:
+                s = model(to_input(masked))
             t = teacher_t.index_select(0, index)
             logits = head(s, labels) if head is not None else None
             total, parts = loss_mod(s, t, logits=logits, labels=labels)
+            if pairwise:
+                pw, kept, ce_clean = capstone_terms(cfg, s, s_clean, labels, head)
+                total = total + cfg.pairwise_beta * pw + cfg.ce_weight * ce_clean
+                parts = {**parts, "ce": parts["ce"] + ce_clean.detach(), "pairwise": pw.detach(),
+                         "pairwise_kept": kept.detach(), "total": total.detach()}
             opt.zero_grad(set_to_none=True)
             total.backward()
             if ddp:
@@ -1028,8 +1331,11 @@ def _train(cfg: StudentConfig, detector, embedder, prepared: Prepared | None, ra
             wcsv.writerow(row)
             fcsv.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(parts['total']):.4f}", i=f"{float(parts['instance']):.3f}",
-                            p=f"{float(parts['pair']):.4f}", t=f"{float(parts['triplet']):.4f}")
+            post = dict(loss=f"{float(parts['total']):.4f}", i=f"{float(parts['instance']):.3f}",
+                        p=f"{float(parts['pair']):.4f}", t=f"{float(parts['triplet']):.4f}")
+            if pairwise:
+                post.update(pw=f"{float(parts['pairwise']):.4f}", kept=f"{float(parts['pairwise_kept']):.2f}")
+            bar.set_postfix(**post)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and bi + 1 < n_batches:
                 save(last, epoch, bi + 1)
         bar.close()
@@ -1167,6 +1473,34 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     add("--head-lr-mult", type=float, default=d.head_lr_mult,
         help="ArcFace head lr = lr x this (the dlib student's head starts at the teacher's identity centres; "
              "the presets use 1)")
+    add("--pairwise", choices=PAIRWISE, default=d.pairwise,
+        help="capstone variant (Liu & Shao 2022, eq. 5): the student also embeds the clean chip of every sample and "
+             "the loss adds --pairwise-beta x a distance between its masked and clean embeddings: 'mse' = squared "
+             "L2 (summed over the dimensions), 'cosine' = 1 - cos, 'margin_cosine' = 1 - cos(angle + "
+             "--pairwise-margin); with --ce-weight > 0 the ArcFace CE also applies to the clean embeddings (see "
+             "--no-pairwise-clean-ce).  Composes with the relational terms; the pure capstone recipe is "
+             "--pairwise mse --ce-weight 1 --instance none --lambda-p 0 --lambda-t 0")
+    add("--pairwise-beta", type=float, default=d.pairwise_beta, help="weight beta of the pairwise term")
+    add("--pairwise-correct-only", action="store_true",
+        help="distil only the samples the ArcFace head classifies correctly (margin-free logits) on both the masked "
+             "and the clean image; the sum is still divided by the batch size, so the term grows with the training "
+             "accuracy (the capstone's dynamic balancing).  Needs --ce-weight > 0; the kept fraction is logged as "
+             "pairwise_kept")
+    add("--pairwise-margin", type=float, default=d.pairwise_margin,
+        help="angular margin m (radians) of --pairwise margin_cosine")
+    add("--pairwise-clean-ce", action=argparse.BooleanOptionalAction,
+        help="with --pairwise and --ce-weight > 0: ArcFace CE on the clean embeddings too, i.e. CE(masked) + "
+             "CE(clean) as in the capstone's eq. 5 (default: on; the ce column logs the sum)")
+    add("--teacher-onnx", metavar="PATH",
+        help="use any ONNX face embedder as the frozen teacher instead of the dlib ResNet: its descriptors of the "
+             "clean crops are computed once with ONNX Runtime and cached (key: the file's sha256, the crop and the "
+             "input convention); the teacher's width comes from the graph's output (the instance term goes through "
+             "a learned projection).  The dlib student still starts from dlib's weights unless --init is given")
+    add("--teacher-crop", choices=tuple(TEACHER_CROPS), default=d.teacher_crop,
+        help="crops the ONNX teacher sees: 'dlib150' = 150x150 dlib chips, 'arcface112' = 112x112 ArcFace crops "
+             "(insightface template)")
+    add("--teacher-input", choices=tuple(TEACHER_INPUTS), default=d.teacher_input,
+        help="the ONNX teacher's input: " + "; ".join(f"'{k}' = {v}" for k, v in TEACHER_INPUTS.items()))
     add("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
     add("--completion",
         help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
