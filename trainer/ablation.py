@@ -139,8 +139,9 @@ def run_row(args: argparse.Namespace, name: str) -> dict:
                description=f"ablation row {name}: {row_for(name)[0].label}")
     rep = evaluate_bundle(args, str(bundle), out / "lfw", completion=cfg.completion or None)
     return {"row": name, "label": row_for(name)[0].label + (" [completed inputs]" if cfg.completion else ""),
-            "config": {k: getattr(cfg, k) for k in ("instance", "lambda_i", "lambda_p", "lambda_t", "ce_weight",
-                                                     "epochs", "lr", "completion")},
+            "config": {k: getattr(cfg, k, None) for k in ("instance", "lambda_i", "lambda_p", "lambda_t", "ce_weight",
+                                                           "pairwise", "pairwise_beta", "pairwise_correct_only",
+                                                           "epochs", "lr", "completion")},
             "train_seconds": round(sum(summary.get("epoch_seconds") or []) or train_s, 1), "steps": summary.get("steps"),
             "val": (summary.get("val") or [{}])[-1], "lfw": rep["results"]}
 
