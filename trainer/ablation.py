@@ -165,7 +165,8 @@ def write_table(rows: list[dict], teacher: dict, conditions: list[str], report: 
 
     head = "| row | " + " | ".join(f"{c} acc % | {c} TAR@1e-3 %" for c in conditions) + " | train s |"
     lines = [f"# Student ablation on LFW 6,000 pairs (masks on both images)", "",
-             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; {meta['seconds']:.0f} s in all", "",
+             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; this invocation {meta['seconds']:.0f} s (rows trained before are read back; "
+             "train s = each row's own training wall time, on a shared machine)", "",
              head, "|" + "---|" * (2 * len(conditions) + 2)]
     lines.append("| teacher (dlib, no training) | " + " | ".join(f"{acc(teacher, c)} | {tar(teacher, c)}"
                                                                 for c in conditions) + " | - |")
