@@ -144,15 +144,21 @@ def test_pure_capstone_run_logs_pairwise(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- ONNX teacher
+def _seeded_cache(seeded, tmp_path):
+    """A fresh cache folder holding the tiny set's alignment cache (so no detector runs in the test)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for f in seeded.glob("aligned-*.npz"):
+        shutil.copy(f, cache)
+    return cache
+
+
 @needs_tree
 def test_onnx_teacher_descriptors_are_cached_by_file(tiny_tree, stages, tmp_path, monkeypatch):
     from sdk.errors import ModelFileError
 
     data, seeded = tiny_tree
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for f in seeded.glob("aligned-*.npz"):
-        shutil.copy(f, cache)
+    cache = _seeded_cache(seeded, tmp_path)
     onnx_path = tmp_path / "teacher.onnx"
     net = _export_teacher(onnx_path, 0)
 
@@ -214,10 +220,7 @@ def test_onnx_teacher_descriptors_are_cached_by_file(tiny_tree, stages, tmp_path
 @needs_tree
 def test_onnx_teacher_trains_through_the_projection(tiny_tree, stages, tmp_path):
     data, seeded = tiny_tree
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for f in seeded.glob("aligned-*.npz"):
-        shutil.copy(f, cache)
+    cache = _seeded_cache(seeded, tmp_path)
     onnx_path = tmp_path / "teacher.onnx"
     _export_teacher(onnx_path, 0)
     kw = dict(data=str(data), cache=str(cache), out=str(tmp_path / "run"), templates=None, val_fraction=0.0,
