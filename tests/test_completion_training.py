@@ -205,3 +205,25 @@ def test_ablation_table_from_reports(tmp_path):
     assert "| CE only (`finetune_ce`) | 94.00 ± 1.00 | 66.00 | 97.90 ± 1.00 | 89.00 | 12 |" in md
     assert json.loads((tmp_path / "ablation.json").read_text())["rows"][0]["row"] == "finetune_ce"
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_chip_completer_predicted_masks(inpainter_run_dir, astronaut_bgr):
+    """mask_source="predicted": the default bundle's segmenter decides what to fill (the SDK's behaviour)."""
+    from sdk.occluders import draw_surgical_mask
+    from trainer.data.completion import ChipCompleter, chip_to_arc
+
+    masked_frame = draw_surgical_mask(astronaut_bgr, ASTRO_LM)[0]
+    clean, chip_m, arc_m = _chip_and_arc(astronaut_bgr)
+    masked = warp(masked_frame, chip_m, (150, 150))
+    mats = np.stack([chip_to_arc(chip_m, arc_m)] * 2)
+    no_holes = np.zeros((2, 150, 150), np.uint8)  # ignored with predicted masks
+    comp = ChipCompleter(inpainter_run_dir, mask_source="predicted")
+    out = comp(np.stack([masked, clean]), no_holes, mats)
+    changed = (out[0] != masked).any(-1)
+    assert changed.mean() > 0.05  # the segmenter found the mask and it was filled
+    lower = changed[80:130, 40:110].mean()
+    upper = changed[10:50, 40:110].mean()
+    assert lower > 5 * max(upper, 1e-3), (lower, upper)  # filled where the mask is, not on the eyes
+    np.testing.assert_array_equal(out[1], clean)  # an unmasked face is not occluded: untouched
+    with pytest.raises(ValueError, match="mask_source"):
+        ChipCompleter("telea", mask_source="both")

@@ -52,13 +52,15 @@ class Job:
     templates: str | None
     seed: int
     complete: str | None = None  #: inpainter spec (trainer.data.completion) applied to masked chips, or None
+    complete_mask: str = "truth"  #: holes to fill: the synthesis mask ("truth") or the segmenter's ("predicted")
 
 
 # ------------------------------------------------------------------------------------------------ workers
 _W: dict = {}
 
 
-def _worker_init(model: str | None, templates: str | None, complete: str | None = None) -> None:
+def _worker_init(model: str | None, templates: str | None, complete: str | None = None,
+                 complete_mask: str = "truth") -> None:
     cv2.setNumThreads(1)
     from sdk.bundle import load_bundle
     from sdk._registry import build_stage
@@ -70,7 +72,7 @@ def _worker_init(model: str | None, templates: str | None, complete: str | None 
     if complete:
         from trainer.data.completion import ChipCompleter
 
-        _W["completer"] = ChipCompleter(complete)
+        _W["completer"] = ChipCompleter(complete, mask_source=complete_mask)
     else:
         _W.pop("completer", None)
 
@@ -135,11 +137,14 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
     if job.complete and job.condition != "unmasked":
-        key_parts.append(["complete", model_fingerprint(job.complete)])
+        key_parts.append(["complete", model_fingerprint(job.complete)]
+                         + (["predicted-mask"] if job.complete_mask == "predicted" else []))
     h = hashlib.sha1(json.dumps(key_parts).encode())
     h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())  # the chip geometry is part of the key
     key = h.hexdigest()[:16]
-    tag = f"{job.condition}-completed" if job.complete and job.condition != "unmasked" else job.condition
+    tag = job.condition
+    if job.complete and job.condition != "unmasked":
+        tag += "-completed" + ("-predmask" if job.complete_mask == "predicted" else "")
     cache = cache_dir / f"emb-{tag}-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
@@ -152,13 +157,13 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     out: list[np.ndarray] = []
     bar = tqdm(total=len(idx), desc=f"embed {tag}", unit="face")
     if workers <= 1:
-        _worker_init(job.model, job.templates, job.complete)
+        _worker_init(job.model, job.templates, job.complete, job.complete_mask)
         for t in tasks:
             out.append(_embed_chunk(t))
             bar.update(len(t[0]))
     else:
         with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                 initargs=(job.model, job.templates, job.complete)) as ex:
+                                 initargs=(job.model, job.templates, job.complete, job.complete_mask)) as ex:
             for t, e in zip(tasks, ex.map(_embed_chunk, tasks)):
                 out.append(e)
                 bar.update(len(t[0]))
@@ -170,7 +175,7 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
 
 
 def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
-                  seed: int, complete: str | None = None) -> None:
+                  seed: int, complete: str | None = None, complete_mask: str = "truth") -> None:
     """A contact sheet: one row per condition (and, with ``complete``, one more row with those faces completed),
     the same faces in each column (BGR PNG)."""
     _W.setdefault("synth", {})
@@ -179,7 +184,7 @@ def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templa
     if complete:
         from trainer.data.completion import ChipCompleter, chip_to_arc
 
-        completer = ChipCompleter(complete)
+        completer = ChipCompleter(complete, mask_source=complete_mask)
     for c in conditions:
         rendered = [render_crop(aligned.paths[i], aligned.chip_m[i], c, seed * 1_000_003 + int(i), templates, crop_size,
                                 aligned.landmarks[i]) for i in idx]
@@ -216,7 +221,7 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
     results, curves = {}, {}
     all_idx = np.arange(len(paths))
     for cond in args.conditions:
-        job = Job(args.model, cond, args.templates, args.seed, args.complete)
+        job = Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask)
         t0 = time.perf_counter()
         masked_all = embed_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
         if args.mask_side == "both" or cond == "unmasked":
@@ -234,7 +239,7 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
     meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}
     save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
-                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete)
+                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask)
     return results, {"meta": meta, "curves": curves}
 
 
@@ -269,13 +274,14 @@ def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, 
     for cond in args.conditions:
         t0 = time.perf_counter()
         pe = embed_condition(aligned, p_idx, np.ones(len(p_idx), bool),
-                             Job(args.model, cond, args.templates, args.seed, args.complete), args.workers, args.cache)
+                             Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask),
+                             args.workers, args.cache)
         r = rank1_identification(clean_g, g_labels, pe, p_labels, ks=[1, 5])
         results[cond] = {"rank1": r[1], "rank_k": {5: r[5]}, "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: rank-1 %.2f %%", cond, 100 * r[1])
     meta = {"identities": len(g_idx), "probes": len(p_idx), "alignment": aligned.counts()}
     save_examples(aligned, list(p_idx[:: max(1, len(p_idx) // 8)][:8]), args.conditions, args.templates,
-                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete)
+                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask)
     return results, {"meta": meta, "curves": {}}
 
 
@@ -296,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complete", default=None,
                    help="complete the occluded chips before embedding: an inpainter .onnx, a bundle with a 'complete' "
                         "stage, a trainer run folder (generator.safetensors) or 'telea' (OpenCV); the true synthesis "
-                        "mask is the hole (the ID-GAN protocol)")
+                        "mask is the hole (the ID-GAN protocol) unless --complete-mask predicted")
+    p.add_argument("--complete-mask", choices=("truth", "predicted"), default="truth",
+                   help="holes for --complete: the synthesis mask (truth) or the default bundle's segmenter output on "
+                        "the crop, completing only faces it calls occluded (predicted: what the SDK does)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="embedding processes")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="cache folder for alignment and embeddings")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (report.json, report.md, roc.png, examples.png)")
@@ -329,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     results, extra = fn(args, detector, embedder)
     meta = {**extra["meta"], "protocol": args.protocol, "data": str(args.data), "model": bundle.name,
             "embedder": embedder.model_id, "templates": args.templates, "seed": args.seed, "complete": args.complete,
+            "complete_mask": args.complete_mask if args.complete else None,
             "seconds": round(time.perf_counter() - t0, 1), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "command": "python -m trainer.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     write_report(results, args.out / "report.json", args.out / "report.md", title=f"{bundle.name} on {args.data.name}", meta=meta)

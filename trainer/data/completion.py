@@ -68,17 +68,41 @@ def model_fingerprint(spec: str | Path | None) -> str | None:
 
 
 class ChipCompleter:
-    """``completer(chips, holes, chip_to_arc_ms) -> completed chips``; the ONNX session opens on first use (so
-    instances can be sent to worker processes)."""
+    """``completer(chips, holes, chip_to_arc_ms) -> completed chips``; the ONNX sessions open on first use (so
+    instances can be sent to worker processes).
 
-    def __init__(self, spec: str | Path, threads: int = 1, dilate: int = 1):
+    ``mask_source="truth"`` fills the given holes (the synthesis mask: the ID-GAN protocol); ``"predicted"`` ignores
+    them and fills what the bundle ``segmenter``'s segment stage predicts on the crop, only for crops whose occlusion
+    probability reaches the stage threshold -- what the SDK does at run time.
+    """
+
+    def __init__(self, spec: str | Path, threads: int = 1, dilate: int = 1, mask_source: str = "truth",
+                 segmenter: str = "default"):
+        if mask_source not in ("truth", "predicted"):
+            raise ValueError(f"mask_source must be truth | predicted, got {mask_source!r}")
         self.model = resolve_model(spec)
         self.threads, self.dilate = int(threads), int(dilate)
+        self.mask_source, self.segmenter = mask_source, segmenter
         self._inp = None
+        self._seg = None
+
+    def _predicted_holes(self, crops: np.ndarray) -> np.ndarray:
+        if self._seg is None:
+            from sdk._registry import build_stage
+            from sdk.bundle import load_bundle
+
+            bundle = load_bundle(self.segmenter, verify_hash=False)
+            if not bundle.stages.get("segment"):
+                raise ValueError(f"bundle {self.segmenter!r} has no segment stage to predict masks with")
+            self._seg = build_stage(bundle.stages["segment"])
+        masks, prob = self._seg.segment(crops)
+        holes = self._seg.binary_masks(masks).astype(bool)
+        holes[~self._seg.is_occluded(prob)] = False
+        return holes
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_inp"] = None
+        d["_inp"] = d["_seg"] = None
         return d
 
     def _fill(self, crops: np.ndarray, holes: np.ndarray) -> np.ndarray:
@@ -101,8 +125,11 @@ class ChipCompleter:
         if not len(out):
             return out
         crops = np.stack([warp(np.ascontiguousarray(c), m, (ARC_SIZE, ARC_SIZE)) for c, m in zip(chips, mats)])
-        hs = np.stack([warp(np.ascontiguousarray((h > 0).astype(np.uint8) * 255), m, (ARC_SIZE, ARC_SIZE)) >= 128
-                       for h, m in zip(holes, mats)])
+        if self.mask_source == "predicted":
+            hs = self._predicted_holes(crops)
+        else:
+            hs = np.stack([warp(np.ascontiguousarray((h > 0).astype(np.uint8) * 255), m, (ARC_SIZE, ARC_SIZE)) >= 128
+                           for h, m in zip(holes, mats)])
         hs = dilate_holes(hs, self.dilate) if self.dilate else hs
         todo = np.flatnonzero(hs.reshape(len(hs), -1).any(1))
         if len(todo):
