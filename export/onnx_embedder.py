@@ -2,7 +2,9 @@
 
 The graph takes what the SDK hands an embedder -- uint8 RGB chips, NHWC, ``(N, 150, 150, 3)``, input ``"chips"``
 -- and does the preprocessing itself like dlib's graph (``(x - dlib means) / 256``, inside the network's first
-op), returning the raw 128-d ``"descriptor"`` (the SDK L2-normalises).  Opset 17, TorchScript exporter
+op), returning the raw 128-d ``"descriptor"`` (the SDK L2-normalises).  ResNet-18 / MobileFaceNet students
+(``trainer/main.py student --arch resnet18|mobilefacenet``) export the same way on 112x112 ArcFace crops
+(``"crop": "arcface112"``, no shape predictor, ``dim`` = their embedding width).  Opset 17, TorchScript exporter
 (``dynamo=False``), dynamic batch.  The exporter checks ONNX Runtime against torch on random and real-looking
 chips and prints the maximum difference.
 
@@ -58,13 +60,23 @@ def _wrapper(net):
     return UInt8NHWC(net).eval()
 
 
+def crop_of(net) -> tuple[str, int]:
+    """``(crop name, side)`` a student takes: dlib students 150x150 dlib chips, the others (ResNet-18 /
+    MobileFaceNet, :class:`trainer.student_train.ArcInput`) 112x112 ArcFace crops."""
+    from trainer.student_train import student_arch
+
+    return ("dlib150", CHIP) if student_arch(net) == "dlib" else ("arcface112", 112)
+
+
 def export_onnx_bytes(net) -> bytes:
-    """Serialised ONNX model of ``net`` (a :class:`trainer.models.dlib_resnet.DlibResNet`)."""
+    """Serialised ONNX model of ``net`` (a :class:`trainer.models.dlib_resnet.DlibResNet`, or a ResNet-18 /
+    MobileFaceNet student whose module does its own normalisation): uint8 NHWC RGB crops of the student's side."""
     import torch
 
     net = copy.deepcopy(net).float().eval()
     model = _wrapper(net)
-    dummy = torch.zeros((2, CHIP, CHIP, 3), dtype=torch.uint8)
+    side = crop_of(net)[1]
+    dummy = torch.zeros((2, side, side, 3), dtype=torch.uint8)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,7 +145,7 @@ def ort_descriptors(sess, chips: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def torch_descriptors(net, chips: np.ndarray) -> np.ndarray:
-    """(N, 128) raw fp32 torch descriptors of uint8 RGB chips (N, 150, 150, 3)."""
+    """(N, dim) raw fp32 torch descriptors of uint8 RGB crops (N, side, side, 3) (side: 150 dlib, 112 others)."""
     import torch
 
     with torch.no_grad():
@@ -151,7 +163,8 @@ def parity(net, onnx_bytes: bytes, chips: np.ndarray | None = None, cosine: bool
     """Max |ORT - torch| over the raw descriptors of ``chips`` (default: 4 random uint8 chips); with
     ``cosine=True`` returns ``(max |diff|, max cosine distance)``."""
     if chips is None:
-        chips = np.random.default_rng(0).integers(0, 256, (4, CHIP, CHIP, 3), dtype=np.uint8)
+        side = crop_of(net)[1]
+        chips = np.random.default_rng(0).integers(0, 256, (4, side, side, 3), dtype=np.uint8)
     ref = torch_descriptors(net, chips)
     got = ort_descriptors(ort_session(onnx_bytes), chips)
     diff = float(np.abs(ref - got).max())
@@ -183,7 +196,7 @@ def _copy_stage(src_manifest: Path, stage: str, out: Path) -> dict | None:
 
 def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "student_v1", description: str | None = None,
                  base: str | None = "baseline", extra_meta: dict | None = None, threads: int = 1,
-                 segment_from: str | Path | None = None) -> Path:
+                 segment_from: str | Path | None = None, crop: str = "dlib150", dim: int = 128) -> Path:
     """Write ``<out>/student.onnx`` and ``<out>/manifest.json`` (baseline manifest, embed stage replaced; with
     ``segment_from``, that bundle's segment stage, its relative paths rewritten to point into it)."""
     from sdk.bundle import find_manifest
@@ -198,15 +211,17 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "student_v1", d
     sp = base_embed.get("files", {}).get("shape_predictor")
     if sp is None or not str(sp["path"] if isinstance(sp, dict) else sp).startswith("pkg:"):
         raise ValueError(f"{base_path}: the base bundle's embed stage has no pkg: shape_predictor to reuse")
-    files = {"model": {"path": onnx_path.name, "bytes": onnx_path.stat().st_size, "sha256": _sha256(onnx_path)},
-             "shape_predictor": sp}
+    files = {"model": {"path": onnx_path.name, "bytes": onnx_path.stat().st_size, "sha256": _sha256(onnx_path)}}
+    if crop == "dlib150":
+        files["shape_predictor"] = sp
     manifest["name"] = name
     manifest["description"] = description or (
         "Student v1 (no completion): MTCNN detector + a dlib-ResNet-initialised student fine-tuned on synthetic "
         "masked faces to reproduce dlib's relations on the clean faces (relational distillation), run by ONNX Runtime.")
-    manifest["stages"]["embed"] = {"kind": "onnx_embedder", "files": files,
-                                   "config": {"crop": "dlib150", "chip_landmarks": "dlib5", "input": "uint8_nhwc_rgb",
-                                              "dim": 128, "threads": int(threads)}}
+    config = {"crop": crop, "input": "uint8_nhwc_rgb", "dim": int(dim), "threads": int(threads)}
+    if crop == "dlib150":
+        config["chip_landmarks"] = "dlib5"
+    manifest["stages"]["embed"] = {"kind": "onnx_embedder", "files": files, "config": config}
     if segment_from is not None:
         manifest["stages"]["segment"] = _copy_stage(find_manifest(segment_from), "segment", out)
     if extra_meta:
@@ -224,14 +239,15 @@ def export(checkpoint: str | Path, out: str | Path, name: str = "student_v1", ve
     from trainer.student_train import load_student_weights
 
     net = load_student_weights(checkpoint)
+    crop, side = crop_of(net)
     blob32 = export_onnx_bytes(net)
     blob = to_fp16_weights(blob32) if fp16_weights else blob32
-    chips = np.random.default_rng(0).integers(0, 256, (4, CHIP, CHIP, 3), dtype=np.uint8)
+    chips = np.random.default_rng(0).integers(0, 256, (4, side, side, 3), dtype=np.uint8)
     try:
         from skimage import data
         import cv2
 
-        face = cv2.resize(data.astronaut()[30:230, 130:330], (CHIP, CHIP))  # RGB
+        face = cv2.resize(data.astronaut()[30:230, 130:330], (side, side))  # RGB
         chips = np.concatenate([chips, face[None]])
     except Exception:  # noqa: BLE001 - scikit-image is optional here
         pass
@@ -257,8 +273,9 @@ def export(checkpoint: str | Path, out: str | Path, name: str = "student_v1", ve
     if diff > tol_abs or cos > tol_cos:
         raise RuntimeError(f"ONNX Runtime disagrees with torch: max |diff| {diff:.3g} (tolerance {tol_abs:g}), "
                            f"max cosine distance {cos:.3g} (tolerance {tol_cos:g})")
+    dim = int(torch_descriptors(net, chips[:1]).shape[1])
     bundle = write_bundle(blob, out, name=name, description=description, extra_meta=meta, threads=threads,
-                          segment_from=segment_from)
+                          segment_from=segment_from, crop=crop, dim=dim)
     if verbose:
         print(f"exported {checkpoint} -> {bundle / 'student.onnx'} ({len(blob) / 1e6:.1f} MB"
               f"{', fp16 weights' if fp16_weights else ''}); ORT vs torch max |diff| = {diff:.3g}, "

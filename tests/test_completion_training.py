@@ -227,3 +227,24 @@ def test_chip_completer_predicted_masks(inpainter_run_dir, astronaut_bgr):
     np.testing.assert_array_equal(out[1], clean)  # an unmasked face is not occluded: untouched
     with pytest.raises(ValueError, match="mask_source"):
         ChipCompleter("telea", mask_source="both")
+
+
+def test_mobilefacenet_student_exports_to_a_working_bundle(torch, tmp_path, astronaut_bgr):
+    """A from-scratch student (112x112 ArcFace crops) -> ONNX bundle -> Recognizer, end to end."""
+    import sdk
+    from export.onnx_embedder import export
+    from trainer.student_train import new_student, save_student
+
+    torch.manual_seed(0)
+    net = new_student("mobilefacenet", 64).eval()
+    ckpt = save_student(net, tmp_path / "student.safetensors")
+    r = export(ckpt, tmp_path / "bundle", name="mfn-test", verbose=False)
+    assert r["max_abs_diff"] < 1e-3
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    cfg = manifest["stages"]["embed"]["config"]
+    assert cfg["crop"] == "arcface112" and cfg["dim"] == 64
+    assert "shape_predictor" not in manifest["stages"]["embed"]["files"]
+    rec = sdk.Recognizer(str(tmp_path / "bundle"))
+    rec.enroll("astronaut", [astronaut_bgr])
+    (m,) = rec.identify(astronaut_bgr)
+    assert m.identity == "astronaut" and m.similarity > 0.99  # the same image: the same crop, the same embedding
