@@ -18,6 +18,7 @@ Rows (``--rows``, comma separated, default all that need no inpainter):
 ``ce_pt_soft``     CE + pair + triplet + soft instance (identity-centred, eq. 17-18)
 ``pt_hard``        pair + triplet + hard instance, no CE (the ``student-v1`` recipe)
 ``pt`` / ``hard``  pair + triplet only / hard instance only (no CE): which term carries ``pt_hard``
+``pt100_hard``     ``pt_hard`` with lambda_p 100, lambda_t 200: the relational terms at the instance term's scale
 ``capstone_mse``   the capstone report's variant: ArcFace CE (masked and clean) + MSE between the student's masked
                    and clean embeddings, only on samples the head classifies correctly on both
 ``*_completed``    the same row trained on completed faces (``--completion``: an inpainter generator
@@ -71,6 +72,8 @@ ROWS: tuple[AblationRow, ...] = (
                 {"ce_weight": 0.0, "instance": "none", "lambda_p": 1.0, "lambda_t": 2.0}),
     AblationRow("hard", "hard instance only (no CE, no relations)",
                 {"ce_weight": 0.0, "instance": "hard", "lambda_i": 1.0, "lambda_p": 0.0, "lambda_t": 0.0}),
+    AblationRow("pt100_hard", "pair x100 + triplet x100 + hard instance (no CE): relations at the instance's scale",
+                {"ce_weight": 0.0, "instance": "hard", "lambda_i": 1.0, "lambda_p": 100.0, "lambda_t": 200.0}),
     AblationRow("capstone_mse", "capstone: ArcFace + MSE(masked, clean), correctly classified only",
                 {**_CE, "instance": "none", "lambda_p": 0.0, "lambda_t": 0.0, "pairwise": "mse", "pairwise_beta": 1.0,
                  "pairwise_correct_only": True}),
