@@ -48,7 +48,7 @@ log "env: $(tail -n 3 "$OUT/env.txt" | tr '\n' ' ')"
 BUILD_PID=$!
 
 # ---- 2. the two inpainter runs ----------------------------------------------------------------------------------------
-COMMON=(--data "$PACK" --faces "$PACK/celeba_faces.npz" --templates "$PACK/mask_templates" --teacher
+COMMON=(--faces "$PACK/celeba_faces.npz" --templates "$PACK/mask_templates" --teacher
         "$PACK/dlib_face_recognition_resnet_model_v1.dat" --images-per-identity 0 --device "$DEVICE"
         --workers "$WORKERS" --batch-size "$BATCH" --steps "$STEPS" --max-minutes "$MINUTES" --val-images "$VAL"
         --grey-prob "${GREY_PROB:-0.2}" --ckpt-every 500 --snapshot-every 250 --grid-every 1000 --log-every 50 --no-progress)

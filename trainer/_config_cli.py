@@ -78,11 +78,38 @@ def standalone_main(prog: str, doc: str | None, add_args: Callable[[argparse.Arg
 
 
 def run_training(cfg: Any, train: Callable[[Any], dict]) -> int:
-    """Common body of a trainer's ``run``: check ``cfg.data``, record ``cfg`` in ``<out>/train_config.json``,
+    """Common body of a trainer's ``run``: check ``cfg.data`` (or the face pack ``cfg.faces``), record ``cfg`` in ``<out>/train_config.json``,
     train, print the result as JSON."""
-    if not Path(cfg.data).is_dir():
+    faces = getattr(cfg, "faces", None)
+    if faces:  # a face pack replaces the data folder (no detector, no images needed)
+        if not Path(faces).is_file():
+            raise SystemExit(f"face pack not found: {faces}")
+    elif not Path(cfg.data).is_dir():
         raise SystemExit(f"data folder not found: {cfg.data}")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     print(json.dumps(train(cfg), indent=1))
     return 0
+
+
+def dataclass_command(name: str, help: str, cls: type, train: Callable[[Any], dict], doc: str | None, prog: str):
+    """``(add_parser, run, main)`` of a trainer whose options are the fields of dataclass ``cls``: ``add_parser``
+    registers sub-command ``name`` on ``trainer/main.py``, ``run`` trains from parsed args (defaults < ``--config``
+    file < explicit flags), ``main`` is the ``python -m <prog>`` entry point."""
+
+    def add_args(p: argparse.ArgumentParser) -> None:
+        add_dataclass_args(p, cls)
+
+    def run(args: argparse.Namespace) -> int:
+        return run_training(dataclass_from_args(args, cls), train)
+
+    def add_parser(subparsers) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_args(p)
+        p.set_defaults(fn=run)
+        return p
+
+    def main(argv: list[str] | None = None) -> int:
+        return standalone_main(prog, doc, add_args, run, argv)
+
+    return add_parser, run, main

@@ -29,7 +29,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -44,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import cv2
 import numpy as np
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args, run_training, standalone_main
+from trainer._config_cli import dataclass_command
 
 log = logging.getLogger("trainer.inpainter")
 
@@ -463,32 +462,8 @@ def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``inpainter`` sub-command (every :class:`InpaintTrainConfig` field is a flag)."""
-    p = subparsers.add_parser("inpainter", help="train the GAN face inpainter (contextual attention, ID-GAN loss)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(p)
-    p.set_defaults(fn=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_training(config_from_args(args), train)
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    add_dataclass_args(p, InpaintTrainConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
-    """Defaults < ``--config`` file < explicit flags."""
-    return dataclass_from_args(args, InpaintTrainConfig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("python -m trainer.inpainter_train", __doc__, _add_args, run, argv)
+add_parser, run, main = dataclass_command(
+    "inpainter", "train the GAN face inpainter (contextual attention, ID-GAN loss)", InpaintTrainConfig, train, __doc__, "python -m trainer.inpainter_train")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -41,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import cv2
 import numpy as np
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args, run_training, standalone_main
+from trainer._config_cli import dataclass_command
 
 log = logging.getLogger("trainer.segmenter")
 
@@ -407,32 +406,8 @@ def train(cfg: SegTrainConfig, faces: FaceArrays | None = None, synth=None) -> d
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``segmenter`` sub-command (every :class:`SegTrainConfig` field is a flag)."""
-    p = subparsers.add_parser("segmenter", help="train the occlusion segmenter (M + occlusion probability)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(p)
-    p.set_defaults(fn=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_training(config_from_args(args), train)
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    add_dataclass_args(p, SegTrainConfig)
-
-
-def config_from_args(args: argparse.Namespace) -> SegTrainConfig:
-    """Defaults < ``--config`` file < explicit flags."""
-    return dataclass_from_args(args, SegTrainConfig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("python -m trainer.segmenter_train", __doc__, _add_args, run, argv)
+add_parser, run, main = dataclass_command(
+    "segmenter", "train the occlusion segmenter (M + occlusion probability)", SegTrainConfig, train, __doc__, "python -m trainer.segmenter_train")
 
 
 if __name__ == "__main__":
