@@ -4,10 +4,8 @@ F.fold, and ONNX Runtime (opset 17).  Bounds: reference.TOLERANCES.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,17 +20,9 @@ from trainer.models.contextual_attention import (  # noqa: E402
     fold_as_pad_sum,
 )
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "kernels" / "contextual_attention" / "reference.py"
+from _kernel_refs import load_reference  # noqa: E402
 
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("lt_contextual_attention_reference", _REF_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_reference()
+ref = load_reference("contextual_attention")
 TOL = ref.TOLERANCES
 
 

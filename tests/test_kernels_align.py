@@ -5,8 +5,6 @@ warp_affine must match cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) to <= 1 g
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +12,9 @@ import pytest
 from sdk import _native
 from sdk._native import core
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "kernels" / "align" / "reference.py"
+from _kernel_refs import load_reference  # noqa: E402
 
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("lt_align_reference", _REF_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_reference()
+ref = load_reference("align")
 
 # ArcFace 112x112 five-point template (x, y): eyes, nose tip, mouth corners.
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],

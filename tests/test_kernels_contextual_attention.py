@@ -2,8 +2,6 @@
 kernels/contextual_attention/reference.py (spec: kernels/contextual_attention/README.md)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +10,9 @@ _native = pytest.importorskip("sdk._native")
 if not hasattr(_native.core, "contextual_attention"):  # pragma: no cover - stale build
     pytest.skip("sdk._core built without contextual_attention", allow_module_level=True)
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "kernels" / "contextual_attention" / "reference.py"
+from _kernel_refs import load_reference  # noqa: E402
 
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("lt_contextual_attention_reference", _REF_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_reference()
+ref = load_reference("contextual_attention")
 TOL = ref.TOLERANCES["kernel_fp32_vs_reference"]
 
 

@@ -1,8 +1,6 @@
 """Parity of the C++ top-k cosine search (sdk._core.topk_cosine) with kernels/search/reference.py."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,17 +8,9 @@ import pytest
 from sdk import _native
 from sdk._native import core
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "kernels" / "search" / "reference.py"
+from _kernel_refs import load_reference  # noqa: E402
 
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("lt_search_reference", _REF_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_reference()
+ref = load_reference("search")
 
 SCORE_TOL = 1e-5  # float32 accumulation vs the float64 reference
 
