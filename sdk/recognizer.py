@@ -173,6 +173,20 @@ class Recognizer:
         bgr = as_bgr(frame)
         with self._timed("detect"):
             faces = [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+        return self._identify_faces(bgr, faces)
+
+    def identify_faces(self, frame: np.ndarray, faces: Sequence[Face]) -> list[Match]:
+        """Like :meth:`identify` for faces found elsewhere (a tracker, another detector): no detection.
+
+        Args:
+            frame: uint8 ``(H, W, 3)`` BGR; ``faces``: boxes and 5 landmarks in that frame's pixels.
+        Returns:
+            One :class:`Match` per face, in the order given.
+        """
+        self.last_timings = {}
+        return self._identify_faces(as_bgr(frame), list(faces))
+
+    def _identify_faces(self, bgr: np.ndarray, faces: list[Face]) -> list[Match]:
         occ: list[float | None] = [None] * len(faces)
         completed = np.zeros(len(faces), bool)
         emb_frame = bgr  # read-only from here on: as_bgr may return the caller's own array

@@ -1,0 +1,149 @@
+"""One record of how a stage's graph wants its input: :class:`Preprocess`.
+
+Every model stage in a bundle manifest carries one ``"preprocess"`` object, written by the exporter from the
+same record the trainer used, and read by the SDK. Nobody normalises by a private convention::
+
+    "preprocess": {"crop": "arcface112", "colour": "bgr", "dtype": "float32",
+                   "scale": 0.00784313725490196, "offset": -1.0, "layout": "nchw"}
+
+The SDK cuts crops as uint8 BGR ``(N, H, W, 3)`` (OpenCV order); :meth:`Preprocess.apply` turns them into the
+graph's input: colour order first, then ``x * scale + offset`` in ``dtype`` (per channel when ``scale`` /
+``offset`` are 3-tuples, in the *graph's* colour order), then the layout. ``scale=1, offset=0, dtype=uint8``
+means the graph normalises inside itself (it still says so here, so every reader agrees).
+
+Crops (see :mod:`sdk.align`): ``"arcface112"`` (112x112 ArcFace template), ``"dlib150"`` (dlib's 150x150 chip),
+``"frame"`` (the whole frame, for detectors; the detector owns its resizing).
+
+This module is numpy-only: the trainer mirrors :meth:`Preprocess.apply` on torch tensors with the same fields.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from sdk.errors import BundleError
+
+CROPS = ("arcface112", "dlib150", "frame")
+COLOURS = ("bgr", "rgb", "grey")
+DTYPES = ("uint8", "float32", "float16")
+LAYOUTS = ("nhwc", "nchw")
+
+
+def _as_scalar_or_triple(v: Any, what: str) -> float | tuple[float, float, float]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise BundleError(f"preprocess {what!r} must be a number or 3 numbers, got {v!r}")
+        t = tuple(float(x) for x in v)
+        if not all(np.isfinite(t)):
+            raise BundleError(f"preprocess {what!r} must be finite, got {v!r}")
+        return t  # type: ignore[return-value]
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+        raise BundleError(f"preprocess {what!r} must be a finite number or 3 numbers, got {v!r}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How uint8 BGR crops become a graph's input tensor.
+
+    Attributes:
+        crop: crop geometry name (:data:`CROPS`).
+        colour: channel order the graph expects: ``"bgr"``, ``"rgb"`` or ``"grey"`` (1 channel, ITU-R 601 luma).
+        dtype: input dtype: ``"uint8"``, ``"float32"`` or ``"float16"``.
+        scale, offset: ``x_graph = x_uint8 * scale + offset`` (per channel when 3-tuples, graph colour order).
+        layout: ``"nhwc"`` or ``"nchw"``.
+    """
+
+    crop: str = "arcface112"
+    colour: str = "bgr"
+    dtype: str = "uint8"
+    scale: float | tuple[float, float, float] = 1.0
+    offset: float | tuple[float, float, float] = 0.0
+    layout: str = "nhwc"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("crop", CROPS), ("colour", COLOURS), ("dtype", DTYPES), ("layout", LAYOUTS)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise BundleError(f"preprocess {name!r} must be one of {list(allowed)}, got {v!r}")
+        scale = _as_scalar_or_triple(self.scale, "scale")
+        offset = _as_scalar_or_triple(self.offset, "offset")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "offset", offset)
+        if self.dtype == "uint8" and (scale != 1.0 or offset != 0.0):
+            raise BundleError("preprocess: dtype 'uint8' takes the crop as it is (scale 1, offset 0); "
+                              f"got scale {scale!r}, offset {offset!r}")
+        if self.colour == "grey" and (isinstance(scale, tuple) or isinstance(offset, tuple)):
+            raise BundleError("preprocess: a 'grey' input has one channel; scale/offset must be single numbers")
+
+    # -- manifest I/O ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "preprocess") -> "Preprocess":
+        """Parse a manifest ``"preprocess"`` object; :class:`BundleError` naming ``where`` on anything odd."""
+        if not isinstance(raw, Mapping):
+            raise BundleError(f"{where}: must be an object, got {type(raw).__name__}")
+        known = {"crop", "colour", "dtype", "scale", "offset", "layout"}
+        unknown = set(raw) - known
+        if unknown:
+            raise BundleError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        try:
+            return cls(**dict(raw))
+        except BundleError as e:
+            raise BundleError(f"{where}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        d = asdict(self)
+        for k in ("scale", "offset"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        return d
+
+    # -- the one implementation ------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return 1 if self.colour == "grey" else 3
+
+    def input_shape(self, height: int, width: int, batch: int | str = "N") -> tuple:
+        """The graph input's shape for crops of ``height x width`` (``batch`` may be a symbolic name)."""
+        c = self.channels
+        return (batch, height, width, c) if self.layout == "nhwc" else (batch, c, height, width)
+
+    def apply(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """uint8 BGR crops ``(N, H, W, 3)`` -> the graph's input array (contiguous, ``dtype``, ``layout``).
+
+        Raises:
+            TypeError: ``crops_bgr`` is not a uint8 array.
+            ValueError: it is not ``(N, H, W, 3)``.
+        """
+        if not isinstance(crops_bgr, np.ndarray) or crops_bgr.dtype != np.uint8:
+            raise TypeError(f"crops must be a uint8 numpy array (N, H, W, 3) BGR, got "
+                            f"{getattr(crops_bgr, 'dtype', type(crops_bgr).__name__)}")
+        if crops_bgr.ndim != 4 or crops_bgr.shape[-1] != 3:
+            raise ValueError(f"crops must be (N, H, W, 3) BGR, got shape {crops_bgr.shape}")
+        if self.colour == "rgb":
+            x = crops_bgr[..., ::-1]
+        elif self.colour == "grey":
+            b, g, r = (crops_bgr[..., i].astype(np.float32) for i in range(3))
+            x = 0.299 * r + 0.587 * g + 0.114 * b
+            x = np.rint(x).clip(0, 255).astype(np.uint8)[..., None]
+        else:
+            x = crops_bgr
+        if self.dtype != "uint8":
+            x = x.astype(np.float32) * np.asarray(self.scale, np.float32) + np.asarray(self.offset, np.float32)
+            x = x.astype(self.dtype, copy=False)
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+
+def pm1(crop: str, colour: str = "bgr", layout: str = "nchw") -> Preprocess:
+    """The ``[-1, 1]`` float convention (``x / 127.5 - 1``) for ``crop`` in ``colour`` order."""
+    return Preprocess(crop=crop, colour=colour, dtype="float32", scale=1.0 / 127.5, offset=-1.0, layout=layout)
+
+
+def raw_uint8(crop: str, colour: str = "bgr", layout: str = "nhwc") -> Preprocess:
+    """uint8 crops as they are: the graph normalises inside itself."""
+    return Preprocess(crop=crop, colour=colour, dtype="uint8", layout=layout)
