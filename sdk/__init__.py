@@ -1,7 +1,7 @@
 """LookThrough SDK: recognise people whose faces are covered.
 
     >>> import sdk
-    >>> rec = sdk.Recognizer()              # built-in baseline bundle, CPU, ONNX Runtime
+    >>> rec = sdk.Recognizer()              # built-in default bundle, CPU, ONNX Runtime
     >>> rec.enroll("alice", "alice.jpg")
     >>> rec.identify(frame)                 # frame: BGR uint8 (H, W, 3), as cv2.imread gives
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from sdk.errors import BundleError, GalleryError, LookThroughError, ModelFileError  # noqa: E402
+from sdk.errors import BundleError, GalleryError, LookThroughError, ModelFileError, NoFaceError  # noqa: E402
 from sdk.types import Face, Match  # noqa: E402
 
 
@@ -28,4 +28,4 @@ def __getattr__(name: str):  # lazy: importing sdk must stay cheap and not need 
 
 
 __all__ = ["Recognizer", "RecognizerConfig", "Verification", "Gallery", "Face", "Match",
-           "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "__version__"]
+           "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "NoFaceError", "__version__"]

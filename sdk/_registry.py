@@ -1,149 +1,96 @@
-"""Registry of stage implementations: ``(stage, kind) -> builder(spec, options) -> stage object``.
+"""Registry of stage implementations: ``(stage, kind) -> StageKind``; :func:`build_stage` makes the stage object.
 
-A bundle manifest names a ``kind`` per stage; :func:`build_stage` finds the builder registered for it.
-New model families register here (one small builder each) without touching the Recognizer.
+A bundle manifest names a ``kind`` per stage. The built-in kinds are declared beside their code (``KINDS`` in
+``sdk/detect.py``, ``segment.py``, ``complete.py``, ``embed.py``, ``embed_onnx.py``); other packages add theirs
+with :func:`register`. The Recognizer never names a kind.
+
+:func:`build_stage` also settles the stage's :class:`~sdk.preprocess.Preprocess` record: the manifest's
+``"preprocess"`` object when it has one (format version 2), else the kind's known convention derived from the
+old ``config.crop`` / ``config.input`` values (version 1). A record that contradicts those old values is an
+error, not a guess.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from sdk.bundle import StageSpec
 from sdk.errors import BundleError
+from sdk.stages import PROTOCOLS, Stage, StageKind
 
-Builder = Callable[[StageSpec, dict[str, Any]], Any]
-_BUILDERS: dict[tuple[str, str], Builder] = {}
+if TYPE_CHECKING:
+    from sdk.bundle import StageSpec
+
+_KINDS: dict[tuple[str, str], StageKind] = {}
+_BUILTIN_LOADED = False
+#: manifest config keys that describe the input convention; read here, never passed to a stage's config
+LEGACY_KEYS = ("crop", "input")
 
 
-def register(stage: str, kind: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``fn`` as the builder of ``kind`` for ``stage``."""
+def register(kind: StageKind) -> StageKind:
+    """Make ``kind`` buildable (replaces an earlier registration of the same stage and kind)."""
+    if kind.stage not in PROTOCOLS:
+        raise ValueError(f"unknown stage {kind.stage!r}; stages are {list(PROTOCOLS)}")
+    _KINDS[(kind.stage, kind.kind)] = kind
+    return kind
 
-    def deco(fn: Builder) -> Builder:
-        _BUILDERS[(stage, kind)] = fn
-        return fn
 
-    return deco
+def _builtin() -> None:
+    """Collect the built-in kinds (imported on first use: importing sdk stays cheap)."""
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
+        return
+    from sdk import complete, detect, embed, embed_onnx, segment
+
+    for module in (detect, segment, complete, embed, embed_onnx):
+        for k in module.KINDS:
+            _KINDS.setdefault((k.stage, k.kind), k)  # an explicit register() of the same kind wins
+    _BUILTIN_LOADED = True
 
 
 def kinds(stage: str) -> list[str]:
     """Registered kinds for ``stage``."""
-    return sorted(k for s, k in _BUILDERS if s == stage)
+    _builtin()
+    return sorted(k for s, k in _KINDS if s == stage)
 
 
-def build_stage(spec: StageSpec, options: dict[str, Any] | None = None) -> Any:
-    """Instantiate the stage described by ``spec``; ``options`` override ``spec.config`` values."""
-    fn = _BUILDERS.get((spec.name, spec.kind))
-    if fn is None:
-        raise BundleError(f"stage {spec.name!r}: unknown kind {spec.kind!r}; this SDK knows {kinds(spec.name)}")
-    return fn(spec, dict(options or {}))
+def lookup(stage: str, kind: str) -> StageKind:
+    """The registration of ``kind`` for ``stage``; :class:`BundleError` naming the known kinds otherwise."""
+    _builtin()
+    found = _KINDS.get((stage, kind))
+    if found is None:
+        raise BundleError(f"stage {stage!r}: unknown kind {kind!r}; this SDK knows {kinds(stage)}")
+    return found
 
 
-def _need(spec: StageSpec, *roles: str) -> list[Any]:
-    missing = [r for r in roles if r not in spec.files]
-    if missing:
-        raise BundleError(f"stage {spec.name!r} ({spec.kind}) needs files {missing}")
-    return [spec.files[r].path for r in roles]
+def build_stage(spec: "StageSpec", options: dict[str, Any] | None = None) -> Stage:
+    """Instantiate the stage described by ``spec``; ``options`` override ``spec.config`` values.
 
+    Returns:
+        An object satisfying the stage's protocol (:data:`sdk.stages.PROTOCOLS`).
 
-@register("detect", "mtcnn")
-def _build_mtcnn(spec: StageSpec, options: dict[str, Any]) -> Any:
-    from dataclasses import fields
-
-    from sdk.detect import DetectorConfig, MTCNNDetector
-
-    known = {f.name for f in fields(DetectorConfig)}
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**spec.config, **options}.items() if k in known}
-    pnet, rnet, onet = _need(spec, "pnet", "rnet", "onet")
-    return MTCNNDetector(pnet, rnet, onet, DetectorConfig(**cfg))
-
-
-@register("embed", "dlib_resnet")
-def _build_dlib(spec: StageSpec, options: dict[str, Any]) -> Any:
-    from sdk.embed import DlibConfig, DlibResNetEmbedder
-
-    cfg = {**spec.config, **options}
-    (model,) = _need(spec, "model")
-    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
-    return DlibResNetEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5"),
-                                                    jitters=int(cfg.get("jitters", 0))))
-
-
-@register("embed", "dlib_resnet_onnx")
-def _build_dlib_onnx(spec: StageSpec, options: dict[str, Any]) -> Any:
-    """dlib's ResNet rebuilt from its ``.dat`` as an ONNX graph (same chips and model_id as ``dlib_resnet``).
-
-    Files: ``model`` (the ``.dat``), ``shape_predictor`` (for ``chip_landmarks: "dlib5"``).  Config:
-    ``chip_landmarks`` (``"dlib5"`` | ``"mtcnn5"``), ``threads`` (ONNX Runtime intra-op threads, 0 = default).
-    Options may also pass ``providers`` (ONNX Runtime execution providers) and ``batch_size``.
+    Raises:
+        BundleError: unknown kind, bad config values, a preprocess record that contradicts the config.
+        ModelFileError: a model file is missing, unloadable, or not what the record says (names the file).
     """
-    from sdk.embed import DlibConfig
-    from sdk.embed_onnx import DlibOnnxEmbedder
-
-    cfg = {**spec.config, **options}
-    if int(cfg.get("jitters", 0) or 0):
-        raise BundleError(f"stage {spec.name!r} ({spec.kind}): jitters are not supported, use kind 'dlib_resnet'")
-    (model,) = _need(spec, "model")
-    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
-    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
-    return DlibOnnxEmbedder(model, sp, DlibConfig(chip_landmarks=cfg.get("chip_landmarks", "dlib5")),
-                            threads=int(cfg.get("threads", 0)), **extra)
-
-
-@register("segment", "onnx_segmenter")
-def _build_onnx_segmenter(spec: StageSpec, options: dict[str, Any]) -> Any:
-    """Occlusion segmenter on the 112x112 ArcFace crop (``export/onnx_segmenter.py``), run by ONNX Runtime.
-
-    Files: ``model`` (the ``.onnx``).  Config: ``threshold`` (0.5), ``crop`` (``"arcface112"``), ``threads``
-    (ORT intra-op threads, 1).  Options may also pass ``providers`` and ``batch_size``.
-    """
-    from sdk.segment import OnnxSegmenter
-
-    cfg = {**spec.config, **options}
-    (model,) = _need(spec, "model")
-    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
-    return OnnxSegmenter(model, threshold=float(cfg.get("threshold", 0.5)), crop=str(cfg.get("crop", "arcface112")),
-                         threads=int(cfg.get("threads", 1)), **extra)
-
-
-@register("complete", "onnx_inpainter")
-def _build_onnx_inpainter(spec: StageSpec, options: dict[str, Any]) -> Any:
-    """Face inpainter on the 112x112 ArcFace BGR crop (``export/onnx_inpainter.py``), run by ONNX Runtime.
-
-    Files: ``model`` (the ``.onnx``).  Config: ``crop`` (``"arcface112"``), ``input`` (must be ``"bgr"``),
-    ``threads`` (ORT intra-op threads, 1), ``min_occlusion`` (faces with an occlusion probability at least this
-    are completed, 0.5), ``dilate`` (pixels the segmenter's mask is grown by, 1).  Options may also pass
-    ``providers`` and ``batch_size``.
-    """
-    from sdk.complete import OnnxInpainter
-
-    cfg = {**spec.config, **options}
-    if cfg.get("input", "bgr") != "bgr":
-        raise BundleError(f"stage {spec.name!r} ({spec.kind}): input {cfg.get('input')!r} is not supported "
-                          "(only 'bgr': the inpainter is trained on BGR crops)")
-    (model,) = _need(spec, "model")
-    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
-    return OnnxInpainter(model, crop=str(cfg.get("crop", "arcface112")), threads=int(cfg.get("threads", 1)),
-                         min_occlusion=float(cfg.get("min_occlusion", 0.5)), dilate=int(cfg.get("dilate", 1)),
-                         **extra)
-
-
-@register("embed", "onnx_embedder")
-def _build_onnx_embedder(spec: StageSpec, options: dict[str, Any]) -> Any:
-    """A generic exported embedder (``export/onnx_embedder.py``) on ONNX Runtime: :class:`sdk.embed_generic.OnnxEmbedder`.
-
-    Files: ``model`` (the ``.onnx``: uint8 NHWC RGB crops -> raw descriptors), ``shape_predictor`` (for
-    ``crop: "dlib150"`` with ``chip_landmarks: "dlib5"``).  Config: ``crop`` (``"dlib150"`` | ``"arcface112"``),
-    ``chip_landmarks``, ``input`` (must be ``"uint8_nhwc_rgb"``), ``dim``, ``threads``.  Options may also pass
-    ``providers`` and ``batch_size``.
-    """
-    from sdk.embed_generic import OnnxEmbedder
-
-    cfg = {**spec.config, **options}
-    if cfg.get("input", "uint8_nhwc_rgb") != "uint8_nhwc_rgb":
-        raise BundleError(f"stage {spec.name!r} ({spec.kind}): input {cfg.get('input')!r} is not supported "
-                          "(only 'uint8_nhwc_rgb')")
-    (model,) = _need(spec, "model")
-    sp = spec.files["shape_predictor"].path if "shape_predictor" in spec.files else None
-    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
-    return OnnxEmbedder(model, sp, crop=str(cfg.get("crop", "dlib150")),
-                        chip_landmarks=str(cfg.get("chip_landmarks", "dlib5")), dim=int(cfg.get("dim", 128)),
-                        threads=int(cfg.get("threads", 0)), **extra)
+    info = lookup(spec.name, spec.kind)
+    where = f"stage {spec.name!r} ({spec.kind})"
+    values = {**spec.config, **(options or {})}
+    derived = info.legacy_preprocess(values)
+    pre = spec.preprocess
+    if pre is None:
+        pre = derived
+    else:
+        stated = {k: values[k] for k in LEGACY_KEYS if k in values}
+        if "input" in stated and derived != pre:
+            raise BundleError(f"{where}: config input {stated['input']!r} means {derived.to_dict()}, but the "
+                              f"manifest's preprocess record says {pre.to_dict()}")
+        if "crop" in stated and stated["crop"] != pre.crop:
+            raise BundleError(f"{where}: config crop {stated['crop']!r} differs from the preprocess record's "
+                              f"crop {pre.crop!r}")
+    for k in LEGACY_KEYS:
+        values.pop(k, None)
+    stage = info.build(spec, pre, values)
+    protocol = PROTOCOLS[spec.name]
+    if not isinstance(stage, protocol):
+        raise BundleError(f"{where}: the registered builder made a {type(stage).__name__}, which does not "
+                          f"satisfy the {protocol.__name__} protocol")
+    return stage

@@ -1,6 +1,7 @@
 """Per-stage latency benchmark of the Recognizer, with same-run baselines; JSON out.
 
-Stages timed inside ``Recognizer.identify`` (detect, align, embed, match) over N frames, p50/p95 in ms.
+Stages timed inside ``Recognizer.identify`` (detect, [segment, complete,] align, embed, match; returned per call
+through its ``timings`` argument) over N frames, p50/p95 in ms.
 Baselines measured in the same run on the same frames, reported as ratios (baseline / ours):
   * detect: dlib's HOG frontal detector (ships inside dlib) vs our MTCNN cascade on ONNX Runtime;
   * align: ``cv2.warpAffine`` vs our C++ warp (same matrices, same output size);
@@ -85,10 +86,11 @@ def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = N
     per_frame: dict[str, list[float]] = {n: [] for n in names}
     for i in tqdm(range(frames), desc="identify", unit="frame", disable=not progress):
         name = names[i % len(names)]
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        rec.identify(base[name])
+        rec.identify(base[name], timings=timings)
         per_frame[name].append(time.perf_counter() - t0)
-        for st, sec in rec.last_timings.items():
+        for st, sec in timings.items():
             per_stage.setdefault(st, []).append(sec)
 
     # same-run baselines -------------------------------------------------------------------------------

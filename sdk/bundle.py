@@ -3,12 +3,12 @@
 A bundle is a folder holding ``manifest.json``::
 
     {
-      "format": "lookthrough.bundle", "format_version": 1, "name": "...", "description": "...",
+      "format": "lookthrough.bundle", "format_version": 2, "name": "...", "description": "...",
       "stages": {
-        "detect":   {"kind": "mtcnn", "files": {"pnet": FILE, ...}, "config": {...}},
-        "segment":  null | {"kind": "onnx_segmenter", "files": ..., "config": ...},   # occlusion segmenter
-        "complete": null | {"kind": "onnx_inpainter", "files": ..., "config": ...},   # inpainter (needs segment)
-        "embed":    {"kind": "dlib_resnet" | ..., "files": {...}, "config": {...}}
+        "detect":   {"kind": "mtcnn", "files": {"pnet": FILE, ...}, "config": {...}, "preprocess": PRE},
+        "segment":  null | {"kind": "onnx_segmenter", "files": ..., "config": ..., "preprocess": PRE},
+        "complete": null | {"kind": "onnx_inpainter", "files": ..., "config": ..., "preprocess": PRE},
+        "embed":    {"kind": "dlib_resnet_onnx" | ..., "files": {...}, "config": {...}, "preprocess": PRE}
       },
       "match": {"metric": "cosine", "threshold": 0.83}
     }
@@ -19,9 +19,15 @@ without importing the package). ``bytes`` and ``sha256`` are checked on load: a 
 raises :class:`~sdk.errors.ModelFileError` naming it. ``detect`` and ``embed`` are required; a ``null``
 stage is skipped (baseline mode has no ``segment`` / ``complete``). ``complete`` fills the holes the
 ``segment`` stage finds, so a bundle with ``complete`` must have ``segment`` (mode ``"deocclusion"``).
+
+``PRE`` is a :class:`~sdk.preprocess.Preprocess` record (crop, colour order, dtype, scale/offset, layout): how
+that stage's graph wants its input, written by the exporter from the record the trainer used. Format version 2
+introduced it; a stage without one (every version-1 manifest) gets its kind's known convention, derived from
+the old ``config.crop`` / ``config.input`` values (:func:`sdk._registry.build_stage`).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -29,18 +35,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.embed import file_digest
 from sdk.errors import BundleError, ModelFileError
+from sdk.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lookthrough.bundle"
-FORMAT_VERSION = 1
+#: newest manifest version this SDK reads (1: no preprocess records; 2: a "preprocess" object per stage)
+FORMAT_VERSION = 2
 STAGES = ("detect", "segment", "complete", "embed")
 REQUIRED_STAGES = ("detect", "embed")
 #: Built-in bundles, by name: folders under ``sdk/models``.
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_BUNDLE = "default"
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -68,12 +84,14 @@ class FileRef:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One pipeline stage: its implementation ``kind``, its files (by role) and its config values."""
+    """One pipeline stage: its implementation ``kind``, its files (by role), its config values and its input
+    record (``None`` when the manifest has none: the kind's convention applies)."""
 
     name: str
     kind: str
     files: dict[str, FileRef]
     config: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,8 @@ def resolve_path(p: str, root: Path) -> Path:
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             raise ModelFileError(p, f"Python package {pkg!r} is not installed (run `make setup`)")
-        return Path(list(spec.submodule_search_locations)[0]) / rel
+        places = [Path(d) / rel for d in spec.submodule_search_locations]  # editable installs have several
+        return next((q for q in places if q.exists()), places[0])
     path = Path(p)
     return path if path.is_absolute() else root / path
 
@@ -158,7 +177,7 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not a LookThrough bundle manifest (\"format\" must be {FORMAT!r})")
     version = raw.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {version!r} is not supported by this SDK (<= {FORMAT_VERSION})")
     root = mpath.parent
     stages_raw = raw.get("stages")
@@ -184,7 +203,13 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
             if not isinstance(f, dict) or "path" not in f:
                 raise BundleError(f"{mpath}: stage {name!r} file {role!r} needs a \"path\"")
             files[role] = FileRef(role, resolve_path(f["path"], root), f.get("bytes"), f.get("sha256"))
-        stages[name] = StageSpec(name, s["kind"], files, dict(s.get("config") or {}))
+        pre = s.get("preprocess")
+        if pre is not None:
+            pre = Preprocess.from_dict(pre, where=f"{mpath}: stage {name!r} preprocess")
+        config = s.get("config") or {}
+        if not isinstance(config, dict):
+            raise BundleError(f"{mpath}: stage {name!r} \"config\" must be an object")
+        stages[name] = StageSpec(name, s["kind"], files, dict(config), pre)
     if stages["complete"] is not None and stages["segment"] is None:
         raise BundleError(f"{mpath}: stage 'complete' needs a 'segment' stage (the inpainter fills the "
                           "segmenter's occlusion mask)")

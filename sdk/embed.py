@@ -1,45 +1,65 @@
-"""Embedding stage: aligned face -> L2-normalised identity vector.
+"""Embedding stage: aligned face -> L2-normalised identity vector (protocol :class:`sdk.stages.Embedder`).
 
-Every embedder has the same tiny protocol: construct (loads weights), ``prepare()`` (optional warm-up),
-``crop_transforms(frame, faces)`` (one 2x3 frame->crop matrix per face), ``crops(frame, faces)`` (the
-aligned crops this model reads, in ``crop_order`` colour, ``crop_size`` pixels), ``embed_crops(crops) ->
-(N, D) float32`` with unit-norm rows, ``embed(frame, faces)`` (both), plus ``dim`` and ``model_id``.
+What every embedder shares lives here: :class:`EmbedConfig` (the stage's one config), :class:`ChipGeometry`
+(where crops come from), :class:`ChipEmbedder` (the base every embedder calls: crops, validation,
+normalisation, the Recognizer step) and :func:`make_model_id` (the one place model ids are built). Embedders
+take uint8 **BGR** crops, like every stage; each one's :class:`~sdk.preprocess.Preprocess` record turns them
+into its network's input (colour order, dtype, layout).
+
+Implementations: :class:`DlibResNetEmbedder` (kind ``"dlib_resnet"``: dlib itself, the reference) here;
+:class:`sdk.embed_onnx.OnnxEmbedder` (``"onnx_embedder"``: any exported network) and
+:class:`sdk.embed_onnx.DlibOnnxEmbedder` (``"dlib_resnet_onnx"``: dlib's network rebuilt as an ONNX graph) on a
+backend in :mod:`sdk.embed_onnx`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from sdk import align
-from sdk.errors import ModelFileError
+from sdk.bundle import file_digest  # noqa: F401 - re-exported: export/ and tools import it from here
+from sdk.errors import BundleError, ModelFileError
+from sdk.preprocess import Preprocess, legacy_input, raw_uint8
+from sdk.stages import FaceBatch, FaceStage, RunConfig, StageKind, config_from, file_of
 from sdk.types import Face
 
 log = logging.getLogger(__name__)
 
+#: chip landmark sources: dlib's own 5-point shape predictor, or the detector's landmarks
+CHIP_LANDMARKS = ("dlib5", "mtcnn5")
+#: dlib's ResNet reads uint8 RGB 150x150 chips and normalises inside the network
+DLIB_PREPROCESS = raw_uint8("dlib150", "rgb", "nhwc")
 
-class Embedder(Protocol):
-    """What the Recognizer needs from an embedding model."""
 
-    dim: int
-    model_id: str
+@dataclass(frozen=True)
+class EmbedConfig(RunConfig):
+    """Settings of the embed stage (manifest ``config``; plus :class:`~sdk.stages.RunConfig`'s fields).
 
-    def prepare(self) -> None: ...
+    Attributes:
+        chip_landmarks: for ``dlib150`` crops: ``"dlib5"`` (default) re-fits dlib's own 5-point shape predictor
+            inside the detector's box and cuts exactly the chip dlib's ResNet was trained on
+            (``get_face_chip(150, 0.25)``); ``"mtcnn5"`` warps the detector's 5 landmarks onto
+            :data:`sdk.align.DLIB_150` (no second landmark model; slightly different chips: median descriptor
+            distance 0.13 to dlib's pipeline). Other crops always use the detector's landmarks.
+        dim: embedding width (checked against the graph when it is static).
+        jitters: dlib's test-time augmentation count (``dlib_resnet`` only; 0 = off).
+    """
 
-    crop_size: tuple[int, int]
-    crop_order: str
+    threads: int = 0
+    chip_landmarks: str = "dlib5"
+    dim: int = 128
+    jitters: int = 0
 
-    def crop_transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]: ...
-
-    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]: ...
-
-    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
-
-    def embed(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.chip_landmarks not in CHIP_LANDMARKS:
+            raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {self.chip_landmarks!r}")
+        if int(self.dim) < 1 or int(self.jitters) < 0:
+            raise ValueError(f"dim must be >= 1 and jitters >= 0, got {self.dim}, {self.jitters}")
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -48,71 +68,49 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def make_model_id(family: str, weights: Path, geometry: str, device_suffix: str = "") -> str:
+    """``"<family>:<sha256 of weights, 16 hex>:<geometry><device_suffix>"``: the id galleries store.
+
+    ``family`` is ``"dlib_resnet_v1"`` (dlib's network, whatever runs it: descriptors agree to 1e-4, so galleries
+    are shared; ``geometry`` is then the chip landmark source) or ``"onnx"`` (an exported network; ``geometry``
+    is the :attr:`ChipGeometry.geometry_id`). ``device_suffix`` is the backend's
+    :attr:`~sdk.backends.Backend.id_suffix` (empty on the CPU reference).
+    """
+    return f"{family}:{file_digest(Path(weights))[:16]}:{geometry}{device_suffix}"
 
 
-@dataclass(frozen=True)
-class DlibConfig:
-    """How chips for dlib's ResNet are cut.
+class ChipGeometry:
+    """Where an embedder's crops come from: a crop template and the landmarks that are warped onto it.
+
+    Args:
+        crop: ``"dlib150"`` or ``"arcface112"`` (:data:`sdk.align.TEMPLATES`).
+        chip_landmarks: ``"dlib5"`` | ``"mtcnn5"`` (``dlib150`` only; see :class:`EmbedConfig`).
+        shape_predictor: dlib's ``shape_predictor_5_face_landmarks.dat`` (``dlib150`` with ``"dlib5"``).
 
     Attributes:
-        chip_landmarks: ``"dlib5"`` (default) re-fits dlib's own 5-point shape predictor inside the detector's
-            box and cuts exactly the chip dlib's ResNet was trained on (``get_face_chip(150, 0.25)``);
-            ``"mtcnn5"`` warps the detector's 5 landmarks onto :data:`sdk.align.DLIB_150` (no second
-            landmark model; slightly different chips: median descriptor distance 0.13 to dlib's pipeline).
-        jitters: dlib's test-time augmentation count (0 = off; each jitter costs one more forward pass).
+        crop_spec: size and template; geometry_id: ``"dlib150:<chip_landmarks>"`` or the crop name.
     """
 
-    chip_landmarks: str = "dlib5"
-    jitters: int = 0
+    def __init__(self, crop: str, chip_landmarks: str = "dlib5", shape_predictor: str | Path | None = None):
+        if crop not in align.TEMPLATES:
+            raise ValueError(f"crop must be one of {sorted(align.TEMPLATES)}, got {crop!r}")
+        if chip_landmarks not in CHIP_LANDMARKS:
+            raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {chip_landmarks!r}")
+        self.crop = crop
+        self.crop_spec = align.TEMPLATES[crop]
+        self.landmarks = chip_landmarks if crop == "dlib150" else "mtcnn5"
+        self.geometry_id = f"dlib150:{self.landmarks}" if crop == "dlib150" else crop
+        self._sp = self._dlib = None
+        if crop == "dlib150" and self.landmarks == "dlib5":
+            import dlib  # only for the 5-point shape predictor
 
+            if shape_predictor is None:
+                raise ValueError("chip_landmarks='dlib5' needs shape_predictor_path (dlib's 5-point model)")
+            self._sp = _load_dlib(Path(shape_predictor), dlib.shape_predictor)
+            self._dlib = dlib
 
-class DlibResNetEmbedder:
-    """dlib's ResNet-34-style face recogniser (128-d, 99.38% on LFW by its authors) on 150x150 RGB chips.
-
-    Input: BGR uint8 frame and detected faces. Output: (N, 128) float32, unit-norm rows (the raw dlib
-    descriptor, of norm ~1.3-1.5, is normalised so cosine similarity applies; on LFW the best cosine
-    threshold is ~0.90, see the README's accuracy table). ``model_id`` covers the weights and the chip
-    geometry (not ``jitters``, which averages descriptors of shifted chips of the same geometry).
-    """
-
-    dim = 128
-    #: chip size (w, h) in pixels and colour order of what :meth:`embed_crops` reads
-    crop_size = (150, 150)
-    crop_order = "RGB"
-
-    def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None,
-                 config: DlibConfig = DlibConfig()):
-        import dlib  # imported here: only this embedder needs it
-
-        self.config = config
-        self.model_path = Path(model_path)
-        self._rec = _load_dlib(self.model_path, dlib.face_recognition_model_v1)
-        self._sp = None
-        if config.chip_landmarks == "dlib5":
-            if shape_predictor_path is None:
-                raise ValueError("chip_landmarks='dlib5' needs shape_predictor_path")
-            self._sp = _load_dlib(Path(shape_predictor_path), dlib.shape_predictor)
-        elif config.chip_landmarks != "mtcnn5":
-            raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {config.chip_landmarks!r}")
-        self._dlib = dlib
-        # the chip geometry is part of the model: descriptors of dlib5 and mtcnn5 chips are not comparable
-        self.model_id = f"dlib_resnet_v1:{file_digest(self.model_path)[:16]}:{config.chip_landmarks}"
-        #: what decides the crops (not the weights): alignment caches are shared between equal geometries
-        self.geometry_id = f"dlib150:{config.chip_landmarks}"
-
-    def prepare(self) -> None:
-        """Run one forward pass so the first real call is not slower."""
-        self._rec.compute_face_descriptor(np.zeros((150, 150, 3), np.uint8))
-
-    def crop_transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """One 2x3 float64 frame->chip matrix per face (chip pixels = M @ [x, y, 1])."""
+    def transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """One (2, 3) float64 frame -> crop matrix per face (crop pixels = M @ [x, y, 1])."""
         out = []
         for face in faces:
             if self._sp is not None:
@@ -120,30 +118,126 @@ class DlibResNetEmbedder:
                 shape = self._sp(frame, self._dlib.rectangle(x1, y1, x2, y2))  # colour order is irrelevant here
                 out.append(dlib_chip_transform(self._dlib.get_face_chip_details(shape, 150, 0.25)))
             else:
-                out.append(align.similarity_to_template(face.landmarks, align.DLIB_150))
+                out.append(align.similarity_to_template(face.landmarks, self.crop_spec.template))
         return out
 
-    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """150x150x3 **RGB** uint8 chips (from a BGR frame), one per face, as dlib's ResNet expects."""
-        rgb = np.ascontiguousarray(frame[:, :, ::-1])
-        return [align.warp(rgb, m, self.crop_size) for m in self.crop_transforms(frame, faces)]
+    def cut(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(N, h, w, 3)`` uint8 crops of ``faces`` from ``frame`` (colour order kept: BGR in, BGR out)."""
+        w, h = self.crop_spec.size
+        crops = [align.warp(frame, m, self.crop_spec.size) for m in self.transforms(frame, faces)]
+        return np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8)
+
+
+class ChipEmbedder:
+    """Base of every embedder: subclasses call ``super().__init__`` and implement :meth:`descriptors`.
+
+    Args:
+        geometry: where the crops come from.
+        preprocess: the network's input record (its crop must be ``geometry``'s).
+        config: the stage config.
+
+    Attributes:
+        dim, model_id (set by the subclass), geometry_id, crop_spec, preprocess, config.
+        crop_order: ``"BGR"``: the colour order :meth:`crops` returns and :meth:`embed_crops` reads.
+    """
+
+    kind = "embedder"
+    crop_order = "BGR"
+    model_id: str
+
+    def __init__(self, geometry: ChipGeometry, preprocess: Preprocess, config: EmbedConfig):
+        if preprocess.crop != geometry.crop:
+            raise BundleError(f"embed stage: preprocess crop {preprocess.crop!r} differs from the chip geometry "
+                              f"{geometry.crop!r}")
+        self.geometry = geometry
+        self.preprocess = preprocess
+        self.config = config
+        self.dim = int(config.dim)
+        self.crop_spec = geometry.crop_spec
+        self.geometry_id = geometry.geometry_id
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the crops, pixels."""
+        return self.crop_spec.size
+
+    def descriptors(self, crops: np.ndarray) -> np.ndarray:
+        """(N, dim) float32 **raw** network outputs for checked ``(N, h, w, 3)`` uint8 BGR crops (N >= 1)."""
+        raise NotImplementedError
+
+    def prepare(self) -> "ChipEmbedder":
+        """Run one forward pass so the first real call is not slower; returns self."""
+        w, h = self.crop_size
+        self.descriptors(np.zeros((1, h, w, 3), np.uint8))
+        return self
+
+    def connect(self, upstream: Mapping[str, FaceStage]) -> None:
+        """Needs nothing before it (it cuts its own crops from the batch's, possibly completed, frame)."""
+
+    def crop_transforms(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """One (2, 3) float64 frame -> crop matrix per face."""
+        return self.geometry.transforms(frame, faces)
+
+    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(N, h, w, 3)`` uint8 **BGR** crops of ``faces`` from the BGR ``frame``, as this network reads them."""
+        return self.geometry.cut(frame, faces)
+
+    def check_crops(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """``crops`` as one ``(N, h, w, 3)`` uint8 array; ``ValueError`` naming the first bad one."""
+        w, h = self.crop_size
+        if isinstance(crops, np.ndarray) and crops.ndim == 4:
+            crops = list(crops)
+        for i, c in enumerate(crops):
+            if not isinstance(c, np.ndarray) or c.dtype != np.uint8 or c.shape != (h, w, 3):
+                got = f"{c.dtype} {c.shape}" if isinstance(c, np.ndarray) else type(c).__name__
+                raise ValueError(f"chip {i}: this embedder needs {w}x{h}x3 BGR uint8 crops, got {got}")
+        return np.stack(crops) if len(crops) else np.zeros((0, h, w, 3), np.uint8)
+
+    def embed_crops(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, dim)`` float32 unit-norm embeddings of uint8 BGR crops (an array or a list of them)."""
+        x = self.check_crops(crops)
+        if not len(x):
+            return np.zeros((0, self.dim), np.float32)
+        return l2_normalise(self.descriptors(x))
 
     def embed(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """(N, 128) float32 unit-norm embeddings for ``faces`` in the BGR ``frame``."""
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
+        """``(N, dim)`` float32 unit-norm embeddings for ``faces`` in the BGR ``frame``."""
         return self.embed_crops(self.crops(frame, faces))
 
-    def embed_crops(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, 128) float32 unit-norm embeddings of 150x150x3 RGB uint8 chips."""
-        if not chips:
-            return np.zeros((0, self.dim), np.float32)
-        for i, c in enumerate(chips):
-            if not isinstance(c, np.ndarray) or c.dtype != np.uint8 or c.shape != (150, 150, 3):
-                got = f"{c.dtype} {c.shape}" if isinstance(c, np.ndarray) else type(c).__name__
-                raise ValueError(f"chip {i}: dlib's ResNet needs 150x150x3 RGB uint8 chips, got {got}")
-        desc = self._rec.compute_face_descriptor(list(chips), self.config.jitters)
-        return l2_normalise(np.array([np.asarray(d) for d in desc], dtype=np.float32))
+    def process(self, batch: FaceBatch) -> None:
+        """Cut this network's crops from ``batch.frame`` (timed as ``"align"``) and embed them (``"embed"``)."""
+        with batch.timed("align"):
+            crops = self.crops(batch.frame, batch.faces)
+        with batch.timed("embed"):
+            batch.embeddings = self.embed_crops(crops)
+
+
+class DlibResNetEmbedder(ChipEmbedder):
+    """dlib's ResNet-34-style face recogniser (128-d, 99.38% on LFW by its authors), run by dlib itself.
+
+    The reference the ONNX embedders are tested against. Crops: dlib's 150x150 chip (BGR in; the record
+    :data:`DLIB_PREPROCESS` turns it into dlib's RGB). Output: (N, 128) float32 unit rows (the raw descriptor,
+    of norm ~1.3-1.5, is normalised so cosine similarity applies). ``model_id`` covers the weights and the chip
+    geometry (not ``jitters``, which averages descriptors of shifted chips of the same geometry).
+    """
+
+    kind = "dlib_resnet"
+
+    def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None,
+                 config: EmbedConfig = EmbedConfig()):
+        import dlib  # imported here: only this embedder needs dlib's network
+
+        super().__init__(ChipGeometry("dlib150", config.chip_landmarks, shape_predictor_path), DLIB_PREPROCESS,
+                         config)
+        self.model_path = Path(model_path)
+        self._rec = _load_dlib(self.model_path, dlib.face_recognition_model_v1)
+        self.model_id = make_model_id("dlib_resnet_v1", self.model_path, config.chip_landmarks)
+
+    def descriptors(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 128) float32 raw dlib descriptors of (N, 150, 150, 3) uint8 BGR chips."""
+        rgb = self.preprocess.apply(crops)
+        desc = self._rec.compute_face_descriptor(list(rgb), int(self.config.jitters))
+        return np.array([np.asarray(d) for d in desc], dtype=np.float32)
 
 
 def dlib_chip_transform(details: object) -> np.ndarray:
@@ -169,3 +263,32 @@ def _load_dlib(path: Path, loader):
     except RuntimeError as e:  # dlib raises RuntimeError('Error deserializing ...') on bad files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(path, f"not a valid dlib {loader.__name__} model ({first})") from None
+
+
+# ------------------------------------------------------------------------------------------------ bundle kind
+def dlib_legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
+    """dlib's network reads :data:`DLIB_PREPROCESS`; an old ``input``/``crop`` may only say the same."""
+    if "input" in values or "crop" in values:
+        stated = legacy_input(str(values.get("input", "uint8_nhwc_rgb")), str(values.get("crop", "dlib150")),
+                              where="embed stage (dlib)")
+        if stated != DLIB_PREPROCESS:
+            raise BundleError(f"embed stage (dlib): dlib's network reads {DLIB_PREPROCESS.to_dict()}, the config "
+                              f"says {stated.to_dict()}")
+    return DLIB_PREPROCESS
+
+
+def check_dlib_preprocess(preprocess: Preprocess, where: str) -> None:
+    """:class:`BundleError` unless ``preprocess`` is :data:`DLIB_PREPROCESS` (dlib's network takes nothing else)."""
+    if preprocess != DLIB_PREPROCESS:
+        raise BundleError(f"{where}: dlib's network reads {DLIB_PREPROCESS.to_dict()}; the manifest's preprocess "
+                          f"record says {preprocess.to_dict()}")
+
+
+def _build(spec, preprocess: Preprocess, values: dict) -> DlibResNetEmbedder:
+    where = f"stage {spec.name!r} ({spec.kind})"
+    check_dlib_preprocess(preprocess, where)
+    cfg = config_from(EmbedConfig, values, where)
+    return DlibResNetEmbedder(file_of(spec, "model"), file_of(spec, "shape_predictor", required=False), cfg)
+
+
+KINDS = (StageKind("embed", "dlib_resnet", _build, dlib_legacy_preprocess),)

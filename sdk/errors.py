@@ -21,3 +21,10 @@ class BundleError(LookThroughError, ValueError):
 
 class GalleryError(LookThroughError, ValueError):
     """A gallery file cannot be used (foreign embedding model, corrupt file, bad enrollment input)."""
+
+
+class NoFaceError(LookThroughError, ValueError):
+    """An image that had to show a face (to enroll, verify or embed) has none the detector accepts.
+
+    The message names the image.
+    """

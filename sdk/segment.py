@@ -1,87 +1,118 @@
 """Occlusion segmenter stage (``kind: "onnx_segmenter"``): aligned face crops -> occlusion map M + probability.
 
-The ONNX graph (written by ``export/onnx_segmenter.py``) takes uint8 NHWC **BGR** crops ``(N, 112, 112, 3)``
-(input ``"crops"``: the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`, as :func:`sdk.align.align`
-cuts it from a BGR frame) and returns ``"mask_prob"`` ``(N, 1, 112, 112)`` and ``"occluded_prob"`` ``(N,)``,
-both float32 in [0, 1]. Preprocessing is inside the graph. No torch here: ONNX Runtime only.
+The graph (written by ``export/onnx_segmenter.py``) takes one input of aligned crops (the built-in one:
+``"crops"``, uint8 NHWC **BGR** ``(N, 112, 112, 3)``, the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`;
+normalisation inside the graph) and returns ``"mask_prob"`` ``(N, 1, h, w)`` and ``"occluded_prob"`` ``(N,)``,
+both float32 in [0, 1]. The input convention is the stage's :class:`~sdk.preprocess.Preprocess` record; the
+graph runs on a :class:`~sdk.backends.Backend` (ONNX Runtime). No torch.
 
-Stage protocol::
+Stage protocol (:class:`sdk.stages.Segmenter`)::
 
     seg = OnnxSegmenter("segmenter.onnx").prepare()
-    masks, occluded = seg.segment(crops)       # (N, 112, 112) float32, (N,) float32
-    crops = seg.crops(frame_bgr, faces)          # the aligned crops the model expects
+    masks, occluded = seg.segment(crops)         # (N, 112, 112) float32, (N,) float32
+    crops = seg.crops(frame_bgr, faces)            # the aligned BGR crops the model reads
+    seg.process(batch)                             # in a Recognizer: fills batch.regions
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sdk.align import TEMPLATES, align
-from sdk.backends.ort import open_session
-from sdk.errors import ModelFileError
+from sdk.align import TEMPLATES, similarity_to_template, warp
+from sdk.backends import open_backend
+from sdk.errors import BundleError, ModelFileError
+from sdk.preprocess import Preprocess, legacy_input, raw_uint8
+from sdk.stages import (FaceBatch, FaceStage, OcclusionRegions, RunConfig, StageKind, config_from, expect_input,
+                        file_of)
+from sdk.types import Face
 
 INPUT_NAME = "crops"
 OUTPUTS = ("mask_prob", "occluded_prob")
+#: the built-in segmenter's input: uint8 BGR NHWC ArcFace crops, normalised inside the graph
+DEFAULT_PREPROCESS = raw_uint8("arcface112", "bgr", "nhwc")
+
+
+@dataclass(frozen=True)
+class SegmentConfig(RunConfig):
+    """Settings of the segment stage (manifest ``config``; plus :class:`~sdk.stages.RunConfig`'s fields).
+
+    Attributes:
+        threshold: probability at or above which a pixel (:meth:`OnnxSegmenter.binary_masks`) or a face
+            (:meth:`OnnxSegmenter.is_occluded`) counts as occluded.
+    """
+
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
 
 class OnnxSegmenter:
-    """ONNX Runtime occlusion segmenter.
+    """Occlusion segmenter on a backend.
 
     Args:
         model: path of the ``.onnx`` file.
-        threshold: probability at or above which a pixel (:meth:`binary_masks`) or a face (:meth:`is_occluded`)
-            counts as occluded.
-        crop: crop template name in :data:`sdk.align.TEMPLATES` (``"arcface112"``).
-        threads: ONNX Runtime intra-op threads (0 = ORT default).
-        providers: ORT execution providers (default CPU).
-        batch_size: faces per ORT call.
+        config: :class:`SegmentConfig`; keyword ``overrides`` (``threads=1``, ``threshold=0.6``) replace fields.
+        preprocess: the graph's input record (default :data:`DEFAULT_PREPROCESS`); its ``crop`` names the crop.
 
     Raises:
-        ModelFileError: the file is missing, not a loadable ONNX model, or not a segmenter (wrong inputs /
+        ModelFileError: the file is missing, not loadable, or not a segmenter for this record (wrong inputs /
             outputs); the message names the file.
     """
 
-    def __init__(self, model: str | Path, threshold: float = 0.5, crop: str = "arcface112", threads: int = 1,
-                 providers: Sequence[str] | None = None, batch_size: int = 32):
+    kind = "onnx_segmenter"
 
+    def __init__(self, model: str | Path, config: SegmentConfig = SegmentConfig(), *,
+                 preprocess: Preprocess = DEFAULT_PREPROCESS, **overrides: Any):
         self.path = Path(model)
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        if preprocess.crop not in TEMPLATES:
+            raise BundleError(f"segment stage: crop {preprocess.crop!r} is not a face crop; known: {sorted(TEMPLATES)}")
+        self.preprocess = preprocess
+        self.crop_spec = TEMPLATES[preprocess.crop]
         if not self.path.is_file():
             raise ModelFileError(self.path, "not found (occlusion segmenter ONNX model)")
-        if crop not in TEMPLATES:
-            raise ValueError(f"unknown crop {crop!r}; known: {sorted(TEMPLATES)}")
-        self.crop_spec = TEMPLATES[crop]
-        self.threshold = float(threshold)
-        self.batch_size = max(1, int(batch_size))
-        self.session = open_session(self.path, threads=threads, providers=providers,
-                                    what="an occlusion segmenter ONNX model")
-        ins = self.session.get_inputs()
-        outs = {o.name for o in self.session.get_outputs()}
-        h, w = self.crop_spec.height, self.crop_spec.width
-        ok = (len(ins) == 1 and ins[0].name == INPUT_NAME and ins[0].type == "tensor(uint8)"
-              and len(ins[0].shape) == 4 and list(ins[0].shape[1:]) == [h, w, 3] and set(OUTPUTS) <= outs)
-        if not ok:
-            got = [(i.name, i.type, i.shape) for i in ins]
-            raise ModelFileError(self.path, f"not an occlusion segmenter: expected input {INPUT_NAME!r} uint8 "
-                                            f"(N, {h}, {w}, 3) and outputs {list(OUTPUTS)}, got inputs {got} "
+        self.backend = open_backend(self.path, self.config.backend, what="an occlusion segmenter ONNX model")
+        outs = {o.name for o in self.backend.outputs}
+        if len(self.backend.inputs) != 1 or not set(OUTPUTS) <= outs:
+            raise ModelFileError(self.path, f"not an occlusion segmenter: expected one input and outputs "
+                                            f"{list(OUTPUTS)}, got inputs {[str(i) for i in self.backend.inputs]} "
                                             f"and outputs {sorted(outs)}")
+        self._in = expect_input(self.backend, preprocess, self.crop_spec.size, self.path,
+                                "an occlusion segmenter").name
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.threshold)
 
     @property
     def crop_size(self) -> tuple[int, int]:
         return self.crop_spec.size
 
     def prepare(self) -> "OnnxSegmenter":
-        """Warm up ORT (first-call latency); returns self."""
+        """Warm up the backend (first-call latency); returns self."""
         self.segment(np.zeros((1, self.crop_spec.height, self.crop_spec.width, 3), np.uint8))
         return self
 
-    def crops(self, frame: np.ndarray, faces: Sequence) -> list[np.ndarray]:
+    def connect(self, upstream: Mapping[str, FaceStage]) -> None:
+        """Needs nothing before it."""
+
+    def crops(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
         """Aligned BGR crops of ``faces`` (``sdk.types.Face``) from a BGR ``frame``."""
-        return [align(frame, f.landmarks, self.crop_spec) for f in faces]
+        return [warp(frame, m, self.crop_spec.size) for m in self.crop_transforms(faces)]
+
+    def crop_transforms(self, faces: Sequence[Face]) -> list[np.ndarray]:
+        """One (2, 3) float64 frame -> crop matrix per face (from its 5 landmarks)."""
+        return [similarity_to_template(f.landmarks, self.crop_spec.template) for f in faces]
 
     def segment(self, crops: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(masks (N, H, W) float32 in [0, 1], occluded_prob (N,) float32)`` for uint8 BGR crops."""
+        """``(masks (N, h, w) float32 in [0, 1], occluded_prob (N,) float32)`` for uint8 BGR crops."""
         h, w = self.crop_spec.height, self.crop_spec.width
         x = np.asarray(crops) if isinstance(crops, np.ndarray) else (
             np.stack([np.asarray(c) for c in crops]) if len(crops) else np.zeros((0, h, w, 3), np.uint8))
@@ -92,9 +123,9 @@ class OnnxSegmenter:
         if len(x) == 0:
             return np.zeros((0, h, w), np.float32), np.zeros((0,), np.float32)
         ms, ps = [], []
-        for s in range(0, len(x), self.batch_size):
-            m, p = self.session.run(list(OUTPUTS), {INPUT_NAME: np.ascontiguousarray(x[s:s + self.batch_size])})
-            ms.append(m[:, 0])
+        for s in range(0, len(x), self.config.batch_size):
+            m, p = self.backend.run(list(OUTPUTS), {self._in: self.preprocess.apply(x[s:s + self.config.batch_size])})
+            ms.append(m.reshape(len(m), h, w))
             ps.append(p.reshape(-1))
         return np.concatenate(ms).astype(np.float32), np.concatenate(ps).astype(np.float32)
 
@@ -105,3 +136,28 @@ class OnnxSegmenter:
     def is_occluded(self, occluded_prob: np.ndarray) -> np.ndarray:
         """(N,) bool: ``occluded_prob >= threshold`` (such faces go to completion, when a bundle has it)."""
         return np.asarray(occluded_prob) >= self.threshold
+
+    def process(self, batch: FaceBatch) -> None:
+        """Segment the ArcFace crop of every face: fills ``batch.regions`` (timed as ``"segment"``)."""
+        with batch.timed("segment"):
+            if not batch.faces:
+                return
+            mats = np.stack(self.crop_transforms(batch.faces))
+            crops = np.stack([warp(batch.frame, m, self.crop_spec.size) for m in mats])
+            masks, probs = self.segment(crops)
+            batch.regions = OcclusionRegions(self.crop_spec, crops, mats, masks, self.binary_masks(masks), probs)
+
+
+# ------------------------------------------------------------------------------------------------ bundle kind
+def _legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
+    """Version-1 manifests: ``input`` ``"uint8_nhwc_bgr"`` (the default) on ``crop`` (``"arcface112"``)."""
+    return legacy_input(str(values.get("input", "uint8_nhwc_bgr")), str(values.get("crop", "arcface112")),
+                        where="segment stage")
+
+
+def _build(spec, preprocess: Preprocess, values: dict) -> OnnxSegmenter:
+    cfg = config_from(SegmentConfig, values, f"stage {spec.name!r} ({spec.kind})")
+    return OnnxSegmenter(file_of(spec, "model"), cfg, preprocess=preprocess)
+
+
+KINDS = (StageKind("segment", "onnx_segmenter", _build, _legacy_preprocess),)
