@@ -1,6 +1,11 @@
-"""Shared fixtures: real images that ship with scikit-image (BGR), and one Recognizer per session."""
+"""Shared fixtures: real images that ship with scikit-image (BGR), one Recognizer per session, manifest copies.
+
+Session fixtures are read-only by convention: a test that changes one (a stage's config, the gallery) puts it
+back in a ``finally`` (or uses its own object).
+"""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +49,41 @@ def recognizer():
     rec = Recognizer()
     rec.enroll("astronaut", np.ascontiguousarray(data.astronaut()[:, :, ::-1]))
     return rec
+
+
+@pytest.fixture(scope="session")
+def astronaut_face(recognizer, astronaut_bgr):
+    """The detector's face (box, 5 landmarks) in the astronaut."""
+    return recognizer.detect(astronaut_bgr)[0]
+
+
+@pytest.fixture(scope="session")
+def masked_astronaut_bgr(astronaut_bgr, astronaut_face) -> np.ndarray:
+    """The astronaut wearing the surgical mask sdk.occluders draws from her landmarks (the demo's probe)."""
+    from sdk.occluders import draw_surgical_mask
+
+    return draw_surgical_mask(astronaut_bgr, astronaut_face.landmarks)[0]
+
+
+@pytest.fixture
+def manifest_copy(tmp_path):
+    """``make(name) -> (folder, raw)``: a built-in bundle's manifest written into ``tmp_path`` with every relative
+    path made absolute (the model files stay where they are); mutate ``raw`` and write it back to test."""
+    from sdk.bundle import BUILTIN_DIR
+
+    def make(name: str = "default") -> tuple[Path, dict]:
+        src = BUILTIN_DIR / name
+        raw = json.loads((src / "manifest.json").read_text())
+        for spec in raw["stages"].values():
+            for f in (spec or {}).get("files", {}).values():
+                if not f["path"].startswith("pkg:") and not Path(f["path"]).is_absolute():
+                    f["path"] = str((src / f["path"]).resolve())
+        dst = tmp_path / f"{name}-copy"
+        dst.mkdir()
+        (dst / "manifest.json").write_text(json.dumps(raw, indent=1))
+        return dst, raw
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Faces are 112x112 ArcFace crops of scikit-image's astronaut (BGR).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -109,12 +110,12 @@ def test_complete_output_known_pixels_and_holes(inpainter, inpainter_run_dir, cr
     np.testing.assert_array_equal(inpainter.complete(crops, holes.astype(bool)), out)
     np.testing.assert_array_equal(inpainter.complete(crops, np.where(hole, 0.9, 0.2).astype(np.float32)), out)
     # batch splitting (dynamic batch axis) does not change the result
-    bs = inpainter.batch_size
+    cfg = inpainter.config
     try:
-        inpainter.batch_size = 3
+        inpainter.config = dataclasses.replace(cfg, batch_size=3)
         np.testing.assert_array_equal(inpainter.complete(crops, holes), out)
     finally:
-        inpainter.batch_size = bs
+        inpainter.config = cfg
     # an empty hole returns the crop unchanged
     np.testing.assert_array_equal(inpainter.complete(crops[:1], np.zeros((1, S, S), np.uint8)), crops[:1])
 
@@ -223,9 +224,10 @@ def test_recognizer_completes_occluded_faces(exported, astronaut_bgr, camera_bgr
     assert rec.bundle.mode == "deocclusion" and rec.completer is not None
     rec.prepare()
     rec.enroll("astronaut", astronaut_bgr)
-    [clean] = rec.identify(astronaut_bgr)
+    timings: dict[str, float] = {}
+    [clean] = rec.identify(astronaut_bgr, timings=timings)
     assert clean.identity == "astronaut" and clean.occlusion < 0.5 and not clean.completed
-    assert "complete" in rec.last_timings
+    assert "complete" in timings
 
     face = rec.detect(astronaut_bgr)[0]
     masked, _ = draw_surgical_mask(astronaut_bgr, face.landmarks)
@@ -235,10 +237,11 @@ def test_recognizer_completes_occluded_faces(exported, astronaut_bgr, camera_bgr
     assert m.occlusion >= 0.5 and m.completed and m.to_dict()["completed"] is True
     assert np.isfinite(m.similarity) and m.candidates and m.candidates[0][0] == "astronaut"
     # the embedder saw the completed frame: skipping completion (threshold above 1) changes the embedding
-    rec.completer.min_occlusion = 1.01
+    cfg = rec.completer.config
+    rec.completer.config = dataclasses.replace(cfg, min_occlusion=1.01)
     try:
         [raw] = rec.identify(masked)
     finally:
-        rec.completer.min_occlusion = 0.5
+        rec.completer.config = cfg
     assert not raw.completed and raw.similarity != m.similarity
     assert all(not x.completed for x in rec.identify(camera_bgr))  # unoccluded stranger: no completion

@@ -153,7 +153,7 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
     """The untrained student (= the dlib port) exported to a bundle embeds like the baseline recognizer."""
     from export.onnx_embedder import export
     from sdk.bundle import load_bundle
-    from sdk.embed_generic import OnnxEmbedder
+    from sdk.embed_onnx import OnnxEmbedder
     from sdk.errors import ModelFileError
     from sdk.recognizer import Recognizer
     from trainer.models.dlib_resnet import default_dat_path
