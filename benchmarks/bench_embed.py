@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import face_recognition_models as frm
     import onnxruntime as ort
 
-    from sdk.embed import DlibConfig
+    from sdk.embed import EmbedConfig
     from sdk.embed_onnx import DlibOnnxEmbedder
     from sdk.models.dlib_onnx import build_dlib_onnx
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         builds.append((time.perf_counter() - t0) * 1e3)
     embedders = {}
     for th in args.threads:
-        e = DlibOnnxEmbedder(model, None, DlibConfig(chip_landmarks="mtcnn5"), threads=th, batch_size=max(args.batches))
+        e = DlibOnnxEmbedder(model, None, EmbedConfig(chip_landmarks="mtcnn5", threads=th, batch_size=max(args.batches)))
         sessions.append(e.session_s * 1e3)
         embedders[th] = e
     t0 = time.perf_counter()
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if rec is not None:
             cases[f"dlib/batch{b}"] = ((lambda batch=batch: rec.compute_face_descriptor(batch, 0)), b)
         for th, e in embedders.items():
-            cases[f"onnx/threads{th}/batch{b}"] = ((lambda e=e, batch=batch: e.descriptors(batch)), b)
+            bgr = np.stack([c[:, :, ::-1] for c in batch])  # SDK embedders read BGR crops
+            cases[f"onnx/threads{th}/batch{b}"] = ((lambda e=e, bgr=bgr: e.descriptors(bgr)), b)
 
     samples: dict[str, list[float]] = {k: [] for k in cases}
     per_round: dict[str, list[float]] = {k: [] for k in cases}
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parity = None
     if rec is not None:
         ref = np.array([np.array(rec.compute_face_descriptor(c, 0)) for c in chips])
-        parity = {f"threads{th}": float(np.abs(e.descriptors(chips) - ref).max()) for th, e in embedders.items()}
+        bgr = np.stack([c[:, :, ::-1] for c in chips])
+        parity = {f"threads{th}": float(np.abs(e.descriptors(bgr) - ref).max()) for th, e in embedders.items()}
 
     report = {
         "meta": {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__,

@@ -149,8 +149,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from sdk.bundle import builtin_bundles, load_bundle
 
     b = load_bundle(args.model)
-    info = {"bundle": b.name, "mode": b.mode, "root": str(b.root), "builtin_bundles": builtin_bundles(), "match": b.match,
-            "stages": {k: (None if v is None else {"kind": v.kind, "files": {r: str(f.path) for r, f in v.files.items()}})
+    info = {"bundle": b.name, "mode": b.mode, "root": str(b.root), "format_version": b.format_version,
+            "builtin_bundles": builtin_bundles(), "match": b.match,
+            "stages": {k: (None if v is None else {"kind": v.kind, "files": {r: str(f.path) for r, f in v.files.items()},
+                                                   "preprocess": None if v.preprocess is None else v.preprocess.to_dict()})
                        for k, v in b.stages.items()},
             "cuda": _native.cuda_info()}
     if args.gallery:

@@ -34,6 +34,7 @@ def people(tmp_path_factory, astronaut_bgr, camera_bgr):
     return root
 
 
+@pytest.mark.slow
 def test_enroll_folder_then_identify(tmp_path, people, astronaut_bgr):
     db = tmp_path / "g.db"
     r = run("enroll", "--gallery", str(db), "--folder", str(people))
@@ -56,6 +57,7 @@ def test_enroll_folder_then_identify(tmp_path, people, astronaut_bgr):
     assert "astronaut" in r.stdout and "threshold" in r.stdout
 
 
+@pytest.mark.slow
 def test_enroll_strict_aborts_without_writing(tmp_path, people):
     db = tmp_path / "g.db"
     r = run("enroll", "--gallery", str(db), "--strict", "astronaut", str(people / "astronaut"))
@@ -73,12 +75,14 @@ def test_foreign_gallery_gives_clear_cli_error(tmp_path):
     assert r.returncode == 2 and "some-other-model" in r.stderr
 
 
+@pytest.mark.slow
 def test_verify_exit_codes(tmp_path, people):
     a = people / "astronaut"
     assert run("verify", str(a / "a1.png"), str(a / "a2.jpg")).returncode == 0
     assert run("verify", str(a / "a1.png"), str(people / "cameraman" / "c1.png")).returncode == 1
 
 
+@pytest.mark.slow
 def test_bench_writes_per_stage_json(tmp_path):
     out = tmp_path / "bench.json"
     r = run("bench", "--frames", "6", "--gallery-size", "500", "--out", str(out), "-q")
@@ -90,6 +94,7 @@ def test_bench_writes_per_stage_json(tmp_path):
         "detect (dlib HOG / MTCNN)", "align (cv2 / C++)", "match (numpy / C++)"}
 
 
+@pytest.mark.slow
 def test_demo_main_job(tmp_path):
     r = run("demo", "--out", str(tmp_path / "demo"), "-q")
     assert r.returncode == 0, r.stdout + r.stderr

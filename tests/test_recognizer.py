@@ -67,6 +67,7 @@ def test_verify(recognizer, astronaut_bgr, camera_bgr):
     assert not isinstance(e.value, GalleryError)
 
 
+@pytest.mark.slow
 def test_enroll_failing_half_way_loses_nothing(tmp_path, astronaut_bgr, coffee_bgr):
     db = tmp_path / "people.db"
     with Recognizer(gallery=db) as rec:
@@ -106,11 +107,12 @@ def test_stage_timings_are_returned_per_call(recognizer, astronaut_bgr):
     assert "detect" not in later and set(later) == {"segment", "align", "embed", "match"}
 
 
+@pytest.mark.slow
 def test_concurrent_calls_give_the_serial_answers(recognizer, astronaut_bgr, camera_bgr):
     """One Recognizer, four threads: every result (and every call's timings) is the one a lone call gives."""
     face = recognizer.detect(astronaut_bgr)[0]
     masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
-    frames = [astronaut_bgr, masked, camera_bgr, astronaut_bgr[:, ::-1].copy()] * 3
+    frames = [astronaut_bgr, masked, camera_bgr, astronaut_bgr[:, ::-1].copy()] * 2
     serial = [[(m.identity, m.similarity, m.occlusion) for m in recognizer.identify(f)] for f in frames]
 
     def one(f):
@@ -123,6 +125,7 @@ def test_concurrent_calls_give_the_serial_answers(recognizer, astronaut_bgr, cam
     assert all(set(t) == {"detect", "segment", "align", "embed", "match"} for _, t in got)
 
 
+@pytest.mark.slow
 def test_identify_enroll_and_verify_run_the_same_stages(astronaut_bgr):
     """With a completing bundle, a masked face is completed whether it is enrolled, verified or identified: the
     embedding a probe is matched with is the one enrolling the same image stores."""

@@ -125,6 +125,7 @@ def test_builtin_records_are_the_version1_conventions(name):
         assert _registry.lookup(stage, spec.kind).legacy_preprocess(old) == spec.preprocess
 
 
+@pytest.mark.slow
 def test_version1_manifest_gives_the_same_stages(manifest_copy, masked_astronaut_bgr):
     """A version-1 manifest (no records, old config.input/crop) still loads, with the same records and outputs."""
     folder, raw = manifest_copy("deocclusion-preview")
