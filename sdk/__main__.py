@@ -165,7 +165,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=None, help="bundle: built-in name ('baseline', default), bundle folder or manifest.json")
+    common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'deocclusion-preview'), bundle folder or manifest.json")
     common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match (default: the bundle's)")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
