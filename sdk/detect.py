@@ -158,11 +158,6 @@ def _load_session(path: str | Path, stage: str, threads: int, providers: Sequenc
 WEIGHTS_DIR = Path(__file__).resolve().parent / "models" / "mtcnn"
 
 
-def _package_dir() -> Path:
-    """Folder of the three networks shipped with the SDK (:data:`WEIGHTS_DIR`)."""
-    return WEIGHTS_DIR
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the bundle kind "mtcnn" (files pnet, rnet, onet; config: DetectorConfig fields and "providers")
 
@@ -288,7 +283,7 @@ class MTCNNDetector:
     def from_package(cls, config: DetectorConfig = DetectorConfig(),
                      providers: Sequence[str] = ("CPUExecutionProvider",)) -> "MTCNNDetector":
         """Load the networks shipped with the SDK (:data:`WEIGHTS_DIR`)."""
-        d = _package_dir()
+        d = WEIGHTS_DIR
         return cls(d / "pnet.onnx", d / "rnet.onnx", d / "onet.onnx", config=config, providers=providers)
 
     def prepare(self) -> "MTCNNDetector":

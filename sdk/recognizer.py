@@ -28,7 +28,7 @@ from sdk.bundle import Bundle, load_bundle
 from sdk.errors import BundleError, GalleryError, NoFaceError
 from sdk.frame import as_bgr, read_image
 from sdk.gallery import Gallery
-from sdk.stages import FACE_STAGES, Completer, Detector, Embedder, FaceBatch, FaceStage, Segmenter
+from sdk.stages import FACE_STAGES, Completer, Detector, Embedder, FaceBatch, FaceStage, Segmenter, Stage, timed
 from sdk.types import Face, Match
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Recognizer:
         if not isinstance(face_stages.get("embed"), Embedder):
             raise BundleError(f"bundle {self.bundle.name}: no embed stage")
         #: every stage by stage name, in pipeline order (detect first)
-        self.stages: dict[str, object] = {"detect": detector, **face_stages}
+        self.stages: dict[str, Stage] = {"detect": detector, **face_stages}
         self._face_stages = face_stages
         self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
         self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
@@ -136,7 +136,7 @@ class Recognizer:
     def prepare(self) -> "Recognizer":
         """Warm up every stage (first-call latency), returns self."""
         for stage in self.stages.values():
-            stage.prepare()  # type: ignore[attr-defined]
+            stage.prepare()
         return self
 
     def _run(self, bgr: np.ndarray, faces: Sequence[Face], timings: dict[str, float] | None = None,
@@ -150,8 +150,7 @@ class Recognizer:
         return batch
 
     def _detect(self, bgr: np.ndarray, timings: dict[str, float] | None = None) -> list[Face]:
-        batch = FaceBatch(bgr, [], timings)
-        with batch.timed("detect"):
+        with timed(timings, "detect"):
             return [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
 
     def detect(self, frame: np.ndarray) -> list[Face]:

@@ -41,6 +41,17 @@ FACE_STAGES = ("segment", "complete", "embed")
 
 
 # ------------------------------------------------------------------------------------------ per-call record
+@contextmanager
+def timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the seconds spent in the ``with`` block to ``timings[stage]`` (nothing when ``timings`` is None)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
 @dataclass
 class OcclusionRegions:
     """What a segment stage found, on its crops (``N`` faces).
@@ -96,15 +107,9 @@ class FaceBatch:
             return [None] * len(self.faces)
         return [float(p) for p in self.regions.probs]
 
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        """Add the seconds spent in the ``with`` block to ``timings[stage]`` (when timings are collected)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.timings is not None:
-                self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+    def timed(self, stage: str):
+        """Context manager: add the seconds spent in the block to ``timings[stage]`` (when they are collected)."""
+        return timed(self.timings, stage)
 
 
 # ---------------------------------------------------------------------------------------------- protocols
