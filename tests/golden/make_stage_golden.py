@@ -9,6 +9,9 @@ plus the segmenter's occlusion map and the inpainter's completed crop of the mas
 pins what the refactored stages must still produce (``tests/test_stage_parity.py``).  Inputs are seeded:
 the demo's probes (astronaut, flipped + rescaled, masked by ``sdk.occluders``), the camera man, and the
 astronaut with seeded uniform noise.  Arrays are small (< 100 KB compressed).
+
+Do not regenerate it to make a test pass: it is the *before* picture. The one intended change since
+(``embed_faces``/``enroll`` now complete occluded faces, as ``identify`` always did) is handled in the test.
 """
 from __future__ import annotations
 
