@@ -167,11 +167,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from sdk.schedule import ScheduleConfig
     from sdk.sources import SourceConfig, open_source
     from sdk.stream import Stream, StreamConfig
 
     cfg = StreamConfig(
-        detect_every=args.detect_every, recognize_every=args.recognize_every, target_fps=args.target_fps,
+        recognize_every=args.recognize_every,
+        schedule=ScheduleConfig(detect_every=args.detect_every, target_fps=args.target_fps),
         source=SourceConfig(realtime=args.realtime, loop=args.loop, folder_fps=args.fps,
                             max_reconnects=args.max_reconnects))
     if args.gallery is None:
@@ -200,9 +202,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
         bar.close()
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{'source':24s} {'frames':>7s} {'dropped':>7s} {'tracks':>6s} {'detections':>10s}  end")
+    print(f"{'source':24s} {'frames':>7s} {'dropped':>7s} {'tracks':>6s} {'full det':>8s} {'region det':>10s}  end")
     for s in summary["sources"]:
-        print(f"{s['name'][:24]:24s} {s['frames']:7d} {s['dropped']:7d} {s['tracks']:6d} {s['full_detections']:10d}  {s['end']}")
+        print(f"{s['name'][:24]:24s} {s['frames']:7d} {s['dropped']:7d} {s['tracks']:6d} {s['full_detections']:8d} "
+              f"{s['region_detections']:10d}  {s['end']}")
     ev = summary["events"]
     print(f"{summary['frames']} frames in {summary['wall_s']:.1f} s ({summary['fps']:.1f} frames/s); "
           f"{ev['track_started']} tracks, {ev['identified']} identified, {ev['identity_changed']} identity changes; "

@@ -12,8 +12,9 @@ candidates, its own decision (``Match.identity``, ``None`` below the threshold) 
 * **voting**: the name's weighted share of the looks whose own decision was that name.
 
 The decision is the best fused name when its fused similarity reaches the threshold *and* it carries at least
-``min_vote`` of the votes; otherwise ``None`` (unknown). Once a track has an identity, a different decision
-replaces it only after ``switch_after`` consecutive observations agree on it (hysteresis against one bad look).
+``min_vote`` of the votes; otherwise ``None`` (unknown). An unknown track takes a name as soon as the decision
+says so; once it has a name, a different decision (another name, or unknown) replaces it only after
+``switch_after`` consecutive observations agree on it (hysteresis against one bad look).
 """
 from __future__ import annotations
 
@@ -132,6 +133,10 @@ class IdentityVote:
             self._pending, self._pending_n = None, 0
             self.decision = new
             return new, False
+        if old.identity is None:  # unknown -> a name: the fused score and the vote are the evidence
+            self._pending, self._pending_n = None, 0
+            self.decision = new
+            return new, True
         if new.identity == self._pending:
             self._pending_n += 1
         else:

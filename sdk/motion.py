@@ -29,7 +29,7 @@ class MotionConfig:
         min_area: changed area outside the tracks, as a fraction of a ``min_face`` square, that triggers.
         scene_change: fraction of the whole frame that changed above which the scene is considered new.
         grow_x / grow_up / grow_down: how far a track's box is grown before it is masked out, in box widths
-            to each side and box heights up and down.
+            to each side and box heights up and down (hair, shoulders and torso move with the face).
     """
 
     width: int = 160
@@ -37,9 +37,9 @@ class MotionConfig:
     min_face: float = 20.0
     min_area: float = 0.5
     scene_change: float = 0.5
-    grow_x: float = 0.8
-    grow_up: float = 0.6
-    grow_down: float = 1.8
+    grow_x: float = 1.2
+    grow_up: float = 0.8
+    grow_down: float = 3.0
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,10 @@ class Source:
         self._lock = threading.Lock()
         self._mailbox: deque[FramePacket] = deque(maxlen=1 if (self.live or config.realtime) else config.queue_size)
         self._space = threading.Condition(self._lock)
+        self._avail = threading.Condition(self._lock)
         self._files: list[Path] = []
         self._cap: cv2.VideoCapture | None = None
+        self._frame_count: int | None = None
         self.width = self.height = 0
         self.fps = config.folder_fps
         self._open_first()
@@ -212,16 +214,15 @@ class Source:
         self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.5 < fps < 1000 else self.config.folder_fps
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self.kind == "file" else 0
+        self._frame_count = n if n > 0 else None
 
     @property
     def frame_count(self) -> int | None:
         """Frames in a file or folder (``None`` for live sources or when the container does not say)."""
         if self.kind == "folder":
             return len(self._files)
-        if self.kind == "file" and self._cap is not None:
-            n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            return n if n > 0 else None
-        return None
+        return self._frame_count
 
     def describe(self) -> dict:
         """Fields of the ``source_started`` event."""
@@ -248,9 +249,12 @@ class Source:
         if self.end_reason is None:
             self.end_reason = "stopped"
 
-    def get(self) -> FramePacket | None:
-        """The next frame (files) or the latest one (live / realtime), or ``None`` when none is waiting."""
+    def get(self, timeout: float = 0.0) -> FramePacket | None:
+        """The next frame (files) or the latest one (live / realtime); ``None`` when none arrived within
+        ``timeout`` seconds (0: do not wait) or the source has ended."""
         with self._lock:
+            if not self._mailbox and timeout > 0 and not self._done.is_set():
+                self._avail.wait_for(lambda: self._mailbox or self._done.is_set(), timeout)
             if not self._mailbox:
                 return None
             pkt = self._mailbox.popleft()
@@ -276,6 +280,7 @@ class Source:
                 if self._stop.is_set():
                     return False
                 self._mailbox.append(pkt)
+            self._avail.notify_all()
         self.wake.set()
         return True
 
@@ -305,7 +310,9 @@ class Source:
             if self._cap is not None:
                 self._cap.release()
                 self._cap = None
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                self._avail.notify_all()
             self.wake.set()
 
     def _pace(self, t0: float, index: int) -> bool:

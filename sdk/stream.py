@@ -6,13 +6,12 @@ Data flow (one capture thread per source, everything else in the thread that cal
       -> tracker (sdk.track) -> recognition of the tracks that need it, batched across sources
       (sdk.batch) -> identity voting (sdk.identity) -> events (sdk.events) [-> annotated video]
 
-Detection runs on full frames only when needed. Between full detections each track is re-detected around
-its Kalman prediction (``detector.refine``: MTCNN's O-Net on one 48x48 crop, ~1 ms; a detector without
-``refine`` is run on a crop around the prediction instead). A full detection runs when a new face may have
-appeared (motion outside the tracked faces, a scene change, a track lost) but no more often than the
-detection budget allows (``detect_budget`` of the frame time at ``target_fps``, from the measured cost of the
-detector: every ~10th frame for a 150 ms detector at 25 FPS, every frame for a 10 ms one), and at least every
-``max_detect_interval_s``. ``detect_every=K`` replaces that policy by a fixed period.
+Detection runs on full frames only when needed. Between detections each track is re-detected around its
+Kalman prediction (``detector.refine``: MTCNN's O-Net on one 48x48 crop, ~1 ms; a detector without
+``refine`` is run on a crop around the prediction instead). The detector itself runs only where a new face
+may have appeared (:mod:`sdk.schedule`): on a region where something moved outside the tracked faces or a
+track was just lost, on the full frame after a scene change and at least every ``max_interval_s``, paced by
+a time budget measured from the detector's real cost (a slow detector runs rarely, a fast one often).
 
 A track is recognised when it is born, when its face quality (:mod:`sdk.quality`) rises by ``quality_gain``
 over the best look recognised so far, and every ``recognize_every`` frames; never more than
@@ -40,6 +39,7 @@ from sdk.frame import as_bgr
 from sdk.identity import IdentityVote, VoteConfig
 from sdk.motion import MotionConfig, MotionGate
 from sdk.quality import QualityConfig, face_quality
+from sdk.schedule import DetectionScheduler, Plan, ScheduleConfig
 from sdk.sources import FramePacket, Source, SourceConfig, open_source
 from sdk.stream_stats import Ring, StageStats
 from sdk.track import Track, Tracker, TrackerConfig, TrackState, iou_matrix
@@ -62,11 +62,8 @@ class StreamConfig:
     """Settings of :class:`Stream` (frames are source frames; times are seconds).
 
     Attributes:
-        tracker, vote, quality, motion, source: settings of the parts (see their modules).
-        detect_every: run a full-frame detection every K frames (0 = the adaptive policy of the module doc).
-        target_fps: frame rate the adaptive policy budgets for.
-        detect_budget: share of the frame time (1 / target_fps) that full detections may take on average.
-        max_detect_interval_s: a full detection runs at least this often (source time), motion or not.
+        tracker, vote, quality, motion, schedule, source: settings of the parts (see their modules;
+            ``schedule`` decides when the full-frame detector runs, :mod:`sdk.schedule`).
         recognize_every: re-recognise each track every N frames.
         recognize_min_gap: frames between two recognitions of one track triggered by better quality.
         quality_gain: quality rise (0-1) over the best recognised look that triggers a recognition.
@@ -80,11 +77,8 @@ class StreamConfig:
     vote: VoteConfig = VoteConfig()
     quality: QualityConfig = QualityConfig()
     motion: MotionConfig = MotionConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     source: SourceConfig = SourceConfig()
-    detect_every: int = 0
-    target_fps: float = 25.0
-    detect_budget: float = 0.3
-    max_detect_interval_s: float = 2.0
     recognize_every: int = 25
     recognize_min_gap: int = 3
     quality_gain: float = 0.15
@@ -94,10 +88,8 @@ class StreamConfig:
     event_candidates: int = 3
 
     def __post_init__(self) -> None:
-        if self.detect_every < 0 or self.recognize_every < 1 or self.recognize_min_gap < 0:
-            raise ValueError("detect_every must be >= 0, recognize_every >= 1, recognize_min_gap >= 0")
-        if self.target_fps <= 0 or not 0 < self.detect_budget <= 1 or self.max_detect_interval_s <= 0:
-            raise ValueError("need target_fps > 0, 0 < detect_budget <= 1, max_detect_interval_s > 0")
+        if self.recognize_every < 1 or self.recognize_min_gap < 0:
+            raise ValueError("need recognize_every >= 1 and recognize_min_gap >= 0")
         if self.max_recognitions < 1 or self.refine_context <= 0 or self.refine_lost < 0:
             raise ValueError("need max_recognitions >= 1, refine_context > 0, refine_lost >= 0")
 
@@ -129,10 +121,7 @@ class _Lane:
     writer: cv2.VideoWriter | None = None
     out_path: Path | None = None
     frames: int = 0
-    last_detect: int = -(10 ** 9)
-    need_detect: bool = True
-    detect_ms: float = 0.0  # running estimate of one full detection's cost
-    detections: int = 0
+    scheduler: DetectionScheduler | None = None  # created at the first frame (its size)
     closed: bool = False
     last: FramePacket | None = None
     tracks_started: int = 0
@@ -239,7 +228,10 @@ class Stream:
                 for ln in self._lanes:
                     if ln.closed:
                         continue
-                    pkt = ln.source.get()
+                    # files (not realtime) go in lock-step: wait briefly for the reader so that every source
+                    # contributes a frame to each step (full batches); live sources give what they have
+                    lockstep = not (ln.source.live or ln.source.config.realtime)
+                    pkt = ln.source.get(timeout=1.0 if lockstep else 0.0)
                     if pkt is not None:
                         batch.append((ln, pkt))
                     elif ln.source.finished:
@@ -267,7 +259,9 @@ class Stream:
                 "identify_latency_ms": self.latency_ms.summary(), **self.stats.summary(),
                 "sources": [{"name": ln.source.name, "kind": ln.source.kind, "frames": ln.frames,
                              "read": ln.source.frames_read, "dropped": ln.source.dropped,
-                             "reconnects": ln.source.reconnects, "full_detections": ln.detections,
+                             "reconnects": ln.source.reconnects,
+                             "full_detections": ln.scheduler.full_detections if ln.scheduler else 0,
+                             "region_detections": ln.scheduler.region_detections if ln.scheduler else 0,
                              "tracks": ln.tracks_started, "end": ln.source.end_reason} for ln in self._lanes],
                 "stopped": self.stop_reason}
 
@@ -312,24 +306,19 @@ class Stream:
         seen = [tk.predicted_box for tk in tr.tracks if tk.state in (TrackState.ACTIVE, TrackState.TENTATIVE)]
         motion = ln.motion.update(bgr, seen)
         tm["motion"] = 1e3 * (time.perf_counter() - t)
-        if motion.outside or motion.scene_change or any(tk.state is TrackState.LOST for tk in tr.tracks):
-            ln.need_detect = True
-        since = pkt.index - ln.last_detect
-        if cfg.detect_every > 0:
-            full = since >= cfg.detect_every
-        else:
-            gap = math.ceil(ln.detect_ms * 1e-3 * cfg.target_fps / cfg.detect_budget)
-            full = (ln.need_detect and since >= gap) or since >= cfg.max_detect_interval_s * ln.source.fps
+        H, W = bgr.shape[:2]
+        if ln.scheduler is None or ln.scheduler.size != (W, H):
+            ln.scheduler = DetectionScheduler(cfg.schedule, ln.source.fps, (W, H))
+        just_lost = [tk.predicted_box for tk in tr.tracks if tk.state is TrackState.LOST and tk.lost_frames == 1]
+        plan = ln.scheduler.plan(pkt.index, motion, just_lost)
         search = [tk for tk in tr.tracks if tk.state is not TrackState.LOST or tk.lost_frames <= cfg.refine_lost]
-        if full:
+        if plan is not None:
             t = time.perf_counter()
-            faces = self.rec.detector.detect(bgr)
+            faces = self._detect(bgr, plan)
             ms = 1e3 * (time.perf_counter() - t)
             tm["detect"] = ms
-            self.stats.call("detect", ms)
-            ln.detect_ms = ms if ln.detections == 0 else 0.8 * ln.detect_ms + 0.2 * ms
-            ln.detections += 1
-            ln.last_detect, ln.need_detect = pkt.index, False
+            self.stats.call("detect" if plan.full else "detect_region", ms)
+            ln.scheduler.done(pkt.index, plan, ms)
             t = time.perf_counter()
             tr.associate(faces)
             tm["track"] = 1e3 * (time.perf_counter() - t)
@@ -369,6 +358,16 @@ class Stream:
             requests.append((prio, -since_rec, tk.id, ln, pkt, tk, q))
         tm["track"] = tm.get("track", 0.0) + 1e3 * (time.perf_counter() - t)
         return requests
+
+    def _detect(self, bgr: np.ndarray, plan: Plan) -> list[Face]:
+        """Run the detector on the whole frame or on the plan's region (faces in frame pixels)."""
+        if plan.full:
+            return self.rec.detector.detect(bgr)
+        x1, y1, x2, y2 = plan.region
+        if x2 - x1 < 24 or y2 - y1 < 24:
+            return []
+        d = np.array([x1, y1], np.float32)
+        return [Face(f.box + np.tile(d, 2), f.landmarks + d, f.score) for f in self.rec.detector.detect(bgr[y1:y2, x1:x2])]
 
     def _redetect(self, bgr: np.ndarray, boxes: list[np.ndarray]) -> list[Face | None]:
         """Faces found around predicted boxes: ``detector.refine`` or, without it, detection on a crop."""
@@ -500,7 +499,7 @@ class Stream:
         for i, ln in enumerate(self._lanes):
             path = out if len(self._lanes) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
             src = ln.source
-            fps = src.fps if not src.live else self.config.target_fps
+            fps = src.fps if not src.live else self.config.schedule.target_fps
             w = cv2.VideoWriter(str(path), fourcc, float(fps), (src.width, src.height))
             if not w.isOpened() or src.width <= 0:
                 w.release()
