@@ -47,8 +47,9 @@ class StageStats:
 
     def __init__(self, stages: tuple[str, ...], capacity: int = 65536):
         self.stages = stages
+        self.capacity = capacity
         self.per_frame = {s: Ring(capacity) for s in stages}
-        self.per_call = {s: Ring(capacity) for s in stages}
+        self.per_call: dict[str, Ring] = {}  # any name; created at its first call
 
     def frame(self, times_ms: dict[str, float]) -> None:
         """Record one frame: ``times_ms`` maps stages that ran on it to their milliseconds."""
@@ -57,6 +58,8 @@ class StageStats:
 
     def call(self, stage: str, ms: float) -> None:
         """Record one call of ``stage`` (a full detection, a batched recognition)."""
+        if stage not in self.per_call:
+            self.per_call[stage] = Ring(self.capacity)
         self.per_call[stage].add(ms)
 
     def summary(self) -> dict[str, dict]:
