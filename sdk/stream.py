@@ -243,6 +243,10 @@ class Stream:
                     self._wake.clear()
                     continue
                 self._step(batch)
+        except BaseException as e:  # still end every track and close everything (below), then re-raise
+            if self.stop_reason is None:
+                self.stop_reason = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+            raise
         finally:
             self.wall_s = time.perf_counter() - t0
             for ln in self._lanes:

@@ -257,3 +257,32 @@ def test_json_summary_is_serialisable(rec, two_people, tmp_path):
     json.dumps(s)
     assert s["frames"] == 5 and s["sources"][0]["full_detections"] == 5 and s["stopped"] == "max_frames"
     assert s["per_frame_ms"]["total"]["n"] == 5
+
+
+def test_identify_batch_splits_tall_canvases_and_maps_faces_back(monkeypatch):
+    """A fake recognizer reads each face's frame id from the canvas pixels at the face centre."""
+    import sdk.batch as batch
+    from sdk.types import Match
+
+    calls = []
+
+    class Fake:
+        def identify_faces(self, frame, faces):
+            calls.append(frame.shape)
+            out = []
+            for f in faces:
+                cx, cy = int((f.box[0] + f.box[2]) / 2), int((f.box[1] + f.box[3]) / 2)
+                out.append(Match(f.box, f.landmarks, f.score, None, f"frame{frame[cy, cx, 0]}", 1.0))
+            return out
+
+    monkeypatch.setattr(batch, "MAX_CANVAS", 400)
+    items = []
+    for k in range(5):
+        frame = np.full((300, 400, 3), 10 * (k + 1), np.uint8)
+        faces = [Face(np.array([x, 100, x + 40, 140], np.float32), np.zeros((5, 2), np.float32), 0.99) for x in (20, 300)]
+        items.append((frame, faces))
+    res = batch.identify_batch(Fake(), items)
+    assert len(calls) > 1 and all(h <= 400 for h, _, _ in calls)
+    for k, matches in enumerate(res):
+        assert [m.identity for m in matches] == [f"frame{10 * (k + 1)}"] * 2
+        np.testing.assert_allclose([m.box for m in matches], [f.box for f in items[k][1]], atol=1e-4)
