@@ -8,7 +8,7 @@ import pytest
 
 from _stream_util import MjpegServer, wait_for
 from sdk.batch import identify_batch, pack_regions
-from sdk.events import read_jsonl
+from sdk.events import FIELDS, read_jsonl
 from sdk.occluders import draw_surgical_mask
 from sdk.schedule import ScheduleConfig
 from sdk.sources import SourceConfig
@@ -127,6 +127,9 @@ def test_stream_tracks_and_identifies_two_people(rec, two_people, tmp_path):
     events = read_jsonl(ev_path)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "source_started" and kinds[-1] == "source_ended" and events[-1]["reason"] == "end_of_stream"
+    envelope = {"event", "source", "track", "frame", "ts", "captured", "emitted", "box"}
+    for e in events:  # exactly the documented schema
+        assert set(e) == envelope | set(FIELDS[e["event"]]), e["event"]
     started = [e for e in events if e["event"] == "track_started"]
     ended = {e["track"]: e for e in events if e["event"] == "track_ended"}
     assert len(started) == 2 and set(ended) == {e["track"] for e in started}
