@@ -11,9 +11,12 @@ between detections by track-guided re-detection (``detector.refine``), so the de
   track was just lost, only that area (grown by ``region_margin``) is searched, at a cost proportional to
   its area.
 
-and it paces them with a time budget (a token bucket): every frame adds ``detect_budget / target_fps``
-seconds, a detection spends what it really took, and a needed detection waits until the bucket holds its
-estimated cost, but never longer than ``max_delay_s``. A slow detector is therefore run rarely (new faces
+and it paces them with a time budget (a token bucket): every processed frame adds ``detect_budget /
+target_fps`` seconds, a detection spends what it really took, and a needed detection waits until the bucket
+holds its estimated cost, but never longer than ``max_delay_s``. Delays and intervals are counted in
+*processed* frames (``seconds * target_fps``), not in source frames: a live source on an overloaded machine
+skips frames, and counting those would force a detection on every processed frame, which is exactly what the
+overloaded machine cannot afford. A slow detector is therefore run rarely (new faces
 are found up to ``max_delay_s`` late) and a fast one on every frame where something may have appeared, with
 the same code. ``detect_every=K`` replaces all of this by a full detection every K frames.
 """
@@ -32,7 +35,7 @@ __all__ = ["ScheduleConfig", "Plan", "DetectionScheduler"]
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Settings of :class:`DetectionScheduler` (times in seconds of the source's clock, i.e. frames / fps).
+    """Settings of :class:`DetectionScheduler` (seconds become processed frames at ``target_fps``).
 
     Attributes:
         detect_every: a full detection every K frames and nothing else (0 = the budgeted policy).
@@ -77,13 +80,12 @@ class DetectionScheduler:
 
     Args:
         config: :class:`ScheduleConfig`.
-        fps: the source's frame rate (converts the config's seconds to frames).
         size: ``(width, height)`` of the source's frames, pixels.
     """
 
-    def __init__(self, config: ScheduleConfig, fps: float, size: tuple[int, int]):
+    def __init__(self, config: ScheduleConfig, size: tuple[int, int]):
         self.config = config
-        self.fps = float(fps) if fps and fps > 0 else config.target_fps
+        self.step = -1  # processed frames so far - 1
         self.size = (int(size[0]), int(size[1]))
         self.frame_budget_ms = 1e3 * config.detect_budget / config.target_fps
         self.ms_per_px: float | None = None  # measured cost of detection per pixel searched
@@ -96,7 +98,7 @@ class DetectionScheduler:
         self.region_detections = 0
 
     def _frames(self, seconds: float) -> int:
-        return max(1, int(round(seconds * self.fps)))
+        return max(1, int(round(seconds * self.config.target_fps)))
 
     def _estimate(self, region: tuple[int, int, int, int] | None) -> float:
         """Expected milliseconds of a detection (regions: proportional to area, plus a fixed overhead)."""
@@ -122,15 +124,16 @@ class DetectionScheduler:
             return a
         return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
-    def plan(self, frame: int, motion: Motion, lost_boxes: Sequence[np.ndarray] = ()) -> Plan | None:
-        """What to detect in frame ``frame`` (``None``: nothing; track-guided re-detection only).
+    def plan(self, motion: Motion, lost_boxes: Sequence[np.ndarray] = ()) -> Plan | None:
+        """What to detect in the next processed frame (``None``: nothing; track-guided re-detection only).
 
         Args:
-            frame: the frame's index in its source.
             motion: the motion gate's verdict on this frame.
             lost_boxes: predicted boxes of tracks lost in the previous frame (searched as a region).
         """
         cfg = self.config
+        self.step += 1
+        frame = self.step
         if self.ms_per_px is not None:  # refill the bucket, holding at most one full detection's worth
             cap = max(self._estimate(None), self.frame_budget_ms)
             self.bucket_ms = min(self.bucket_ms + self.frame_budget_ms, cap)
@@ -170,8 +173,9 @@ class DetectionScheduler:
         if self.need_region_since is None:
             self.need_region_since = frame
 
-    def done(self, frame: int, plan: Plan, ms: float) -> None:
-        """Record that ``plan`` ran on frame ``frame`` and took ``ms`` milliseconds."""
+    def done(self, plan: Plan, ms: float) -> None:
+        """Record that ``plan`` ran on the frame of the last :meth:`plan` and took ``ms`` milliseconds."""
+        frame = self.step
         W, H = self.size
         area = W * H if plan.full else max(1, (plan.region[2] - plan.region[0]) * (plan.region[3] - plan.region[1]))
         if plan.full:  # the per-pixel cost is learnt from full frames (regions carry a larger fixed overhead)

@@ -69,7 +69,7 @@ class StreamConfig:
         quality_gain: quality rise (0-1) over the best recognised look that triggers a recognition.
         max_recognitions: faces recognised per step at most (the others wait for the next step).
         refine_context: crop side for track-guided re-detection, relative to the predicted box's longer side.
-        refine_lost: frames a lost track is still searched for around its predicted box.
+        refine_lost: processed frames a lost track is still searched for around its predicted box.
         event_candidates: candidates listed in ``identified`` / ``identity_changed`` events.
     """
 
@@ -312,24 +312,28 @@ class Stream:
         tm["motion"] = 1e3 * (time.perf_counter() - t)
         H, W = bgr.shape[:2]
         if ln.scheduler is None or ln.scheduler.size != (W, H):
-            ln.scheduler = DetectionScheduler(cfg.schedule, ln.source.fps, (W, H))
-        just_lost = [tk.predicted_box for tk in tr.tracks if tk.state is TrackState.LOST and tk.lost_frames == 1]
-        plan = ln.scheduler.plan(pkt.index, motion, just_lost)
-        search = [tk for tk in tr.tracks if tk.state is not TrackState.LOST or tk.lost_frames <= cfg.refine_lost]
+            ln.scheduler = DetectionScheduler(cfg.schedule, (W, H))
+        just_lost = [tk.predicted_box for tk in tr.tracks if tk.state is TrackState.LOST and tk.misses == 1]
+        plan = ln.scheduler.plan(motion, just_lost)
+        search = [tk for tk in tr.tracks if tk.state is not TrackState.LOST or tk.misses <= cfg.refine_lost]
         if plan is not None:
             t = time.perf_counter()
             faces = self._detect(bgr, plan)
             ms = 1e3 * (time.perf_counter() - t)
             tm["detect"] = ms
             self.stats.call("detect" if plan.full else "detect_region", ms)
-            ln.scheduler.done(pkt.index, plan, ms)
+            ln.scheduler.done(plan, ms)
             t = time.perf_counter()
             tr.associate(faces)
             tm["track"] = 1e3 * (time.perf_counter() - t)
             search = [tk for tk in search if not tk.matched and tk.is_born]
         if search:
             t = time.perf_counter()
-            found = self._redetect(bgr, [tk.predicted_box for tk in search])
+            # a wider search where the prediction is unsure: frames were skipped since the last sighting and
+            # the track has no reliable velocity yet (few sightings) or was lost
+            unsure = [min(0.4, 0.1 * (pkt.index - tk.last_frame - 1))
+                      if tk.state is not TrackState.ACTIVE or tk.hits < 5 else 0.0 for tk in search]
+            found = self._redetect(bgr, [tk.predicted_box for tk in search], unsure)
             tm["refine"] = 1e3 * (time.perf_counter() - t)
             for tk, f in zip(search, found):
                 tr.assign(tk, f)
@@ -373,18 +377,36 @@ class Stream:
         d = np.array([x1, y1], np.float32)
         return [Face(f.box + np.tile(d, 2), f.landmarks + d, f.score) for f in self.rec.detector.detect(bgr[y1:y2, x1:x2])]
 
-    def _redetect(self, bgr: np.ndarray, boxes: list[np.ndarray]) -> list[Face | None]:
-        """Faces found around predicted boxes: ``detector.refine`` or, without it, detection on a crop."""
+    def _redetect(self, bgr: np.ndarray, boxes: list[np.ndarray], search: list[float]) -> list[Face | None]:
+        """Faces found around predicted boxes: ``detector.refine`` or, without it, detection on a crop.
+
+        ``search[i] > 0`` asks for a wider search around box ``i`` (its prediction is unsure: frames were
+        skipped since the track was last seen, and a new track has no velocity yet): with ``refine`` the box is also tried
+        shifted by ``search[i]`` box sides left, right, up and down, and the best-scoring face is kept.
+        """
         if self._refine is not None:
-            return list(self._refine(bgr, np.asarray(boxes, np.float64)))
+            tries, owner = [], []
+            for i, (b, r) in enumerate(zip(boxes, search)):
+                b = np.asarray(b, np.float64)
+                side = max(b[2] - b[0], b[3] - b[1])
+                shifts = [(0.0, 0.0)] + ([(r, 0.0), (-r, 0.0), (0.0, r), (0.0, -r)] if r > 0 else [])
+                for dx, dy in shifts:
+                    tries.append(b + side * np.array([dx, dy, dx, dy]))
+                    owner.append(i)
+            found = list(self._refine(bgr, np.asarray(tries)))
+            best: list[Face | None] = [None] * len(boxes)
+            for i, f in zip(owner, found):  # the first try of each box is the prediction: it wins ties
+                if best[i] is None or f.score > best[i].score + 1e-3:
+                    best[i] = f
+            return best
         out: list[Face | None] = []
         H, W = bgr.shape[:2]
-        for b in boxes:  # fallback for detectors without refine: detect in a crop twice the box's size
+        for b, r in zip(boxes, search):  # without refine: detect in a crop twice the box's size (or wider)
             x1, y1, x2, y2 = (float(v) for v in b)
-            side = max(x2 - x1, y2 - y1)
+            half = max(x2 - x1, y2 - y1) * (1.0 + r)
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            X1, Y1 = max(0, int(cx - side)), max(0, int(cy - side))
-            X2, Y2 = min(W, int(math.ceil(cx + side))), min(H, int(math.ceil(cy + side)))
+            X1, Y1 = max(0, int(cx - half)), max(0, int(cy - half))
+            X2, Y2 = min(W, int(math.ceil(cx + half))), min(H, int(math.ceil(cy + half)))
             if X2 - X1 < 24 or Y2 - Y1 < 24:
                 out.append(None)
                 continue

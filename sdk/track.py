@@ -170,7 +170,9 @@ class Track:
         face: the last face observed (box, 5 landmarks, detector score), frame pixels.
         state: :class:`TrackState`.
         first_frame / last_frame: frame indices of the first and of the last observation.
-        hits: frames with an observation; ``lost_frames``: frames since the last one.
+        hits: frames with an observation (a tentative track is removed at its first miss, so its hits are
+            consecutive processed frames); ``lost_frames``: source frames since the last one; ``misses``:
+            processed frames since the last one (differs from ``lost_frames`` when frames were skipped).
         matched: observed in the current frame (reset by :meth:`Tracker.predict`).
         end_reason: why it ended: ``"lost"`` (unseen for more than ``max_lost`` frames), ``"merged"`` (a
             duplicate of an older track on the same face) or what :meth:`Tracker.end_all` was given.
@@ -185,6 +187,7 @@ class Track:
     state: TrackState = TrackState.TENTATIVE
     hits: int = 1
     lost_frames: int = 0
+    misses: int = 0
     matched: bool = True
     end_reason: str | None = None
     data: dict = field(default_factory=dict)
@@ -236,10 +239,16 @@ class Tracker:
 
     # -- frame protocol -----------------------------------------------------------------------------------
     def predict(self, frame: int) -> None:
-        """Start frame ``frame``: advance every track's filter one step and clear the ``matched`` flags."""
+        """Start frame ``frame``: advance every track's filter to it and clear the ``matched`` flags.
+
+        The filter steps once per source frame: when frames were skipped (a live source dropped some), it
+        steps over them too (at most ``max_lost + 1`` steps), so velocities stay per source frame.
+        """
+        steps = 1 if self.frame < 0 else min(max(int(frame) - self.frame, 1), self.config.max_lost + 1)
         self.frame = int(frame)
         for t in self.tracks:
-            t.kf.predict()
+            for _ in range(steps):
+                t.kf.predict()
             t.matched = False
 
     def assign(self, track: Track, face: Face | None) -> bool:
@@ -304,6 +313,7 @@ class Tracker:
                 t.state = TrackState.REMOVED  # a one-frame blip: never reported
             elif t.state is not TrackState.TENTATIVE:
                 t.lost_frames = self.frame - t.last_frame
+                t.misses += 1
                 t.state = TrackState.LOST
                 if t.lost_frames > cfg.max_lost:
                     t.state = TrackState.REMOVED
@@ -326,12 +336,10 @@ class Tracker:
     def _observe(self, track: Track, face: Face) -> None:
         track.kf.update(face.box)
         track.face = face
-        if track.last_frame == self.frame - 1 or track.state is TrackState.TENTATIVE:
+        if self.frame != track.last_frame:
             track.hits += 1
-        else:
-            track.hits = max(track.hits, 1)
         track.last_frame = self.frame
-        track.lost_frames = 0
+        track.lost_frames = track.misses = 0
         track.matched = True
 
     def _match(self, tracks: list[Track], faces: list[Face], min_iou: float) -> list[Face]:

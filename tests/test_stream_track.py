@@ -53,6 +53,15 @@ def test_kalman_follows_constant_velocity():
     np.testing.assert_allclose(kf.box, [120, 60, 170, 120], atol=1.5)
 
 
+def test_prediction_steps_over_dropped_frames():
+    tr = Tracker(TrackerConfig(min_hits=1))
+    for i in range(10):
+        step(tr, i, [face(10 + 5 * i, 50)])
+    [t] = tr.tracks
+    tr.predict(14)  # frames 10-13 were dropped: the face moved 5 px per frame meanwhile
+    assert t.predicted_box[0] == pytest.approx(10 + 5 * 14, abs=2)
+
+
 def test_birth_needs_min_hits_and_ids_are_stable_for_moving_faces():
     tr = Tracker(TrackerConfig(min_hits=2))
     born, _ = step(tr, 0, [face(10, 10), face(300, 80)])
