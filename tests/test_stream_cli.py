@@ -47,6 +47,7 @@ def check_complete(path: Path) -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 def test_cli_stream_file(setup, tmp_path):
     db, video, scene = setup
     ev, out, summ = tmp_path / "events.jsonl", tmp_path / "annotated.mp4", tmp_path / "summary.json"
@@ -70,6 +71,7 @@ def test_cli_stream_bad_source_is_a_clear_error(setup, tmp_path):
     assert r.returncode == 2 and "--events" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_loses_no_event_and_closes_the_video(setup, tmp_path, sig):
     db, video, _ = setup
