@@ -266,7 +266,7 @@ def plot(report: dict, path: Path) -> None:
     rows = report["results"]
     names = list(rows)
     soak_data = report.get("soak")
-    fig, axes = plt.subplots(1, 3 if not soak_data else 4, figsize=(18 if not soak_data else 23, 5))
+    fig, axes = plt.subplots(1, 4 if not soak_data else 5, figsize=(23 if not soak_data else 28, 5))
     x = np.arange(len(names))
     ours = [rows[n]["ours"]["fps"] for n in names]
     base = [rows[n]["baseline"]["fps"] for n in names]
@@ -300,12 +300,25 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("ms")
     ax.set_title("face appears -> identified (real time)")
     ax.legend(fontsize=8)
+    ax = axes[3]
+    cpu_o = [rows[n]["ours"].get("cpu_ms_per_frame", 0) for n in names]
+    cpu_b = [rows[n]["baseline"].get("cpu_ms_per_frame", 0) for n in names]
+    ax.bar(x - 0.2, cpu_o, 0.4, label="ours")
+    ax.bar(x + 0.2, cpu_b, 0.4, label="baseline")
+    for i in range(len(names)):
+        if cpu_o[i]:
+            ax.text(i - 0.2, cpu_o[i], f"{cpu_o[i]:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("CPU ms per frame (all threads)")
+    ax.set_title("CPU time per frame (less sensitive to machine load)")
+    ax.legend(fontsize=8)
     if soak_data:
         t, m = zip(*soak_data["rss_samples"])
-        axes[3].plot(t, m)
-        axes[3].set_xlabel("s")
-        axes[3].set_ylabel("RSS MiB")
-        axes[3].set_title(f"soak: RSS growth after 60 s {soak_data['rss_growth_pct_after_60s']:+.1f}%")
+        axes[4].plot(t, m)
+        axes[4].set_xlabel("s")
+        axes[4].set_ylabel("RSS MiB")
+        axes[4].set_title(f"soak: RSS growth after 60 s {soak_data['rss_growth_pct_after_60s']:+.1f}%")
     fig.suptitle(f"LookThrough stream benchmark - {report['machine'].get('cpu', '?')}, {report['machine']['cpu_count']} "
                  f"cores (shared), load {report['load_before']} -> {report['load_after']}", fontsize=10)
     fig.tight_layout()
@@ -324,8 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-extras", action="store_true", help="skip the detect-every-frame and fast-detector rows")
     ap.add_argument("--soak", type=float, default=0.0, help="also loop the 640x480 4-face video this many seconds")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench_stream", help="rendered videos and event files")
+    ap.add_argument("--plot-only", type=Path, metavar="JSON", help="only redraw the PNG of an earlier report")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        report = json.loads(args.plot_only.read_text())
+        png = (args.out or args.plot_only).with_suffix(".png")
+        plot(report, png) if report.get("results") else plot_soak(report, png)
+        print(f"wrote {png}", file=sys.stderr)
+        return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args.work.mkdir(parents=True, exist_ok=True)
