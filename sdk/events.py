@@ -10,7 +10,9 @@ Every event has the same envelope::
 * ``source``: the source's name; ``track``: track id, unique within one stream (``null`` for source events);
 * ``frame``: index of the frame the event describes, counted from 0 per source (frames read, dropped
   ones included); ``ts``: that frame's time in seconds (position in a file, or UNIX time of capture for live
-  sources); ``captured``: UNIX time the frame was read; ``emitted``: UNIX time the event was written;
+  sources); ``captured``: UNIX time the frame was read; ``emitted``: UNIX time the event was written.
+  Source events describe the source's last frame read, and their ``ts`` and ``captured`` are the UNIX time
+  of the event;
 * ``box``: ``[x1, y1, x2, y2]`` frame pixels of the track's face in that frame (``null`` for source events).
 
 Kind fields are documented at :data:`FIELDS`. :class:`EventSink` writes each event with one ``write`` and a
