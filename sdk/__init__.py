@@ -24,8 +24,12 @@ def __getattr__(name: str):  # lazy: importing sdk must stay cheap and not need 
         from sdk.gallery import Gallery
 
         return Gallery
+    if name in ("Stream", "StreamConfig"):
+        from sdk import stream
+
+        return getattr(stream, name)
     raise AttributeError(f"module 'sdk' has no attribute {name!r}")
 
 
-__all__ = ["Recognizer", "RecognizerConfig", "Verification", "Gallery", "Face", "Match",
+__all__ = ["Recognizer", "RecognizerConfig", "Verification", "Gallery", "Stream", "StreamConfig", "Face", "Match",
            "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "NoFaceError", "__version__"]

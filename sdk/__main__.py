@@ -9,6 +9,7 @@ Examples::
     python -m sdk verify a.jpg b.jpg
     python -m sdk bench --out bench.json
     python -m sdk info --gallery people.db
+    python -m sdk stream lobby.mp4 rtsp://cam/live --gallery people.db --events events.jsonl --out annotated.mp4
 """
 from __future__ import annotations
 
@@ -163,6 +164,70 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from sdk.schedule import ScheduleConfig
+    from sdk.sources import SourceConfig, open_source
+    from sdk.stream import Stream, StreamConfig
+
+    cfg = StreamConfig(
+        recognize_every=args.recognize_every,
+        schedule=ScheduleConfig(detect_every=args.detect_every, target_fps=args.target_fps),
+        source=SourceConfig(realtime=args.realtime, loop=args.loop, folder_fps=args.fps,
+                            max_reconnects=args.max_reconnects))
+    if args.gallery is None:
+        log.warning("no --gallery: every face will be reported as unknown")
+    rec = _recognizer(args)
+    sources = [open_source(s, config=cfg.source) for s in args.sources]  # errors before anything runs
+    total = None if (args.loop or any(s.live for s in sources)) else sum(s.frame_count or 0 for s in sources) or None
+    if args.max_frames:
+        total = args.max_frames if total is None else min(total, args.max_frames)
+    bar = tqdm(total=total, desc="stream", unit="frame", disable=args.quiet, smoothing=0.1)
+    stream = Stream(rec, sources, events=args.events, out=args.out, config=cfg, on_frame=lambda p, t: bar.update(1))
+    signals = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+    def on_signal(signum, _frame):
+        if stream.stop_reason is not None and stream.stop_reason in signals.values():
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the orderly shutdown
+        log.warning("%s: stopping (writing the pending events, closing the video)", signals[signum])
+        stream.stop(signals[signum])
+
+    old = {s: signal.signal(s, on_signal) for s in signals}
+    try:
+        summary = stream.run(max_frames=args.max_frames, duration_s=args.duration)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        bar.close()
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{'source':24s} {'frames':>7s} {'dropped':>7s} {'tracks':>6s} {'full det':>8s} {'region det':>10s}  end")
+    for s in summary["sources"]:
+        print(f"{s['name'][:24]:24s} {s['frames']:7d} {s['dropped']:7d} {s['tracks']:6d} {s['full_detections']:8d} "
+              f"{s['region_detections']:10d}  {s['end']}")
+    ev = summary["events"]
+    print(f"{summary['frames']} frames in {summary['wall_s']:.1f} s ({summary['fps']:.1f} frames/s); "
+          f"{ev['track_started']} tracks, {ev['identified']} identified, {ev['identity_changed']} identity changes; "
+          f"events in {args.events}" + (f"; annotated video {args.out}" if args.out else ""))
+    return 130 if summary["stopped"] in signals.values() else 0
+
+
+STREAM_HELP = """Track and recognise faces in one or more video sources; events go to a JSON-lines file.
+
+Each source gets a capture thread; live sources (URLs, cameras) keep only the latest frame and reconnect
+with backoff when they drop; files are read frame by frame unless --realtime. Events: track_started,
+identified, identity_changed, track_ended, source_started/lost/reconnected/ended (schema in the README).
+Ctrl-C or SIGTERM stops cleanly: every track gets its track_ended, the video is closed (exit code 130).
+
+examples:
+  python -m sdk stream lobby.mp4 --gallery people.db --events events.jsonl --out annotated.mp4
+  python -m sdk stream door=rtsp://10.0.0.5/live 0 --gallery people.db --events events.jsonl
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'deocclusion-preview'), bundle folder or manifest.json")
@@ -198,6 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gallery-size", type=int, default=10000, help="gallery rows to search (default 10000)")
     s.add_argument("--out", help="also write the JSON report here")
     s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("stream", parents=[common, gal], help="recognise faces in videos, cameras and RTSP/HTTP streams",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=STREAM_HELP)
+    s.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video file, rtsp:// or http:// URL, camera index or image folder; NAME=SOURCE names it")
+    s.add_argument("--events", required=True, help="JSON-lines file the events are appended to")
+    s.add_argument("--out", help="annotated video (.mp4 or .avi; NAME_<i>.mp4 per source when there are several)")
+    s.add_argument("--realtime", action="store_true",
+                   help="play files and folders at their frame rate, dropping frames when behind (as a camera would)")
+    s.add_argument("--loop", action="store_true", help="start files and folders again at their end")
+    s.add_argument("--fps", type=float, default=25.0, help="frame rate of image folders (default 25)")
+    s.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (all sources)")
+    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--detect-every", type=int, default=0,
+                   help="full-frame detection every K frames (default 0: when needed, within a time budget)")
+    s.add_argument("--recognize-every", type=int, default=25, help="re-recognise each track every N frames (default 25)")
+    s.add_argument("--target-fps", type=float, default=25.0, help="frame rate the detection budget is planned for")
+    s.add_argument("--max-reconnects", type=int, default=None,
+                   help="give a lost live source up after this many attempts (default: retry forever)")
+    s.add_argument("--summary", help="also write the run's summary (fps, per-stage ms, counts) as JSON here")
+    s.set_defaults(fn=cmd_stream)
     s = sub.add_parser("info", parents=[common, gal], help="bundle, stages, files, CUDA and gallery facts")
     s.set_defaults(fn=cmd_info)
     return p
