@@ -50,19 +50,17 @@ namespace lt {
 namespace ca {
 
 // ---------------------------------------------------------------------------------------------
-// element access
+// element access: storage float32 or float16 (a runtime flag, uniform across the grid, so the
+// kernels are compiled once; the branch sits on loads that feed 16+ multiply-adds each)
 // ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-template <class T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) {
-    return v;
+__device__ __forceinline__ float ld(const void* p, int64_t i, int f16) {
+    return f16 ? __half2float(static_cast<const __half*>(p)[i]) : static_cast<const float*>(p)[i];
 }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) {
-    return __float2half_rn(v);
+__device__ __forceinline__ void st(void* p, int64_t i, float v, int f16) {
+    if (f16)
+        static_cast<__half*>(p)[i] = __float2half_rn(v);
+    else
+        static_cast<float*>(p)[i] = v;
 }
 
 struct F4 {
@@ -74,10 +72,10 @@ struct F4 {
 // ---------------------------------------------------------------------------------------------
 // dst (B, C, hp, wp): dst[n, c, yy, xx] = src[n, c, (yy-top)*rate, (xx-left)*rate] inside the
 // downscaled map (hd x wd), 0 outside.
-template <class T>
 __global__ void __launch_bounds__(kThreads)
-    pad_downscale_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t planes, int H,
-                         int W, int rate, int hd, int wd, int hp, int wp, int top, int left) {
+    pad_downscale_kernel(const void* __restrict__ src, void* __restrict__ dst, int64_t planes,
+                         int H, int W, int rate, int hd, int wd, int hp, int wp, int top, int left,
+                         int f16) {
     const int64_t total = planes * hp * wp;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
          i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -85,18 +83,18 @@ __global__ void __launch_bounds__(kThreads)
         const int yy = static_cast<int>((i / wp) % hp);
         const int64_t plane = i / (static_cast<int64_t>(hp) * wp);
         const int y = yy - top, x = xx - left;
-        T v = from_f<T>(0.0f);
+        float v = 0.0f;
         if (y >= 0 && y < hd && x >= 0 && x < wd)
-            v = src[(plane * H + static_cast<int64_t>(y) * rate) * W + static_cast<int64_t>(x) * rate];
-        dst[i] = v;
+            v = ld(src, (plane * H + static_cast<int64_t>(y) * rate) * W + static_cast<int64_t>(x) * rate,
+                   f16);
+        st(dst, i, v, f16);
     }
 }
 
 // Per (sample, background patch): inv[n, q] = 1 / max(||patch||_2, 1e-4) (norm over the stored
 // values, accumulated in double), valid[n, q] = no hole pixel in the patch (README step 2).
-template <class T>
 __global__ void __launch_bounds__(kThreads)
-    patch_stats_kernel(Geometry g, const T* __restrict__ bdp, const T* __restrict__ mask,
+    patch_stats_kernel(Geometry g, const void* __restrict__ bdp, const void* __restrict__ mask,
                        float* __restrict__ inv, unsigned char* __restrict__ valid) {
     const int64_t total = static_cast<int64_t>(g.B) * g.L;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
@@ -104,27 +102,28 @@ __global__ void __launch_bounds__(kThreads)
         const int n = static_cast<int>(i / g.L), q = static_cast<int>(i % g.L);
         const int Y = q / g.gw, X = q - (q / g.gw) * g.gw;
         const int64_t plane = static_cast<int64_t>(g.hbp) * g.wbp;
-        const T* base = bdp + static_cast<int64_t>(n) * g.C * plane +
-                        static_cast<int64_t>(Y) * g.st * g.wbp + static_cast<int64_t>(X) * g.st;
+        const int64_t base = static_cast<int64_t>(n) * g.C * plane +
+                             static_cast<int64_t>(Y) * g.st * g.wbp + static_cast<int64_t>(X) * g.st;
         double ss = 0.0;
         for (int c = 0; c < g.C; ++c)
             for (int a = 0; a < g.ks; ++a)
                 for (int bj = 0; bj < g.ks; ++bj) {
-                    const double v = to_f(base[c * plane + a * g.wbp + bj]);
+                    const double v = ld(bdp, base + c * plane + a * g.wbp + bj, g.f16);
                     ss += v * v;
                 }
         const double nrm = sqrt(ss);
         inv[i] = static_cast<float>(1.0 / (nrm > 1e-4 ? nrm : 1e-4));
         unsigned char ok = 1;
         if (g.mask_batch > 0) {
-            const T* m = mask + static_cast<int64_t>(g.mask_batch == 1 ? 0 : n) * g.Hb * g.Wb;
+            const int64_t m0 = static_cast<int64_t>(g.mask_batch == 1 ? 0 : n) * g.Hb * g.Wb;
             for (int a = 0; a < g.ks && ok; ++a) {
                 const int yy = Y * g.st + a - g.pt;
                 if (yy < 0 || yy >= g.hb) continue;
                 for (int bj = 0; bj < g.ks; ++bj) {
                     const int xx = X * g.st + bj - g.pl;
                     if (xx < 0 || xx >= g.wb) continue;
-                    if (to_f(m[static_cast<int64_t>(yy) * g.rate * g.Wb + xx * g.rate]) != 0.0f) {
+                    if (ld(mask, m0 + static_cast<int64_t>(yy) * g.rate * g.Wb + xx * g.rate,
+                           g.f16) != 0.0f) {
                         ok = 0;
                         break;
                     }
@@ -218,9 +217,9 @@ __device__ __forceinline__ float fused_score(const float* __restrict__ ring, int
 // k order, one thread per output element (same order for every tile: deterministic). Register
 // tile 4x4 per thread over a 128 x 32 macro tile, K in chunks of 16 staged through shared
 // memory, the next chunk prefetched into registers while the current one is multiplied.
-template <class T>
-__device__ __forceinline__ void score_columns(const Geometry& g, const T* __restrict__ fdp_n,
-                              const T* __restrict__ bdp_n, const float* __restrict__ inv_n,
+__device__ __forceinline__ void score_columns(const Geometry& g, const void* __restrict__ fdp,
+                              const void* __restrict__ bdp, int64_t n_off_f, int64_t n_off_b,
+                              const float* __restrict__ inv_n,
                               const int* __restrict__ ext, int nE, int e0, int e1,
                               float* __restrict__ ring, int W, float* stage) {
     float* Fs = stage;              // [kBK][kRT]
@@ -259,7 +258,8 @@ __device__ __forceinline__ void score_columns(const Geometry& g, const T* __rest
                     float v = 0.0f;
                     if (offF >= 0 && k < g.K) {
                         const int c = k / kk2, ij = k - c * kk2, i = ij / g.ks, j = ij - i * g.ks;
-                        v = to_f(fdp_n[static_cast<int64_t>(c) * planeF + offF + i * g.wfp + j]);
+                        v = ld(fdp, n_off_f + static_cast<int64_t>(c) * planeF + offF + i * g.wfp + j,
+                               g.f16);
                     }
                     rf[u] = v;
                 }
@@ -269,7 +269,8 @@ __device__ __forceinline__ void score_columns(const Geometry& g, const T* __rest
                     float v = 0.0f;
                     if (offB >= 0 && k < g.K) {
                         const int c = k / kk2, ij = k - c * kk2, i = ij / g.ks, j = ij - i * g.ks;
-                        v = to_f(bdp_n[static_cast<int64_t>(c) * planeB + offB + i * g.wbp + j]);
+                        v = ld(bdp, n_off_b + static_cast<int64_t>(c) * planeB + offB + i * g.wbp + j,
+                               g.f16);
                     }
                     rb[u] = v;
                 }
@@ -325,9 +326,8 @@ __device__ __forceinline__ void score_columns(const Geometry& g, const T* __rest
 // ---------------------------------------------------------------------------------------------
 // pass 1: row max and sum-exp of the masked softmax
 // ---------------------------------------------------------------------------------------------
-template <class T>
 __global__ void __launch_bounds__(kThreads)
-    stats_kernel(Geometry g, Plan pl, const T* __restrict__ fdp, const T* __restrict__ bdp,
+    stats_kernel(Geometry g, Plan pl, const void* __restrict__ fdp, const void* __restrict__ bdp,
                  const float* __restrict__ inv, const unsigned char* __restrict__ valid,
                  float* __restrict__ row_m, float* __restrict__ row_l) {
     LT_DYNAMIC_SMEM(sm);
@@ -350,8 +350,8 @@ __global__ void __launch_bounds__(kThreads)
     const int nE = build_sources(g, ay0, ay1, ax0, ax1, bits, prefix, ext, srcloc);
     for (int ar = threadIdx.x; ar < nAR; ar += kThreads) rm[ar] = -INFINITY, rl[ar] = 0.0f;
 
-    const T* fdp_n = fdp + static_cast<int64_t>(n) * g.C * g.hfp * g.wfp;
-    const T* bdp_n = bdp + static_cast<int64_t>(n) * g.C * g.hbp * g.wbp;
+    const int64_t off_f = static_cast<int64_t>(n) * g.C * g.hfp * g.wfp;
+    const int64_t off_b = static_cast<int64_t>(n) * g.C * g.hbp * g.wbp;
     const float* inv_n = inv + static_cast<int64_t>(n) * g.L;
     const unsigned char* valid_n = valid + static_cast<int64_t>(n) * g.L;
     int done = 0;
@@ -359,7 +359,7 @@ __global__ void __launch_bounds__(kThreads)
         const int y1 = imin(y0 + pl.tq1, g.gh);
         int lo, hi;
         ring_window(g, y0, y1, &lo, &hi);
-        score_columns(g, fdp_n, bdp_n, inv_n, ext, nE, imax(done, lo), hi, ring, W, stage);
+        score_columns(g, fdp, bdp, off_f, off_b, inv_n, ext, nE, imax(done, lo), hi, ring, W, stage);
         done = imax(done, hi);
         const int qa0 = y0 * g.gw, nAC = (y1 - y0) * g.gw;
         build_slots(g, qa0, nAC, W, valid_n, slot, vflag);
@@ -399,12 +399,11 @@ __global__ void __launch_bounds__(kThreads)
 // FOLD (stride 1): b's index depends on (Y+di, X+dj) only, so with q' = q + d
 //   y = 1/4 sum_{q'} A~[p0, q'] V_rs[q'],  A~[p0, q'] = sum_d A[p0 - d, q' - d],
 // q' on the (gh+1) x (gw+1) grid. Without FOLD the k index of the paste GEMM is (d, q).
-template <class T>
 __global__ void __launch_bounds__(kThreads)
-    paste_kernel(Geometry g, Plan pl, const T* __restrict__ fdp, const T* __restrict__ bdp,
+    paste_kernel(Geometry g, Plan pl, const void* __restrict__ fdp, const void* __restrict__ bdp,
                  const float* __restrict__ inv, const unsigned char* __restrict__ valid,
                  const float* __restrict__ row_m, const float* __restrict__ row_l,
-                 const T* __restrict__ b, T* __restrict__ y, T* __restrict__ att) {
+                 const void* __restrict__ b, void* __restrict__ y, void* __restrict__ att) {
     LT_DYNAMIC_SMEM(sm);
     const SmemLayout L = smem_layout(g, 2, pl.e2, pl.nar2, pl.nac2, pl.w2);
     unsigned* bits = reinterpret_cast<unsigned*>(sm + L.bits);
@@ -440,9 +439,9 @@ __global__ void __launch_bounds__(kThreads)
         rinv[ar] = l > 0.0f ? 1.0f / l : 0.0f;  // 0: no valid patch, the whole row is 0
     }
 
-    const T* fdp_n = fdp + static_cast<int64_t>(n) * g.C * g.hfp * g.wfp;
-    const T* bdp_n = bdp + static_cast<int64_t>(n) * g.C * g.hbp * g.wbp;
-    const T* b_n = b + (static_cast<int64_t>(n) * g.C + c0) * g.Hb * g.Wb;
+    const int64_t off_f = static_cast<int64_t>(n) * g.C * g.hfp * g.wfp;
+    const int64_t off_b = static_cast<int64_t>(n) * g.C * g.hbp * g.wbp;
+    const int64_t off_raw = (static_cast<int64_t>(n) * g.C + c0) * g.Hb * g.Wb;
     const float* inv_n = inv + static_cast<int64_t>(n) * g.L;
     const unsigned char* valid_n = valid + static_cast<int64_t>(n) * g.L;
     const int tid = threadIdx.x, tm = tid >> 5, tn = tid & 31;  // paste: 8 x 32 threads, 8x8 each
@@ -458,7 +457,7 @@ __global__ void __launch_bounds__(kThreads)
         int ya, yb, y0, y1, lo, hi;
         pass2_rows(g, s, pl.tq2, &ya, &yb, &y0, &y1);
         ring_window(g, ya, yb, &lo, &hi);
-        score_columns(g, fdp_n, bdp_n, inv_n, ext, nE, imax(done, lo), hi, ring, W, stage);
+        score_columns(g, fdp, bdp, off_f, off_b, inv_n, ext, nE, imax(done, lo), hi, ring, W, stage);
         done = imax(done, hi);
         const int qa0 = ya * g.gw, nAC = (yb - ya) * g.gw;
         build_slots(g, qa0, nAC, W, valid_n, slot, vflag);
@@ -478,7 +477,7 @@ __global__ void __launch_bounds__(kThreads)
                 const bool own_row = fy >= oy0 && fy < oy1 && fx >= ox0 && fx < ox1;
                 const bool own_col = !FOLD || q / g.gw >= y0;  // FOLD: row ya belongs to step s-1
                 if (own_row && own_col)
-                    att[(static_cast<int64_t>(n) * g.L + q) * g.Pf + fy * g.wf + fx] = from_f<T>(a);
+                    st(att, (static_cast<int64_t>(n) * g.L + q) * g.Pf + fy * g.wf + fx, a, g.f16);
             }
         }
         __syncthreads();
@@ -527,7 +526,7 @@ __global__ void __launch_bounds__(kThreads)
                         col = rate * g.st * X + ss + rate * (d & 1) - g.rpl;
                     }
                     if (row >= 0 && row < g.Hb && col >= 0 && col < g.Wb)
-                        v = to_f(b_n[(static_cast<int64_t>(c) * g.Hb + row) * g.Wb + col]);
+                        v = ld(b, off_raw + (static_cast<int64_t>(c) * g.Hb + row) * g.Wb + col, g.f16);
                 }
                 Vs[e] = v;
             }
@@ -562,8 +561,8 @@ __global__ void __launch_bounds__(kThreads)
             const int ph = nn / ncc, c = nn - ph * ncc;
             const int oy = py0 * rate + ph / rate - g.ct, ox = px0 * rate + ph % rate - g.cl;
             if (oy < 0 || oy >= g.Hf || ox < 0 || ox >= g.Wf) continue;
-            y[((static_cast<int64_t>(n) * g.C + c0 + c) * g.Hf + oy) * g.Wf + ox] =
-                from_f<T>(acc[i][j] * 0.25f);
+            st(y, ((static_cast<int64_t>(n) * g.C + c0 + c) * g.Hf + oy) * g.Wf + ox,
+               acc[i][j] * 0.25f, g.f16);
         }
     }
 }
@@ -619,32 +618,29 @@ inline unsigned grid_1d(int64_t total) {
     return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
 }
 
-template <class T>
-void forward_impl(const Geometry& g, const Plan& pl, const void* f, const void* b,
-                  const void* mask, void* y, void* attention, unsigned char* ws,
-                  cudaStream_t stream) {
-    const WorkspaceLayout wl = workspace_layout(g, sizeof(T));
-    T* fdp = reinterpret_cast<T*>(ws + wl.fdp);
-    T* bdp = reinterpret_cast<T*>(ws + wl.bdp);
+inline void forward_impl(const Geometry& g, const Plan& pl, const void* f, const void* b,
+                         const void* mask, void* y, void* attention, unsigned char* ws,
+                         cudaStream_t stream) {
+    const WorkspaceLayout wl = workspace_layout(g, g.f16 ? 2 : 4);
+    void* fdp = ws + wl.fdp;
+    void* bdp = ws + wl.bdp;
     float* inv = reinterpret_cast<float*>(ws + wl.inv);
     unsigned char* valid = ws + wl.valid;
     float* row_m = reinterpret_cast<float*>(ws + wl.row_m);
     float* row_l = reinterpret_cast<float*>(ws + wl.row_l);
-    const T* tf = static_cast<const T*>(f);
-    const T* tb = static_cast<const T*>(b);
     const int64_t planes = static_cast<int64_t>(g.B) * g.C;
 
-    auto k_pad = &pad_downscale_kernel<T>;
+    auto k_pad = &pad_downscale_kernel;
     LT_LAUNCH(k_pad, grid_1d(planes * g.hfp * g.wfp), kThreads, 0, stream)
-    (tf, fdp, planes, g.Hf, g.Wf, g.rate, g.hf, g.wf, g.hfp, g.wfp, g.fpt, g.fpl);
+    (f, fdp, planes, g.Hf, g.Wf, g.rate, g.hf, g.wf, g.hfp, g.wfp, g.fpt, g.fpl, g.f16);
     LT_LAUNCH(k_pad, grid_1d(planes * g.hbp * g.wbp), kThreads, 0, stream)
-    (tb, bdp, planes, g.Hb, g.Wb, g.rate, g.hb, g.wb, g.hbp, g.wbp, g.pt, g.pl);
-    auto k_stats = &patch_stats_kernel<T>;
+    (b, bdp, planes, g.Hb, g.Wb, g.rate, g.hb, g.wb, g.hbp, g.wbp, g.pt, g.pl, g.f16);
+    auto k_stats = &patch_stats_kernel;
     LT_LAUNCH(k_stats, grid_1d(static_cast<int64_t>(g.B) * g.L), kThreads, 0, stream)
-    (g, bdp, static_cast<const T*>(mask), inv, valid);
+    (g, bdp, mask, inv, valid);
     check_cuda(cudaGetLastError(), "prep kernels");
 
-    auto k1 = &stats_kernel<T>;
+    auto k1 = &stats_kernel;
     check_cuda(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(pl.smem1)),
                "cudaFuncSetAttribute (pass 1)");
@@ -652,15 +648,14 @@ void forward_impl(const Geometry& g, const Plan& pl, const void* f, const void* 
     LT_LAUNCH(k1, grid1, kThreads, pl.smem1, stream)(g, pl, fdp, bdp, inv, valid, row_m, row_l);
     check_cuda(cudaGetLastError(), "pass 1 (softmax statistics)");
 
-    auto k2 = &paste_kernel<T>;
+    auto k2 = &paste_kernel;
     check_cuda(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(pl.smem2)),
                "cudaFuncSetAttribute (pass 2)");
     const dim3 grid2(static_cast<unsigned>(pl.n2y * pl.n2x), static_cast<unsigned>(g.B),
                      static_cast<unsigned>(pl.nchunks));
     LT_LAUNCH(k2, grid2, kThreads, pl.smem2, stream)
-    (g, pl, fdp, bdp, inv, valid, row_m, row_l, tb, static_cast<T*>(y),
-     static_cast<T*>(attention));
+    (g, pl, fdp, bdp, inv, valid, row_m, row_l, b, y, attention);
     check_cuda(cudaGetLastError(), "pass 2 (attention and paste)");
 }
 
@@ -701,12 +696,10 @@ void contextual_attention_forward(const void* f, const void* b, const void* mask
     if (f == nullptr || b == nullptr || y == nullptr || workspace == nullptr)
         throw std::invalid_argument("contextual_attention_cuda: null device pointer");
     const ca::Plan pl = ca::cached_plan(g, ca::current_device_limits());
-    auto* ws = static_cast<unsigned char*>(workspace);
-    auto st = static_cast<cudaStream_t>(stream);
-    if (dtype == DType::kFloat16)
-        ca::forward_impl<__half>(g, pl, f, b, mask, y, attention, ws, st);
-    else
-        ca::forward_impl<float>(g, pl, f, b, mask, y, attention, ws, st);
+    ca::Geometry gd = g;
+    gd.f16 = dtype == DType::kFloat16 ? 1 : 0;
+    ca::forward_impl(gd, pl, f, b, mask, y, attention, static_cast<unsigned char*>(workspace),
+                     static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace cuda

@@ -42,6 +42,7 @@ struct Geometry {
     int K;                                 // C*ks*ks, the score GEMM depth
     int bw_lo, nbw, ntw, nseq;             // column sequence of the score ring (see ring_* below)
     int fold;                              // 1 when stride == 1: paste through box-summed attention
+    int f16;                               // storage: 1 float16, 0 float32 (arithmetic: float32)
     float scale;                           // softmax_scale
 };
 
