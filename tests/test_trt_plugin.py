@@ -27,11 +27,20 @@ pytestmark = [
 
 
 def _cuda_include() -> str | None:
+    """The CUDA toolkit's include folder: $CUDA_HOME / $CUDA_PATH, nvcc's own folder, /usr/local/cuda."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
-    if not nvcc:
-        return None
-    inc = Path(nvcc).resolve().parents[1] / "include"
-    return str(inc) if (inc / "cuda_runtime_api.h").is_file() else None
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parents[1]))
+        r = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull], capture_output=True, text=True)
+        roots += [ln.split("=", 1)[1].strip().strip('"') for ln in r.stderr.splitlines()
+                  if ln.startswith("#$ TOP=")]
+    roots.append("/usr/local/cuda")
+    for root in filter(None, roots):
+        inc = Path(root) / "include"
+        if (inc / "cuda_runtime_api.h").is_file():
+            return str(inc)
+    return None
 
 
 @pytest.fixture(scope="module")
