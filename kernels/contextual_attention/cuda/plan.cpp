@@ -62,6 +62,7 @@ Geometry make_geometry(int64_t B, int64_t C, int64_t Hf, int64_t Wf, int64_t Hb,
     const int64_t big = std::numeric_limits<int32_t>::max();
     if (B > big || C * Hf * Wf > big || C * Hb * Wb > big)
         fail("input too large: C*H*W of one sample must stay below 2^31");
+    if (B > 65535) fail("batch size must be <= 65535 per call (a launch grid dimension), got " + str(B));
     if (mask_batch != 0 && mask_batch != 1 && mask_batch != B)
         fail("mask batch must be 1 or B=" + str(B) + ", got " + str(mask_batch));
 
