@@ -211,6 +211,15 @@ __device__ __forceinline__ float fused_score(const float* __restrict__ ring, int
     return z;
 }
 
+// Element k = (c, i, j) of the implicit im2col of a padded map: the patch whose top-left element
+// sits at `off` in each channel plane (off < 0: a padding row / column of the GEMM tile -> 0).
+__device__ __forceinline__ float patch_elem(const void* map, int64_t base, int off, int k, int K,
+                                            int kk2, int ks, int plane, int wp, int f16) {
+    if (off < 0 || k >= K) return 0.0f;
+    const int c = k / kk2, ij = k - c * kk2, i = ij / ks, j = ij - i * ks;
+    return ld(map, base + static_cast<int64_t>(c) * plane + off + i * wp + j, f16);
+}
+
 // Raw scores of sequence positions [e0, e1) for every source row:
 //   ring[r * W + e % W] = inv[q] * sum_k F[ext[r], k] * B[q, k],  q = ring_flat(e),
 // F / B the (implicit) im2col of the padded downscaled maps, k = (c, i, j). fp32 accumulation in
@@ -253,27 +262,13 @@ __device__ __forceinline__ void score_columns(const Geometry& g, const void* __r
             float rf[8], rb[2];
             auto load = [&](int k0) {
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    const int k = k0 + fk + 2 * u;
-                    float v = 0.0f;
-                    if (offF >= 0 && k < g.K) {
-                        const int c = k / kk2, ij = k - c * kk2, i = ij / g.ks, j = ij - i * g.ks;
-                        v = ld(fdp, n_off_f + static_cast<int64_t>(c) * planeF + offF + i * g.wfp + j,
-                               g.f16);
-                    }
-                    rf[u] = v;
-                }
+                for (int u = 0; u < 8; ++u)
+                    rf[u] = patch_elem(fdp, n_off_f, offF, k0 + fk + 2 * u, g.K, kk2, g.ks, planeF,
+                                       g.wfp, g.f16);
 #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                    const int k = k0 + bk + 8 * u;
-                    float v = 0.0f;
-                    if (offB >= 0 && k < g.K) {
-                        const int c = k / kk2, ij = k - c * kk2, i = ij / g.ks, j = ij - i * g.ks;
-                        v = ld(bdp, n_off_b + static_cast<int64_t>(c) * planeB + offB + i * g.wbp + j,
-                               g.f16);
-                    }
-                    rb[u] = v;
-                }
+                for (int u = 0; u < 2; ++u)
+                    rb[u] = patch_elem(bdp, n_off_b, offB, k0 + bk + 8 * u, g.K, kk2, g.ks, planeB,
+                                       g.wbp, g.f16);
             };
             load(0);
             for (int k0 = 0; k0 < g.K; k0 += kBK) {
