@@ -58,6 +58,8 @@ log "env: $(tail -n 3 "$OUT/env.txt" | tr '\n' ' ')"
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels_align.py tests/test_kernels_contextual_attention.py \
       tests/test_kernels_search.py tests/test_contextual_attention_cuda.py tests/test_trt_onnx.py \
       tests/test_export_trt.py > "$RUNS/kernel_tests.log" 2>&1
+    LOOKTHROUGH_EMU_UBSAN=1 $PY -m pytest -q -p no:cacheprovider tests/test_contextual_attention_cuda_emu.py \
+      >> "$RUNS/kernel_tests.log" 2>&1
     $PY benchmarks/bench_kernels.py --out "$RUNS/bench_kernels.json" > "$RUNS/bench_kernels.log" 2>&1
     $PY benchmarks/bench_contextual_attention.py --inpainter ${CA_BENCH_ARGS:-} \
       --out "$RUNS/bench_contextual_attention.json" > "$RUNS/bench_contextual_attention.log" 2>&1
