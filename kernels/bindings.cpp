@@ -17,8 +17,10 @@
 
 #include "align/warp.h"
 #include "contextual_attention/contextual_attention.h"
+#include "contextual_attention/cuda/plan.h"
 #include "search/topk.h"
 #if defined(LOOKTHROUGH_WITH_CUDA)
+#include "contextual_attention/cuda/ca_cuda.h"
 #include "cuda/cuda_api.h"
 #endif
 
@@ -325,6 +327,172 @@ py::tuple contextual_attention(const py::handle& f_obj, const py::handle& b_obj,
     return py::make_tuple(y, att);
 }
 
+// ---------------------------------------------------------------- CUDA contextual attention
+// Device memory is passed as integer addresses (torch's tensor.data_ptr()), the stream as an
+// integer cudaStream_t (torch.cuda.current_stream().cuda_stream): no copies, no torch here.
+
+lt::ContextualAttentionParams ca_params(int ksize, int stride, int rate, int fuse_k,
+                                        double softmax_scale, bool fuse) {
+    lt::ContextualAttentionParams prm;
+    prm.ksize = ksize, prm.stride = stride, prm.rate = rate, prm.fuse_k = fuse_k;
+    prm.softmax_scale = softmax_scale, prm.fuse = fuse;
+    return prm;
+}
+
+std::size_t ca_elem_size(const std::string& dtype) {
+    if (dtype == "float32") return 4;
+    if (dtype == "float16") return 2;
+    throw py::value_error("dtype must be 'float32' or 'float16', got '" + dtype + "'");
+}
+
+py::dict contextual_attention_cuda_sizes(int64_t B, int64_t C, int64_t Hf, int64_t Wf, int64_t Hb,
+                                         int64_t Wb, int64_t mask_batch, const std::string& dtype,
+                                         int ksize, int stride, int rate, int fuse_k, bool fuse) {
+    const std::size_t es = ca_elem_size(dtype);
+    lt::ca::Geometry g;
+    try {
+        g = lt::ca::make_geometry(B, C, Hf, Wf, Hb, Wb, mask_batch,
+                                  ca_params(ksize, stride, rate, fuse_k, 1.0, fuse));
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    py::dict d;
+    d["workspace_bytes"] = lt::ca::workspace_layout(g, es).total;
+    d["patches"] = g.L;
+    d["grid"] = py::make_tuple(g.gh, g.gw);
+    d["fg_grid"] = py::make_tuple(g.hf, g.wf);
+    return d;
+}
+
+#if defined(LOOKTHROUGH_WITH_CUDA)
+void require_device(int device) {
+    lt::cuda::DeviceInfo info = lt::cuda::query_devices();
+    if (info.device_count < 1) throw std::runtime_error("no CUDA device: " + info.error);
+    if (device < 0 || device >= info.device_count)
+        throw py::value_error("CUDA device " + std::to_string(device) + " does not exist (" +
+                              std::to_string(info.device_count) + " visible)");
+    lt::cuda::set_device(device);
+}
+#endif
+
+void contextual_attention_cuda(uintptr_t f, uintptr_t b, uintptr_t mask, uintptr_t y,
+                               uintptr_t attention, uintptr_t workspace, std::size_t ws_bytes,
+                               int64_t B, int64_t C, int64_t Hf, int64_t Wf, int64_t Hb,
+                               int64_t Wb, int64_t mask_batch, const std::string& dtype,
+                               int ksize, int stride, int rate, int fuse_k, double softmax_scale,
+                               bool fuse, uintptr_t stream, int device) {
+    const std::size_t es = ca_elem_size(dtype);
+    const auto prm = ca_params(ksize, stride, rate, fuse_k, softmax_scale, fuse);
+    try {
+        lt::ca::make_geometry(B, C, Hf, Wf, Hb, Wb, mask_batch, prm);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    if (B > 0 && (!f || !b || !y || !workspace))
+        throw py::value_error("f, b, y and workspace must be non-null device addresses");
+    if ((mask != 0) != (mask_batch != 0))
+        throw py::value_error("pass a mask address exactly when mask_batch > 0");
+    (void)es;
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    py::gil_scoped_release nogil;
+    require_device(device);
+    lt::cuda::CaShape sh;
+    sh.B = B, sh.C = C, sh.Hf = Hf, sh.Wf = Wf, sh.Hb = Hb, sh.Wb = Wb, sh.mask_batch = mask_batch;
+    lt::cuda::contextual_attention_forward(
+        reinterpret_cast<const void*>(f), reinterpret_cast<const void*>(b),
+        reinterpret_cast<const void*>(mask), reinterpret_cast<void*>(y),
+        reinterpret_cast<void*>(attention), reinterpret_cast<void*>(workspace), ws_bytes, sh, prm,
+        dtype == "float16" ? lt::cuda::DType::kFloat16 : lt::cuda::DType::kFloat32,
+        reinterpret_cast<void*>(stream));
+#else
+    (void)f, (void)b, (void)mask, (void)y, (void)attention, (void)workspace, (void)ws_bytes;
+    (void)stream, (void)device;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
+std::string contextual_attention_cuda_plan(int64_t B, int64_t C, int64_t Hf, int64_t Wf,
+                                           int64_t Hb, int64_t Wb, int64_t mask_batch, int ksize,
+                                           int stride, int rate, int fuse_k, bool fuse,
+                                           int device) {
+    const auto prm = ca_params(ksize, stride, rate, fuse_k, 1.0, fuse);
+    try {
+        lt::ca::make_geometry(B, C, Hf, Wf, Hb, Wb, mask_batch, prm);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    require_device(device);
+    lt::cuda::CaShape sh;
+    sh.B = B, sh.C = C, sh.Hf = Hf, sh.Wf = Wf, sh.Hb = Hb, sh.Wb = Wb, sh.mask_batch = mask_batch;
+    return lt::cuda::contextual_attention_plan(sh, prm);
+#else
+    (void)device;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
+py::dict cuda_device_properties(int device) {
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    require_device(device);
+    const lt::cuda::DeviceProperties p = lt::cuda::device_properties(device);
+    py::dict d;
+    d["name"] = p.name;
+    d["compute_capability"] = py::make_tuple(p.major, p.minor);
+    d["multiprocessors"] = p.sm_count;
+    d["clock_khz"] = p.clock_khz;
+    d["memory_clock_khz"] = p.memory_clock_khz;
+    d["memory_bus_width_bits"] = p.memory_bus_width;
+    d["total_memory_bytes"] = p.total_memory;
+    d["shared_memory_per_block_optin"] = p.smem_per_block_optin;
+    d["shared_memory_per_multiprocessor"] = p.smem_per_sm;
+    return d;
+#else
+    (void)device;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
+uintptr_t cuda_alloc(std::size_t nbytes, int device) {
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    require_device(device);
+    return reinterpret_cast<uintptr_t>(lt::cuda::device_alloc(nbytes));
+#else
+    (void)nbytes, (void)device;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
+void cuda_free(uintptr_t ptr) {
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    lt::cuda::device_free(reinterpret_cast<void*>(ptr));
+#else
+    (void)ptr;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
+void cuda_copy_to_device(uintptr_t dst, const py::buffer& src) {
+    py::buffer_info info = src.request();
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    bool contiguous = true;
+    py::ssize_t expect = info.itemsize;
+    for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+        if (info.shape[i] > 1 && info.strides[i] != expect) contiguous = false;
+        expect *= info.shape[i];
+    }
+    if (!contiguous) throw py::value_error("src must be C-contiguous");
+    const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
+#if defined(LOOKTHROUGH_WITH_CUDA)
+    if (!dst) throw py::value_error("dst must be a non-null device address");
+    py::gil_scoped_release nogil;
+    lt::cuda::copy_to_device(reinterpret_cast<void*>(dst), bytes, n);
+#else
+    (void)dst, (void)bytes, (void)n;
+    throw std::runtime_error("built without CUDA");
+#endif
+}
+
 py::dict build_info() {
     py::dict d;
 #if defined(LOOKTHROUGH_WITH_CUDA)
@@ -373,6 +541,44 @@ PYBIND11_MODULE(_core, m) {
           "fuse=True) -> (y float32 (B,C,Hf,Wf), attention float32 (B,L,Hf/rate,Wf/rate))\n\n"
           "Fused CPU contextual attention (DeepFill v1), spec kernels/contextual_attention/"
           "README.md; mask nonzero = hole.");
+    m.def("contextual_attention_cuda_sizes", &contextual_attention_cuda_sizes, py::arg("B"),
+          py::arg("C"), py::arg("Hf"), py::arg("Wf"), py::arg("Hb"), py::arg("Wb"),
+          py::arg("mask_batch"), py::arg("dtype"), py::arg("ksize") = 3, py::arg("stride") = 1,
+          py::arg("rate") = 2, py::arg("fuse_k") = 3, py::arg("fuse") = true,
+          "contextual_attention_cuda_sizes(B, C, Hf, Wf, Hb, Wb, mask_batch, dtype, ...) -> "
+          "{'workspace_bytes', 'patches' (L), 'grid' (gh, gw), 'fg_grid' (hf, wf)}\n\n"
+          "Validates sizes / parameters for the CUDA kernel (ValueError naming the problem). "
+          "Needs no GPU.");
+    m.def("contextual_attention_cuda", &contextual_attention_cuda, py::arg("f"), py::arg("b"),
+          py::arg("mask"), py::arg("y"), py::arg("attention"), py::arg("workspace"),
+          py::arg("workspace_bytes"), py::arg("B"), py::arg("C"), py::arg("Hf"), py::arg("Wf"),
+          py::arg("Hb"), py::arg("Wb"), py::arg("mask_batch"), py::arg("dtype"),
+          py::arg("ksize") = 3, py::arg("stride") = 1, py::arg("rate") = 2, py::arg("fuse_k") = 3,
+          py::arg("softmax_scale") = 10.0, py::arg("fuse") = true, py::arg("stream") = 0,
+          py::arg("device") = 0,
+          "contextual_attention_cuda(f, b, mask, y, attention, workspace: int device addresses "
+          "(mask / attention 0 = none), workspace_bytes, B, C, Hf, Wf, Hb, Wb, mask_batch (0, 1 "
+          "or B), dtype ('float32' | 'float16'), ksize, stride, rate, fuse_k, softmax_scale, fuse, "
+          "stream: int cudaStream_t, device: int) -> None\n\n"
+          "Enqueues the fused CUDA contextual attention on `stream` (asynchronous). Arrays are "
+          "C-contiguous NCHW device memory; use sdk._cuda_ops.contextual_attention for torch "
+          "tensors. ValueError for bad sizes, RuntimeError without CUDA / device.");
+    m.def("contextual_attention_cuda_plan", &contextual_attention_cuda_plan, py::arg("B"),
+          py::arg("C"), py::arg("Hf"), py::arg("Wf"), py::arg("Hb"), py::arg("Wb"),
+          py::arg("mask_batch"), py::arg("ksize") = 3, py::arg("stride") = 1,
+          py::arg("rate") = 2, py::arg("fuse_k") = 3, py::arg("fuse") = true,
+          py::arg("device") = 0,
+          "The kernel's tile plan on `device` as a JSON string (benchmarks).");
+    m.def("cuda_device_properties", &cuda_device_properties, py::arg("device") = 0,
+          "cuda_device_properties(device=0) -> {'name', 'compute_capability', 'multiprocessors', "
+          "'clock_khz', 'memory_clock_khz', 'memory_bus_width_bits', 'total_memory_bytes', "
+          "'shared_memory_per_block_optin', 'shared_memory_per_multiprocessor'}");
+    m.def("cuda_alloc", &cuda_alloc, py::arg("nbytes"), py::arg("device") = 0,
+          "cuda_alloc(nbytes, device=0) -> int device address (cudaMalloc; free with cuda_free)");
+    m.def("cuda_free", &cuda_free, py::arg("ptr"), "cuda_free(ptr) (cudaFree)");
+    m.def("cuda_copy_to_device", &cuda_copy_to_device, py::arg("dst"), py::arg("src"),
+          "cuda_copy_to_device(dst: int device address, src: C-contiguous buffer) "
+          "(synchronous cudaMemcpy)");
     m.def("cuda_info", &cuda_info,
           "cuda_info() -> {'compiled': bool, 'device_count': int, 'error': str | None}");
     m.def("build_info", &build_info,

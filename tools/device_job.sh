@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # tools/device_job.sh -- everything one call on a lent GPU machine does, in one script.
 #
-#   1. builds the C++/CUDA core for the card (sm_90 by default), runs the GPU tests and the kernel benchmark
-#      (CUDA warp vs our CPU warp, in the same run);
-#   2. trains the inpainter twice at once on the GPU, with and without the ID-GAN identity loss (same data, seed,
-#      batch and wall-clock budget), each followed by its held-out PSNR/SSIM evaluation;
+#   1. builds the C++/CUDA core for the card (sm_90 by default), runs the GPU tests (CUDA warp; CUDA contextual
+#      attention vs the golden reference, fp32 / fp16, and inside the inpainter) and the benchmarks with their
+#      baselines in the same run: CUDA warp vs our CPU warp; the contextual attention kernel vs the PyTorch layer
+#      vs the bytes/FLOPs floor (batch 1 and 32, 28..64 px maps, fp32/fp16) and the inpainter's faces/s (torch layer
+#      vs kernel on the card, ONNX Runtime on the CPU);
+#   2. (JOB=all) trains the inpainter twice at once on the GPU, with and without the ID-GAN identity loss (same
+#      data, seed, batch and wall-clock budget), each followed by its held-out PSNR/SSIM evaluation;
 #   3. packs logs, checkpoints and eval JSON into $OUT (at most 8 files, each < 16 MB).
+#
+# JOB=kernels runs step 1 only (no PACK needed, ~5 min on an H200: `JOB=kernels bash tools/device_job.sh`).
 #
 # Inputs (a git-ignored folder carried to the machine, made by `python trainer/main.py pack-faces ...`):
 #   PACK/celeba_faces.npz, PACK/dlib_face_recognition_resnet_model_v1.dat, PACK/mask_templates/
-# Knobs: MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY, CUDAARCHS, GREY_PROB
-# (0.2: a fifth of the faces greyscale; the 2026-11-27 run used 0), EXTRA_ARGS (e.g. --resume).
+# Knobs: JOB (all | kernels), MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY,
+# CUDAARCHS, GREY_PROB (0.2: a fifth of the faces greyscale; the 2026-11-27 run used 0), EXTRA_ARGS (e.g. --resume),
+# CA_BENCH_ARGS (extra arguments of benchmarks/bench_contextual_attention.py).
 # Dry run here, without a GPU:
 #   OUT=out/device_dry DEVICE=cpu MINUTES=0.2 STEPS=3 BATCH=4 WORKERS=0 VAL=2 PY=.venv/bin/python \
 #       SKIP_BUILD=1 bash tools/device_job.sh
+#   OUT=out/device_dry JOB=kernels NO_BUILD=1 PY=.venv/bin/python \
+#       CA_BENCH_ARGS="--device cpu --sizes 28 --batches 1 --repeats 2" bash tools/device_job.sh
 set -uo pipefail
 OUT=${OUT:-out/device_job}
+JOB=${JOB:-all}
 PACK=${PACK:-.device}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}
@@ -33,19 +42,42 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 { nvidia-smi 2>&1 || true; $PY -c "import sys, torch, numpy, cv2; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('numpy', numpy.__version__, 'cv2', cv2.__version__)"; nproc; } > "$OUT/env.txt" 2>&1
 log "env: $(tail -n 3 "$OUT/env.txt" | tr '\n' ' ')"
 
-# ---- 1. build + GPU tests + kernel benchmark (background; the trainings do not need the C++ core) ----------------
+# ---- 1. build + GPU tests + kernel benchmarks (background; the trainings do not need the C++ core) ----------------
+# SKIP_BUILD=1 skips all of step 1 (training dry runs); NO_BUILD=1 skips only the build (kernel dry runs).
 (
   if [ -z "${SKIP_BUILD:-}" ]; then
-    CUDAARCHS=${CUDAARCHS:-90} $PY -m pip install --no-build-isolation --no-deps -e . > "$RUNS/build.log" 2>&1 \
-      || { echo "CUDA build failed" >> "$RUNS/build.log"; exit 1; }
+    if [ -z "${NO_BUILD:-}" ]; then
+      TB=$(date +%s)
+      CUDAARCHS=${CUDAARCHS:-90} $PY -m pip install --no-build-isolation --no-deps -e . > "$RUNS/build.log" 2>&1 \
+        || { echo "CUDA build failed" >> "$RUNS/build.log"; exit 1; }
+      echo "build seconds: $(( $(date +%s) - TB ))" >> "$RUNS/build.log"
+    fi
     $PY -c "from sdk import _native; print(_native.build_info()); print(_native.cuda_info())" >> "$RUNS/build.log" 2>&1
-    $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_align.py > "$RUNS/gpu_tests.log" 2>&1
+    $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_kernels_align.py \
+      tests/test_contextual_attention_cuda.py > "$RUNS/gpu_tests.log" 2>&1
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels_align.py tests/test_kernels_contextual_attention.py \
-      tests/test_kernels_search.py > "$RUNS/kernel_tests.log" 2>&1
+      tests/test_kernels_search.py tests/test_contextual_attention_cuda.py tests/test_trt_onnx.py \
+      tests/test_export_trt.py > "$RUNS/kernel_tests.log" 2>&1
+    LOOKTHROUGH_EMU_UBSAN=1 $PY -m pytest -q -p no:cacheprovider tests/test_contextual_attention_cuda_emu.py \
+      >> "$RUNS/kernel_tests.log" 2>&1
     $PY benchmarks/bench_kernels.py --out "$RUNS/bench_kernels.json" > "$RUNS/bench_kernels.log" 2>&1
+    $PY benchmarks/bench_contextual_attention.py --inpainter ${CA_BENCH_ARGS:-} \
+      --out "$RUNS/bench_contextual_attention.json" > "$RUNS/bench_contextual_attention.log" 2>&1
+    echo "bench_contextual_attention rc=$?" >> "$RUNS/bench_contextual_attention.log"
   fi
 ) &
 BUILD_PID=$!
+
+if [ "$JOB" = "kernels" ]; then
+  wait $BUILD_PID; log "build/tests/bench rc=$?"
+  cp "$OUT/env.txt" "$RUNS/env.txt"
+  tar czf "$OUT/kernels.tgz" -C "$RUNS" $(cd "$RUNS" && ls env.txt build.log gpu_tests.log kernel_tests.log \
+      bench_kernels.json bench_kernels.log bench_contextual_attention.json bench_contextual_attention.log 2>/dev/null)
+  ls -la "$OUT"
+  tail -n 4 "$RUNS/gpu_tests.log" "$RUNS/kernel_tests.log" "$RUNS/bench_contextual_attention.log" 2>/dev/null
+  log "done"
+  exit 0
+fi
 
 # ---- 2. the two inpainter runs ----------------------------------------------------------------------------------------
 COMMON=(--faces "$PACK/celeba_faces.npz" --templates "$PACK/mask_templates" --teacher
@@ -99,7 +131,8 @@ for name in id noid; do
 done
 cp "$OUT/env.txt" "$RUNS/env.txt"
 tar czf "$OUT/kernels.tgz" -C "$RUNS" $(cd "$RUNS" && ls env.txt build.log gpu_tests.log kernel_tests.log \
-    bench_kernels.json bench_kernels.log bench_inpainter.json bench_inpainter.log 2>/dev/null)
+    bench_kernels.json bench_kernels.log bench_inpainter.json bench_inpainter.log bench_contextual_attention.json \
+    bench_contextual_attention.log 2>/dev/null)
 ls -la "$OUT"
 for name in id noid; do
   $PY - "$RUNS/$name/eval.json" <<'EOF' 2>/dev/null

@@ -48,8 +48,14 @@ TOLERANCES: dict[str, float] = {
     "onnx_vs_torch_fp32": 1e-5,
     # fold_as_pad_sum vs F.fold: same additions in the same order -> bitwise identical
     "fold_as_pad_sum_vs_fold": 0.0,
-    # future C++ / CUDA float32 kernels vs this reference (float64); no TF32 (see README)
+    # C++ / CUDA float32 kernels vs this reference (float64); no TF32 (see README)
     "kernel_fp32_vs_reference": 1e-5,
+    # CUDA kernel with float16 storage (float32 arithmetic) vs this reference run on the same float16-rounded
+    # inputs: rounding y and the attention to float16 dominates (~2.4e-4 at |y| ~ 1, CPU emulation)
+    "kernel_fp16_vs_reference": 1e-3,
+    # benchmark acceptance (issue #11), relative: max |kernel - reference| / max |reference| on y
+    "kernel_fp32_relative": 1e-3,
+    "kernel_fp16_relative": 1e-2,
 }
 
 #: Background patches are divided by max(||patch||_2, NORM_EPS) (DeepFill: 1e-4).
