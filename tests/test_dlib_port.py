@@ -13,7 +13,7 @@ import pytest
 
 frm = pytest.importorskip("face_recognition_models")
 
-from trainer.models._dlib_dat import read_dat  # noqa: E402
+from sdk.models.dlib_dat import read_dat  # noqa: E402
 
 try:
     import torch

@@ -249,15 +249,15 @@ class Checkpoint:
         return list(self.meta.get("modules") or sorted({k.split(".", 1)[0] for k in self.weights}))
 
     def has(self, module: str) -> bool:
-        return any(k.startswith(module + ".") for k in self.weights)
+        """Whether the checkpoint holds ``module`` (a module without tensors counts when the JSON lists it)."""
+        return module in (self.meta.get("modules") or ()) or any(k.startswith(module + ".") for k in self.weights)
 
     def state(self, module: str) -> dict:
         """State dict of ``module`` (keys without the ``<module>.`` prefix); :class:`CheckpointError` if absent."""
-        p = module + "."
-        sd = {k[len(p):]: v for k, v in self.weights.items() if k.startswith(p)}
-        if not sd:
+        if not self.has(module):
             raise CheckpointError(f"{self.stem}: no module {module!r} in the checkpoint (it holds {self.modules})")
-        return sd
+        p = module + "."
+        return {k[len(p):]: v for k, v in self.weights.items() if k.startswith(p)}
 
     def restore(self, modules: Mapping[str, Any], optimizers: Mapping[str, Any] | None = None, rng: bool = False,
                 strict: bool = True) -> None:

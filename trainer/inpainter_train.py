@@ -409,6 +409,9 @@ class InpainterPlugin(Plugin):
     def batches_per_epoch(self, epoch: int, world: int) -> int:
         return self.cfg.steps
 
+    def resume_position(self, meta) -> tuple[int, int]:
+        return 0, int(meta.get("step") or 0)  # one epoch of ``steps`` batches: a longer --steps continues
+
     def batches(self, epoch: int, first: int, ctx: DistContext):
         import torch
 

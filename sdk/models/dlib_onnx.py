@@ -43,13 +43,13 @@ from sdk.models.dlib_dat import DlibNet, read_dat_with_bytes
 
 Shape = tuple[int, int, int]
 
-__all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "IR_VERSION"]
+__all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "dlib_spec_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET",
+           "IR_VERSION"]
 
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptor"
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17 (onnx 1.12)
-CHIP_SIZE = 150
 
 
 # -- protobuf wire format (only what ONNX models need) -------------------------------------------------
@@ -232,7 +232,13 @@ def dlib_net_to_onnx(net: DlibNet, source_sha256: str = "") -> bytes:
     Raises :class:`~sdk.errors.ModelFileError` naming ``net.path`` when the network is not dlib's
     ``anet_type`` family (150x150 RGB input, conv/affine/relu stem, residual units, global pool, fc); the layer
     list is read into a spec by :func:`sdk.models.dlib_arch.resnet_spec`, the one definition of the network."""
-    b = _Builder(resnet_spec(net))
+    return dlib_spec_to_onnx(resnet_spec(net), source_sha256)
+
+
+def dlib_spec_to_onnx(spec: DlibResNetSpec, source_sha256: str = "") -> bytes:
+    """ONNX model bytes of a :class:`~sdk.models.dlib_arch.DlibResNetSpec` with weights (what
+    :func:`dlib_net_to_onnx` writes for a ``.dat``; the trainer's port builds its modules from the same spec)."""
+    b = _Builder(spec)
     dim = b.build()
     n = "N"
     doc = ("dlib face recognition ResNet (dlib_face_recognition_resnet_model_v1 family), built by "
@@ -240,7 +246,7 @@ def dlib_net_to_onnx(net: DlibNet, source_sha256: str = "") -> bytes:
            "dlib.get_face_chip(img, shape, 150, 0.25). Output: raw (unnormalised) dlib descriptors.")
     meta = {"dlib_dat_sha256": source_sha256} if source_sha256 else {}
     return b.g.model("dlib_face_recognition_resnet",
-                     [_value_info(INPUT_NAME, _UINT8, [n, CHIP_SIZE, CHIP_SIZE, 3])],
+                     [_value_info(INPUT_NAME, _UINT8, [n, spec.input_size, spec.input_size, 3])],
                      [_value_info(OUTPUT_NAME, _FLOAT, [n, dim])], doc, meta)
 
 

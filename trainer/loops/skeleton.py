@@ -104,6 +104,11 @@ class Plugin:
     def num_epochs(self) -> int:
         return 1
 
+    def resume_position(self, meta: Mapping[str, Any]) -> tuple[int, int]:
+        """``(epoch, batch)`` to continue from, given a checkpoint's JSON (default: the ones it recorded).
+        Step-based plugins (one epoch of ``steps`` batches) return ``(0, step)``, so a longer ``steps`` continues."""
+        return int(meta.get("epoch", 0)), int(meta.get("batch", 0))
+
     def batches_per_epoch(self, epoch: int, world: int) -> int:
         """Batches of ``epoch`` that each rank trains on."""
         raise NotImplementedError
@@ -212,7 +217,7 @@ def run_loop(make_plugin: Callable[[DistContext, Checkpoint | None], Plugin], se
         start_epoch = start_batch = step = 0
         if ck is not None:
             ck.restore(plugin.modules(), plugin.optimizers(), rng=True)
-            start_epoch, start_batch, step = int(ck.meta.get("epoch", 0)), int(ck.meta.get("batch", 0)), ck.step
+            (start_epoch, start_batch), step = plugin.resume_position(ck.meta), ck.step
             saved_world = int(ck.meta.get("world_size", 1))
             if start_batch and saved_world != ctx.world:
                 raise ValueError(f"{stem} was saved mid-epoch by {saved_world} process(es); resume it with as many "
