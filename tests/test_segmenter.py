@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdk.align import ARCFACE_112, ARCFACE_CROP, align
+from sdk.align import ARCFACE_CROP, align
 from sdk.errors import ModelFileError
 
 from _trainer_helpers import ASTRO_LM, csv_rows  # noqa: E402  (tests/ is on sys.path)

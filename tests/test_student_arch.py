@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("onnx")
 
+from _trainer_helpers import csv_rows  # noqa: E402
 from trainer.checkpoints import load_checkpoint  # noqa: E402
 from trainer.loops import state_sha1  # noqa: E402
 from trainer.student.build import build_models  # noqa: E402
@@ -201,7 +202,7 @@ def test_mobilefacenet_trains_saves_and_validates(tiny_with_val, tmp_path, stude
     assert float(rows[0]["ce"]) > 0 and float(rows[0]["instance"]) > 0
     for f in ("student.safetensors", "ckpt/last.safetensors", "ckpt/epoch1.safetensors", "val.csv", "loss.png"):
         assert (out / f).is_file(), f
-    val = list(csv.DictReader((out / "val.csv").open()))
+    val = csv_rows(out / "val.csv")
     assert len(val) == 2 and all(np.isfinite(float(r["student_clean_vs_clean"])) for r in val)
     assert np.isfinite(float(val[0]["teacher_clean_vs_masked"]))
 

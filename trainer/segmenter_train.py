@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence

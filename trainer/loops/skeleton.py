@@ -196,6 +196,25 @@ class _CsvLog:
         self.f.close()
 
 
+def _checkpoint_to_resume(out: Path) -> Checkpoint | None:
+    """The checkpoint ``--resume`` continues from: ``<out>/ckpt/last.*``, else an older run's (segmenter / inpainter
+    run folder, student ``ckpt/last.safetensors``: weights, optimisers and progress, but no RNG state), else None."""
+    stem = find_checkpoint(out / LAST)
+    if stem is not None:
+        return load_checkpoint(stem)
+    for older in (out, out / "ckpt" / "last.safetensors"):
+        if older.exists():
+            try:
+                ck = load_checkpoint(older)
+            except FileNotFoundError:
+                continue
+            log.warning("resuming from an older checkpoint (%s, %s): no RNG state in it, so the continuation is not "
+                        "bit-identical to an uninterrupted run", older, ck.legacy)
+            return ck
+    log.info("%s: nothing to resume, starting fresh", out)
+    return None
+
+
 def run_loop(make_plugin: Callable[[DistContext, Checkpoint | None], Plugin], settings: LoopSettings) -> dict:
     """Build the plugin (``make_plugin(ctx, checkpoint_to_resume_or_None)``), train it, return its result.
 
@@ -207,16 +226,14 @@ def run_loop(make_plugin: Callable[[DistContext, Checkpoint | None], Plugin], se
     with DistContext(settings.device) as ctx:
         if ctx.main:
             out.mkdir(parents=True, exist_ok=True)
-        stem = find_checkpoint(out / LAST) if settings.resume else None
-        if settings.resume and stem is None and (out / "ckpt").is_dir() and any((out / "ckpt").iterdir()):
-            log.warning("%s: --resume found no checkpoint of this format in %s; starting fresh", out, out / "ckpt")
-        ck = load_checkpoint(stem) if stem is not None else None
+        ck = _checkpoint_to_resume(out) if settings.resume else None
         plugin = make_plugin(ctx, ck)
         if ctx.ddp and not plugin.supports_ddp:
             raise SystemExit(f"the {plugin.kind} trainer does not run under torchrun (WORLD_SIZE={ctx.world})")
         start_epoch = start_batch = step = 0
+        stem = ck.stem if ck is not None else None
         if ck is not None:
-            ck.restore(plugin.modules(), plugin.optimizers(), rng=True)
+            ck.restore(plugin.modules(), plugin.optimizers(), rng=True, strict=ck.legacy is None)
             (start_epoch, start_batch), step = plugin.resume_position(ck.meta), ck.step
             saved_world = int(ck.meta.get("world_size", 1))
             if start_batch and saved_world != ctx.world:

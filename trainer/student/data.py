@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from trainer.data.face_arrays import UnreadableImageError
-from trainer.student.config import ARC_SIZE
 
 __all__ = ["sample_seed", "MaskedChipDataset", "pk_batches", "collate", "worker_init", "arc_matrices"]
 
