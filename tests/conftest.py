@@ -287,11 +287,12 @@ def same_checkpoints(torch):
 
 
 @pytest.fixture
-def crash_at_step(monkeypatch):
-    """``crash_at_step(PluginClass, n)``: the plugin's ``step`` raises ``KeyboardInterrupt`` when asked for update
-    ``n + 1`` (after ``n`` updates: a killed run); undone at the end of the test or by calling the returned undo."""
+def kill_and_resume(monkeypatch):
+    """``kill_and_resume(PluginClass, n, run)``: ``run(resume=False)`` is killed (``KeyboardInterrupt`` from the
+    plugin's ``step``) when it asks for update ``n + 1``, then ``run(resume=True)`` continues it; returns the second
+    run's result.  ``run`` trains into the same folder both times."""
 
-    def crash(cls, n: int):
+    def go(cls, n: int, run):
         real = cls.step
 
         def step(self, batch, epoch, step, ctx):
@@ -300,6 +301,9 @@ def crash_at_step(monkeypatch):
             return real(self, batch, epoch, step, ctx)
 
         monkeypatch.setattr(cls, "step", step)
-        return lambda: monkeypatch.setattr(cls, "step", real)
+        with pytest.raises(KeyboardInterrupt):
+            run(resume=False)
+        monkeypatch.setattr(cls, "step", real)
+        return run(resume=True)
 
-    return crash
+    return go

@@ -65,6 +65,7 @@ def test_chip_to_arc_composes_the_two_warps(astronaut_bgr):
     assert np.abs(direct - via)[20:100, 20:100].mean() < 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["telea", "run"])
 def test_chip_completer_fills_only_the_hole(spec, inpainter_run_dir, astronaut_bgr):
     from trainer.data.completion import ChipCompleter, chip_to_arc
@@ -123,6 +124,7 @@ def test_student_dataset_completes_masked_chips(inpainter_run_dir, tmp_path, ast
     assert (v1 != v0).any()  # validation chips are completed too
 
 
+@pytest.mark.slow
 def test_evaluate_complete_option(tmp_path, astronaut_bgr, camera_bgr):
     from _trainer_helpers import photo_variants as variants
 
@@ -156,8 +158,6 @@ def test_evaluate_complete_option(tmp_path, astronaut_bgr, camera_bgr):
 
 
 def test_ablation_rows_are_distinct_configs(tmp_path):
-    import argparse
-
     from trainer.ablation import DEFAULT_ROWS, build_parser, row_for, student_config
 
     args = build_parser().parse_args(["--out", str(tmp_path), "--completion", "telea"])
@@ -175,7 +175,6 @@ def test_ablation_rows_are_distinct_configs(tmp_path):
     no_comp = build_parser().parse_args(["--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs --completion"):
         student_config(no_comp, "pt_hard_completed")
-    assert isinstance(args, argparse.Namespace)
 
 
 def test_inpainter_device_option(torch):
@@ -188,6 +187,7 @@ def test_inpainter_device_option(torch):
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_ablation_table_from_reports(tmp_path):
     """write_table reads the evaluation reports' structure (TAR entries are dicts) and writes md + json + png."""
     from trainer.ablation import write_table
@@ -229,6 +229,7 @@ def test_chip_completer_predicted_masks(inpainter_run_dir, astronaut_bgr):
         ChipCompleter("telea", mask_source="both")
 
 
+@pytest.mark.slow
 def test_mobilefacenet_student_exports_to_a_working_bundle(torch, tmp_path, astronaut_bgr):
     """A from-scratch student (112x112 ArcFace crops) -> ONNX bundle -> Recognizer, end to end."""
     import sdk

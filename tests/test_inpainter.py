@@ -76,6 +76,7 @@ def test_mask_boxes_and_crop():
     assert torch.allclose(c, x[:, :, 16:48, 8:40], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_flops_params_budget():
     from trainer.models.inpainter import Generator, count_flops, count_params
 
@@ -84,6 +85,7 @@ def test_flops_params_budget():
     assert 2e5 < count_params(g) < 2e6
 
 
+@pytest.mark.slow
 def test_onnx_export_parity(small_gen, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -313,7 +315,7 @@ def test_dlib_features_through_fixed_warp(astronaut_bgr):
 
 
 @pytest.mark.slow
-def test_training_loop_resumes_exactly(astro_faces, tmp_path, crash_at_step, same_checkpoints):
+def test_training_loop_resumes_exactly(astro_faces, tmp_path, kill_and_resume, same_checkpoints):
     """4 generator updates straight == killed after 3 (checkpoint at 2) + resumed: identical generator, critics,
     both Adam states -- including the WGAN-GP interpolation draws (the RNG state is in the checkpoint)."""
     import dataclasses
@@ -329,12 +331,9 @@ def test_training_loop_resumes_exactly(astro_faces, tmp_path, crash_at_step, sam
     assert result["steps"] == 4 and np.isfinite(result["psnr_hole"])
     snap = tmp_path / "straight" / "snapshots" / "step_000002"
     assert snap.with_suffix(".safetensors").is_file() and snap.with_suffix(".json").is_file()
-    killed = dataclasses.replace(cfg, out=str(tmp_path / "killed"))
-    undo = crash_at_step(InpainterPlugin, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train(killed, faces=astro_faces, synth=MaskSynthesizer())
-    undo()
-    train(dataclasses.replace(killed, resume=True), faces=astro_faces, synth=MaskSynthesizer())
+    kill_and_resume(InpainterPlugin, 3, lambda resume: train(
+        dataclasses.replace(cfg, out=str(tmp_path / "killed"), resume=resume), faces=astro_faces,
+        synth=MaskSynthesizer()))
     ck = same_checkpoints(tmp_path / "straight", tmp_path / "killed")
     assert set(ck.modules) == {"generator", "global", "local"} and "rng.torch" in ck.optim
 

@@ -43,6 +43,7 @@ def trained(torch, astro_faces, tmp_path_factory):
     return out, cfg, result
 
 
+@pytest.mark.slow
 def test_training_loss_falls_and_writes_outputs(trained):
     out, cfg, result = trained
     rows = csv_rows(out / "log.csv")
@@ -57,6 +58,7 @@ def test_training_loss_falls_and_writes_outputs(trained):
     assert "none" in result["per_category"] and "simple" in result["per_category"]
 
 
+@pytest.mark.slow
 def test_checkpoint_records_config_and_preprocess(torch, trained, astro_faces):
     from trainer.models.segmenter import load_checkpoint, preprocess
     from trainer.segmenter_train import predict
@@ -77,7 +79,7 @@ def test_checkpoint_records_config_and_preprocess(torch, trained, astro_faces):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, crash_at_step, same_checkpoints):
+def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, kill_and_resume, same_checkpoints):
     """30 steps straight == killed after step 20 (checkpoint at 15) + resumed: identical weights, Adam state and
     log; a finished run resumed for 2 more steps continues at step 31."""
     import dataclasses
@@ -86,12 +88,9 @@ def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, crash
     from trainer.segmenter_train import SegmenterPlugin, train
 
     out, cfg, _ = trained
-    killed = dataclasses.replace(cfg, out=str(tmp_path / "killed"))
-    undo = crash_at_step(SegmenterPlugin, 20)
-    with pytest.raises(KeyboardInterrupt):
-        train(killed, faces=astro_faces, synth=MaskSynthesizer())
-    undo()
-    train(dataclasses.replace(killed, resume=True), faces=astro_faces, synth=MaskSynthesizer())
+    kill_and_resume(SegmenterPlugin, 20, lambda resume: train(
+        dataclasses.replace(cfg, out=str(tmp_path / "killed"), resume=resume), faces=astro_faces,
+        synth=MaskSynthesizer()))
     same_checkpoints(out, tmp_path / "killed")
 
     def logged(run):
@@ -105,6 +104,7 @@ def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, crash
     assert json.loads((more / "ckpt/last.json").read_text())["step"] == 32
 
 
+@pytest.mark.slow
 def test_onnx_export_parity_and_bundle_in_recognizer(torch, trained, astronaut_bgr, tmp_path):
     from export.onnx_segmenter import export_onnx_bytes, torch_outputs, write_bundle
     from sdk.occluders import draw_surgical_mask

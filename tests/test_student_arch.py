@@ -92,6 +92,7 @@ def test_lr_factor():
 
 
 # -------------------------------------------------------------------------------------------------- models
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,dim", [("mobilefacenet", 128), ("resnet18", 64)])
 def test_student_normalises_inside_and_round_trips(arch, dim, tmp_path):
     from trainer.models.student import build_student, preprocess
@@ -139,6 +140,7 @@ def test_dlib_weights_still_load(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- data
+@pytest.mark.slow
 def test_arcface_crops_and_teacher_baseline(tiny, tiny_with_val):
     """Student chips are 112x112 ArcFace crops; the teacher's baseline is the one it gets on its own dlib chips."""
     from trainer.data.synthesis import MaskSynthesizer

@@ -101,6 +101,7 @@ def test_capstone_terms_select_correct_rows():
     assert torch.allclose(pw_all, ((s - s_clean) ** 2).sum(1).mean())
 
 
+@pytest.mark.slow
 def test_pure_capstone_run_logs_pairwise(tiny, tmp_path, parse_student_args, steps_rows):
     """ArcFace + beta * MSE (relational terms off), correctly classified samples only, on the dlib student."""
     prep, _ = tiny

@@ -47,6 +47,7 @@ def test_dataset_masks_deterministically(tiny):
     assert np.array_equal(m0, c0)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(tiny, student_cfg):
     from trainer.data.synthesis import MaskSynthesizer
 
@@ -95,7 +96,8 @@ def test_train_writes_outputs_and_resumes_exactly(tiny, student_cfg, tmp_path, s
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_exactly(tiny, student_cfg, tmp_path, crash_at_step, same_checkpoints, steps_rows):
+def test_killed_mid_epoch_resumes_exactly(tiny, student_cfg, tmp_path, kill_and_resume, same_checkpoints,
+                                        steps_rows):
     """A crash before step 4 of 4 (checkpoint every 2 steps): the resumed run redoes step 3 and ends exactly like a
     run that never stopped -- weights, optimiser state, and a log without duplicate steps."""
     from trainer.student.loop import StudentPlugin
@@ -103,13 +105,16 @@ def test_killed_mid_epoch_resumes_exactly(tiny, student_cfg, tmp_path, crash_at_
     prep, _ = tiny
     kw = dict(steps_per_epoch=4, ckpt_every=2, instance="soft", ce_weight=1.0)
     train(student_cfg(out=str(tmp_path / "straight"), **kw), prepared=prep)
-    undo = crash_at_step(StudentPlugin, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train(student_cfg(out=str(tmp_path / "killed"), **kw), prepared=prep)
-    undo()
-    assert json.loads((tmp_path / "killed/ckpt/last.json").read_text())["step"] == 2
-    assert [r["step"] for r in steps_rows(tmp_path / "killed")] == ["1", "2", "3"]
-    train(student_cfg(out=str(tmp_path / "killed"), resume=True, **kw), prepared=prep)
+    seen = {}
+
+    def run(resume):
+        if resume:  # what the killed run left behind
+            seen["step"] = json.loads((tmp_path / "killed/ckpt/last.json").read_text())["step"]
+            seen["rows"] = [r["step"] for r in steps_rows(tmp_path / "killed")]
+        return train(student_cfg(out=str(tmp_path / "killed"), resume=resume, **kw), prepared=prep)
+
+    kill_and_resume(StudentPlugin, 3, run)
+    assert seen == {"step": 2, "rows": ["1", "2", "3"]}
     same_checkpoints(tmp_path / "straight", tmp_path / "killed")
     assert [r["step"] for r in steps_rows(tmp_path / "killed")] == ["1", "2", "3", "4"]
     assert [r["total"] for r in steps_rows(tmp_path / "straight")] == [r["total"] for r in steps_rows(tmp_path / "killed")]
@@ -127,6 +132,7 @@ def test_unreadable_image_is_an_error_not_a_black_chip(tiny, tmp_path):
     assert ds.clean_bgr(1).shape == (150, 150, 3)
 
 
+@pytest.mark.slow
 def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_path, student_cfg):
     """An image that cannot be read is left out of training and counted (summary ``data``), never a black chip;
     images without a detected face are kept at median landmarks unless ``keep_undetected=False``."""

@@ -51,7 +51,7 @@ import numpy as np
 from trainer._config_cli import dataclass_command
 from trainer.data.face_arrays import FaceArrays, flip_face, split_by_identity
 from trainer.data.faces import load_faces_for
-from trainer.loops import DistContext, LoopSettings, Plugin, run_loop
+from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger("trainer.inpainter")
 
@@ -376,7 +376,7 @@ def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: i
 LOG_COLS = ("g_loss", "l1", "ae", "adv", "d_loss", "gp", "id", "id_low", "id_high", "id_div")
 
 
-class InpainterPlugin(Plugin):
+class InpainterPlugin(StepPlugin):
     """The inpainter on the loop skeleton: one epoch of ``cfg.steps`` generator updates (each after ``n_critic``
     critic updates, :meth:`Trainer.step`), a quick held-out PSNR at every checkpoint, grids and generator snapshots."""
 
@@ -396,6 +396,7 @@ class InpainterPlugin(Plugin):
         self.flops = count_flops(tr.G)
         log.info("generator: %d params, %.3f GFLOPs per 112x112 face", self.params["generator"], self.flops / 1e9)
         self.ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed, cfg.grey_prob)
+        self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
 
     def modules(self) -> dict:
         return self.tr.modules()
@@ -405,22 +406,6 @@ class InpainterPlugin(Plugin):
 
     def meta(self) -> dict:
         return {**self.tr.meta(), "params": self.params, "gflops": self.flops / 1e9}
-
-    def batches_per_epoch(self, epoch: int, world: int) -> int:
-        return self.cfg.steps
-
-    def resume_position(self, meta) -> tuple[int, int]:
-        return 0, int(meta.get("step") or 0)  # one epoch of ``steps`` batches: a longer --steps continues
-
-    def batches(self, epoch: int, first: int, ctx: DistContext):
-        import torch
-
-        cfg = self.cfg
-        return torch.utils.data.DataLoader(self.ds, batch_size=cfg.batch_size,
-                                           sampler=range(first * cfg.batch_size, cfg.steps * cfg.batch_size),
-                                           num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
-                                           prefetch_factor=4 if cfg.workers else None,
-                                           generator=torch.Generator().manual_seed(cfg.seed))
 
     def begin(self, fresh: bool, ctx: DistContext) -> None:
         self.tr.to(self.device)  # after the skeleton restored a checkpoint (its tensors load on the CPU)

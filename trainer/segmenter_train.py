@@ -45,7 +45,7 @@ import numpy as np
 from trainer._config_cli import dataclass_command
 from trainer.data.face_arrays import FaceArrays, flip_face, split_by_identity
 from trainer.data.faces import load_faces_for
-from trainer.loops import DistContext, LoopSettings, Plugin, run_loop
+from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger("trainer.segmenter")
 
@@ -209,7 +209,7 @@ def save_grid(model, val: dict[str, np.ndarray], path: Path, rows: int = 8) -> N
     cv2.imwrite(str(path), np.concatenate(lines, 0))
 
 
-class SegmenterPlugin(Plugin):
+class SegmenterPlugin(StepPlugin):
     """The segmenter on the loop skeleton: one epoch of ``cfg.steps`` batches, Adam with cosine lr decay, a quick
     held-out evaluation (``val_small``) at every checkpoint, grids every ``grid_every`` steps."""
 
@@ -230,6 +230,7 @@ class SegmenterPlugin(Plugin):
         self.params, self.flops = count_params(self.model), count_flops(self.model)
         log.info("model: %d params, %.3f GFLOPs per 112x112 face", self.params, self.flops / 1e9)
         self.ds = SynthStream(train_f, synth, cfg.steps * cfg.batch_size, cfg.clean_prob, cfg.seed)
+        self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = cfg.lr
 
     def modules(self) -> dict:
@@ -243,22 +244,6 @@ class SegmenterPlugin(Plugin):
 
         return {"models": {"model": self.model.config.to_dict()}, "preprocess": {"model": SEGMENTER.to_dict()},
                 "config": asdict(self.cfg), "params": self.params, "gflops": self.flops / 1e9}
-
-    def batches_per_epoch(self, epoch: int, world: int) -> int:
-        return self.cfg.steps
-
-    def resume_position(self, meta) -> tuple[int, int]:
-        return 0, int(meta.get("step") or 0)  # one epoch of ``steps`` batches: a longer --steps continues
-
-    def batches(self, epoch: int, first: int, ctx: DistContext):
-        import torch
-
-        cfg = self.cfg
-        return torch.utils.data.DataLoader(self.ds, batch_size=cfg.batch_size,
-                                           sampler=range(first * cfg.batch_size, cfg.steps * cfg.batch_size),
-                                           num_workers=cfg.workers, persistent_workers=False,
-                                           prefetch_factor=4 if cfg.workers else None,
-                                           generator=torch.Generator().manual_seed(cfg.seed))
 
     def start_epoch(self, epoch: int, ctx: DistContext) -> None:
         self.model.train()

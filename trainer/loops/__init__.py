@@ -7,6 +7,6 @@ The plug-ins live beside their models' training code: ``trainer.segmenter_train.
 ``trainer.inpainter_train.InpainterPlugin``, ``trainer.student.loop.StudentPlugin``.
 """
 from trainer.loops.ddp import DistContext, dist_env, state_sha1
-from trainer.loops.skeleton import LAST, LoopSettings, Plugin, run_loop
+from trainer.loops.skeleton import LAST, LoopSettings, Plugin, StepPlugin, run_loop
 
-__all__ = ["DistContext", "LAST", "LoopSettings", "Plugin", "dist_env", "run_loop", "state_sha1"]
+__all__ = ["DistContext", "LAST", "LoopSettings", "Plugin", "StepPlugin", "dist_env", "run_loop", "state_sha1"]

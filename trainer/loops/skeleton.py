@@ -33,7 +33,7 @@ from trainer.loops.ddp import DistContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopSettings", "Plugin", "run_loop", "LAST"]
+__all__ = ["LoopSettings", "Plugin", "StepPlugin", "run_loop", "LAST"]
 
 #: the rolling checkpoint of a run, relative to its output folder
 LAST = Path("ckpt") / "last"
@@ -152,6 +152,34 @@ class Plugin:
                weights_sha1: list[str] | None) -> tuple[dict, dict | None]:
         """After training (rank 0): ``(result returned by run_loop, extras of a final checkpoint or None)``."""
         return {"steps": step}, None
+
+
+class StepPlugin(Plugin):
+    """A step-based trainer: one epoch of ``steps`` batches of ``batch_size`` drawn from the map-style dataset
+    ``ds`` (sample ``i`` a pure function of ``(seed, i)``), so resuming at step ``s`` starts at sample
+    ``s * batch_size`` and a longer ``steps`` continues a finished run.  Subclasses set ``ds``, ``steps``,
+    ``batch_size``, ``workers`` and ``seed``."""
+
+    ds: Any
+    steps: int
+    batch_size: int
+    workers: int = 0
+    seed: int = 0
+
+    def batches_per_epoch(self, epoch: int, world: int) -> int:
+        return self.steps
+
+    def resume_position(self, meta: Mapping[str, Any]) -> tuple[int, int]:
+        return 0, int(meta.get("step") or 0)
+
+    def batches(self, epoch: int, first: int, ctx: DistContext) -> Iterable:
+        import torch
+
+        bs = self.batch_size
+        # a private generator: creating the loader does not draw from the global RNG (exact resume)
+        return torch.utils.data.DataLoader(self.ds, batch_size=bs, sampler=range(first * bs, self.steps * bs),
+                                           num_workers=self.workers, prefetch_factor=4 if self.workers else None,
+                                           generator=torch.Generator().manual_seed(self.seed))
 
 
 def _trim_csv(path: Path, step: int) -> None:
