@@ -80,6 +80,37 @@ def inpainter_run_dir(torch, tmp_path_factory):
     return out
 
 
+# ------------------------------------------------------------------------------------------------ slow tests
+#: Tests outside the trainer's files that take seconds each (subprocess CLIs, naive kernel references, evaluation
+#: end to end), marked ``slow`` here so that ``pytest -m "not slow"`` is a quick loop over the whole suite while
+#: ``make test`` still runs everything; their owners may move the mark onto the test (``@pytest.mark.slow``).
+#: The trainer's own tests carry the decorator.  Entries are node ids without parameters.
+SLOW_ELSEWHERE = frozenset({
+    "tests/test_cli.py::test_bench_writes_per_stage_json", "tests/test_cli.py::test_enroll_folder_then_identify",
+    "tests/test_cli.py::test_verify_exit_codes", "tests/test_cli.py::test_enroll_strict_aborts_without_writing",
+    "tests/test_cli.py::test_demo_main_job", "tests/test_cli.py::test_foreign_gallery_gives_clear_cli_error",
+    "tests/test_cli.py::test_help_lists_commands",
+    "tests/test_readers_evaluate.py::test_evaluate_end_to_end",
+    "tests/test_readers_evaluate.py::test_split_command_writes_manifest",
+    "tests/test_kernels_contextual_attention.py::test_matches_naive_reference",
+    "tests/test_kernels_contextual_attention.py::test_matches_vectorized_reference",
+    "tests/test_kernels_contextual_attention.py::test_realistic_size",
+    "tests/test_complete.py::test_export_summary_and_bundle", "tests/test_complete.py::test_recognizer_completes_occluded_faces",
+    "tests/test_complete.py::test_complete_output_known_pixels_and_holes",
+    "tests/test_recognizer.py::test_enroll_failing_half_way_loses_nothing", "tests/test_recognizer.py::test_verify",
+    "tests/test_metrics.py::test_lfw_10fold_matches_brute_force",
+    "tests/test_contextual_attention.py::test_onnx_opset17_export_runs_in_onnxruntime",
+    "tests/test_contextual_attention.py::test_onnx_self_attention_single_input_graph",
+    "tests/test_detect.py::test_max_side_close_to_full_resolution",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in SLOW_ELSEWHERE:
+            item.add_marker(pytest.mark.slow)
+
+
 # ------------------------------------------------------------------------------------------------ global state
 @pytest.fixture(autouse=True)
 def _seeded_and_restored(request):

@@ -87,6 +87,7 @@ def test_chip_completer_fills_only_the_hole(spec, inpainter_run_dir, astronaut_b
         assert (inpainter_run_dir / "inpainter.onnx").is_file()  # exported once, cached beside the weights
 
 
+@pytest.mark.slow
 def test_greyscale_faces_get_greyscale_fills(inpainter_run_dir):
     from sdk.complete import OnnxInpainter, is_greyscale
     from trainer.data.completion import resolve_model

@@ -37,6 +37,7 @@ def small_gen():
         return Generator(InpainterConfig(width=8, disc_width=8)).eval()
 
 
+@pytest.mark.slow
 def test_shapes_and_exact_composite(small_gen):
     from trainer.models.inpainter import GlobalDiscriminator, InpainterConfig, LocalDiscriminator, mask_boxes
 
@@ -273,6 +274,7 @@ def test_train_steps_and_checkpoint_roundtrip(astronaut_bgr, tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_trainer_step_with_identity_loss(astronaut_bgr):
     from trainer.inpainter_train import InpaintTrainConfig, Trainer, to_tensor
     from trainer.losses.inpaint import IdentityDiversityLoss, identity_centres
@@ -290,6 +292,7 @@ def test_trainer_step_with_identity_loss(astronaut_bgr):
     assert np.isfinite([p["id"], p["id_low"], p["id_high"], p["id_div"], p["g_loss"]]).all()
 
 
+@pytest.mark.slow
 def test_dlib_features_through_fixed_warp(astronaut_bgr):
     """The 112 crop warped by the fixed ARCFACE_112 -> DLIB_150 affine gives (almost) the dlib descriptor
     of the chip cut directly from the frame."""
