@@ -145,7 +145,8 @@ def test_older_layouts_still_load(tmp_path):
     t.update({f"opt.{pid}.{k}": torch.as_tensor(v).reshape(-1) for pid, st in osd.items() for k, v in st.items()})
     save_file(t, str(tmp_path / "last.safetensors"), {"arch": "dlib"})
     shapes = {f"opt.{pid}.{k}": list(torch.as_tensor(v).shape) for pid, st in osd.items() for k, v in st.items()}
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in adam.state_dict()["param_groups"]]
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in adam.state_dict()["param_groups"]]
     (tmp_path / "last.json").write_text(json.dumps({"config": {"arch": "dlib"}, "epoch": 1, "batch": 0, "step": 4,
                                                     "optimizer": {"param_groups": groups, "shapes": shapes}}))
     ck = load_checkpoint(tmp_path / "last.safetensors")

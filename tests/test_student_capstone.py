@@ -30,7 +30,8 @@ from trainer.student.validate import Validator  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler (conftest restores it)."""
+    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler (conftest restores
+    the thread count)."""
     torch.set_num_threads(1)
 
 
@@ -106,10 +107,11 @@ def test_pure_capstone_run_logs_pairwise(tiny, tmp_path, parse_student_args, ste
     """ArcFace + beta * MSE (relational terms off), correctly classified samples only, on the dlib student."""
     prep, _ = tiny
     out = tmp_path / "run"
-    cfg = parse_student_args(["--pairwise", "mse", "--pairwise-correct-only", "--pairwise-beta", "0.5", "--ce-weight", "1",
-                  "--instance", "none", "--lambda-p", "0", "--lambda-t", "0", "--out", str(out), "--templates", "",
-                  "--epochs", "1", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2",
-                  "--mask-prob", "1", "--threads", "1", "--workers", "0", "--val-fraction", "0", "--no-progress"])
+    cfg = parse_student_args([
+        "--pairwise", "mse", "--pairwise-correct-only", "--pairwise-beta", "0.5", "--ce-weight", "1",
+        "--instance", "none", "--lambda-p", "0", "--lambda-t", "0", "--out", str(out), "--templates", "",
+        "--epochs", "1", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2",
+        "--mask-prob", "1", "--threads", "1", "--workers", "0", "--val-fraction", "0", "--no-progress"])
     s = train(cfg, prepared=prep)
     assert s["steps"] == 2
     rows = steps_rows(out)
