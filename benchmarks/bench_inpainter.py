@@ -8,7 +8,7 @@ roughly, with a lower-face hole like a surgical mask, 21% of the crop):
 * ``cuda_b1`` / ``cuda_b32`` (+ ``_fp16`` autocast): PyTorch on the GPU, synchronised, only when CUDA is present;
 * baseline ``telea_b1``: ``cv2.inpaint(..., INPAINT_TELEA)`` on the same crop and hole.
 
-``ratio_vs_telea`` = case / Telea (per face).  Weights: ``--generator`` (a ``generator.safetensors`` folder from
+``ratio_vs_telea`` = case / Telea (per face).  Weights: ``--generator`` (a run folder from
 ``trainer/main.py inpainter``); random weights when omitted (same cost).  Prints JSON or writes ``--out``::
 
     python benchmarks/bench_inpainter.py --out benchmarks/results/inpainter.json
@@ -63,7 +63,8 @@ def face_and_hole(size: int = 112) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/bench_inpainter.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", type=Path, help="inpainter run folder (generator.safetensors + config.json)")
+    p.add_argument("--generator", type=Path, help="inpainter run folder (ckpt/last.*; older generator.safetensors "
+                                                  "+ config.json folders too) or checkpoint")
     p.add_argument("--out", type=Path, help="write the JSON here instead of printing it")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime (default 1)")
     p.add_argument("--repeats", type=int, default=50)

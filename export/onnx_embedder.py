@@ -29,61 +29,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import sys
-import warnings
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-INPUT_NAME = "chips"
-OUTPUT_NAME = "descriptor"
-OPSET = 17
-CHIP = 150
-
-
-def _wrapper(net):
-    import torch
-    from torch import nn
-
-    class UInt8NHWC(nn.Module):
-        """uint8 NHWC RGB chips -> raw descriptors (the DlibResNet subtracts its means and divides by 256)."""
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, chips):
-            return self.net(chips.permute(0, 3, 1, 2).to(torch.float32))
-
-    return UInt8NHWC(net).eval()
-
-
-def crop_of(net) -> tuple[str, int]:
-    """``(crop name, side)`` a student takes: dlib students 150x150 dlib chips, the others (ResNet-18 /
-    MobileFaceNet, :class:`trainer.student_train.ArcInput`) 112x112 ArcFace crops."""
-    from trainer.student_train import student_arch
-
-    return ("dlib150", CHIP) if student_arch(net) == "dlib" else ("arcface112", 112)
-
-
-def export_onnx_bytes(net) -> bytes:
-    """Serialised ONNX model of ``net`` (a :class:`trainer.models.dlib_resnet.DlibResNet`, or a ResNet-18 /
-    MobileFaceNet student whose module does its own normalisation): uint8 NHWC RGB crops of the student's side."""
-    import torch
-
-    net = copy.deepcopy(net).float().eval()
-    model = _wrapper(net)
-    side = crop_of(net)[1]
-    dummy = torch.zeros((2, side, side, 3), dtype=torch.uint8)
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), buf, opset_version=OPSET, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "n"}, OUTPUT_NAME: {0: "n"}},
-                          do_constant_folding=True)
-    return buf.getvalue()
+# the student -> ONNX graph core lives with the students (the trainer embeds through it too)
+from trainer.student.graph import (CHIP, INPUT_NAME, OPSET, OUTPUT_NAME, crop_of, export_onnx_bytes,  # noqa: F401
+                                   ort_descriptors, ort_session)
 
 
 #: ops whose weight input (index 1) is stored as float16 by :func:`to_fp16_weights`.
@@ -124,24 +81,6 @@ def to_fp16_weights(onnx_bytes: bytes, min_size: int = 1024) -> bytes:
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def ort_session(model: bytes | str | Path, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
-def ort_descriptors(sess, chips: np.ndarray, batch: int = 64) -> np.ndarray:
-    """(N, 128) raw descriptors of uint8 RGB chips (N, 150, 150, 3) from an ORT session of the exported graph."""
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips[i:i + batch])})[0]
-           for i in range(0, len(chips), batch)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 128), np.float32)
 
 
 def torch_descriptors(net, chips: np.ndarray) -> np.ndarray:
@@ -199,7 +138,9 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "student_v1", d
                  segment_from: str | Path | None = None, crop: str = "dlib150", dim: int = 128) -> Path:
     """Write ``<out>/student.onnx`` and ``<out>/manifest.json`` (baseline manifest, embed stage replaced; with
     ``segment_from``, that bundle's segment stage, its relative paths rewritten to point into it)."""
+    from export._preprocess import set_stage_preprocess
     from sdk.bundle import find_manifest
+    from trainer.preprocess import graph_input, student_preprocess
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +163,8 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "student_v1", d
     if crop == "dlib150":
         config["chip_landmarks"] = "dlib5"
     manifest["stages"]["embed"] = {"kind": "onnx_embedder", "files": files, "config": config}
+    # the graph takes uint8 RGB crops, NHWC, and normalises inside (the student's record folded in)
+    set_stage_preprocess(manifest, "embed", graph_input(student_preprocess(crop)))
     if segment_from is not None:
         manifest["stages"]["segment"] = _copy_stage(find_manifest(segment_from), "segment", out)
     if extra_meta:
@@ -236,7 +179,7 @@ def export(checkpoint: str | Path, out: str | Path, name: str = "student_v1", ve
     """Checkpoint -> bundle; returns ``{"bundle", "onnx_bytes", "max_abs_diff", "max_cos_dist"}`` (ORT vs torch
     fp32; with ``fp16_weights`` also ``"fp32_onnx_bytes"``, ``"vs_fp32_onnx_max_abs_diff"``,
     ``"vs_fp32_onnx_max_cos_dist"``)."""
-    from trainer.student_train import load_student_weights
+    from trainer.student.models import load_student_weights
 
     net = load_student_weights(checkpoint)
     crop, side = crop_of(net)
@@ -303,6 +246,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     raise SystemExit(main())

@@ -124,14 +124,20 @@ def ort_completed(onnx_bytes: bytes, crops: np.ndarray, holes: np.ndarray) -> np
 
 def write_bundle(onnx_bytes: bytes, out: str | Path, bundle_from: str | Path = "default", name: str | None = None,
                  description: str | None = None, threads: int = 1, min_occlusion: float = 0.5, dilate: int = 1,
-                 extra_meta: dict | None = None) -> Path:
+                 extra_meta: dict | None = None, preprocess=None) -> Path:
     """Write ``<out>/inpainter.onnx`` and ``<out>/manifest.json``: ``bundle_from``'s manifest, every stage's
     relative paths rewritten relative to ``out``, plus the complete stage. Returns ``out``.
+
+    ``preprocess``: the generator's :class:`sdk.preprocess.Preprocess` record (its checkpoint's; default
+    :data:`trainer.preprocess.INPAINTER`: BGR ``x / 127.5 - 1`` NCHW float32, what the graph's ``image`` takes),
+    written into the complete stage.
 
     Raises:
         ValueError: ``bundle_from`` has no segment stage (completion fills the segmenter's holes).
     """
+    from export._preprocess import set_stage_preprocess
     from export.onnx_embedder import _copy_stage
+    from trainer.preprocess import INPAINTER
     from sdk.bundle import STAGES, find_manifest
     from sdk.embed import file_digest
 
@@ -153,6 +159,7 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, bundle_from: str | Path = "
                    "min_occlusion": float(min_occlusion), "dilate": int(dilate)},
     }
     manifest["stages"] = {s: stages[s] for s in STAGES}
+    set_stage_preprocess(manifest, "complete", preprocess or INPAINTER)
     manifest["name"] = name or out.name
     manifest["description"] = description or (
         f"{manifest.get('name')}: the {bundle_from!s} bundle's stages (MTCNN detector, occlusion segmenter, embedder) "
@@ -168,16 +175,25 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, bundle_from: str | Path = "
 def _training_meta(cfg: dict, generator_dir: Path, fp16_weights: bool) -> dict:
     ev = cfg.get("eval") or {}
     return {"run": str(generator_dir), "step": cfg.get("step"), "params": cfg.get("params"),
-            "gflops": cfg.get("gflops"), "model": cfg.get("model"),
+            "gflops": cfg.get("gflops"), "model": cfg.get("model") or (cfg.get("models") or {}).get("generator"),
             "id_loss": ev.get("id_loss"), "psnr_hole": ev.get("psnr_hole"), "ssim_hole": ev.get("ssim_hole"),
             "telea_psnr_hole": ev.get("telea_psnr_hole"),
             "weights": "float16" if fp16_weights else "float32"}
 
 
+def _recorded_preprocess(cfg: dict):
+    """The generator's Preprocess record in its checkpoint JSON (``None`` for older checkpoints)."""
+    from sdk.preprocess import Preprocess
+
+    raw = (cfg.get("preprocess") or {}).get("generator")
+    return Preprocess.from_dict(raw) if raw else None
+
+
 def export(generator_dir: str | Path, out: str | Path, bundle_from: str | Path = "default", name: str | None = None,
            fp16_weights: bool = False, description: str | None = None, threads: int = 1, min_occlusion: float = 0.5,
            dilate: int = 1, verbose: bool = True) -> dict:
-    """Run folder (``generator.safetensors`` + ``config.json``) -> bundle folder ``out``.
+    """Inpainter run folder or checkpoint (``trainer.checkpoints``; older ``generator.safetensors`` +
+    ``config.json`` folders too) -> bundle folder ``out``.
 
     Returns ``{"bundle", "onnx_bytes", "max_abs_diff", "mode"}`` (``max_abs_diff``: ORT vs torch on
     ``completed``, [-1, 1] units; with ``fp16_weights`` also ``"fp32_onnx_bytes"`` and
@@ -210,7 +226,8 @@ def export(generator_dir: str | Path, out: str | Path, bundle_from: str | Path =
                            f"(tolerance {tol:g})")
     bundle = write_bundle(blob, out, bundle_from=bundle_from, name=name, description=description, threads=threads,
                           min_occlusion=min_occlusion, dilate=dilate,
-                          extra_meta=_training_meta(cfg, generator_dir, fp16_weights))
+                          extra_meta=_training_meta(cfg, generator_dir, fp16_weights),
+                          preprocess=_recorded_preprocess(cfg))
     from sdk.bundle import load_bundle
 
     mode = load_bundle(bundle).mode  # validates the manifest and every file it names
@@ -224,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx_inpainter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generator", required=True, type=Path,
-                   help="inpainter run folder with generator.safetensors + config.json (trainer inpainter --out)")
+                   help="inpainter run folder (its ckpt/last.*, trainer/main.py inpainter --out) or checkpoint; "
+                        "older generator.safetensors + config.json folders load too")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write (manifest.json + inpainter.onnx)")
     p.add_argument("--bundle-from", default="default",
                    help="bundle whose stages are copied (built-in name or folder; needs a segment stage); "

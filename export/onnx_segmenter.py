@@ -18,6 +18,9 @@ with the segment stage set::
 CLI::
 
     python -m export.onnx_segmenter --checkpoint out/segmenter/v1 --out bundles/segmenter_v1
+
+The stage carries the graph's :class:`sdk.preprocess.Preprocess` record (``"preprocess"``: uint8 BGR NHWC of the
+ArcFace crop), derived from the record in the checkpoint.
 """
 from __future__ import annotations
 
@@ -100,10 +103,16 @@ def parity(net, onnx_bytes: bytes, crops: np.ndarray | None = None) -> dict[str,
 
 def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "segmenter_v1", description: str | None = None,
                  base: str | None = None, extra_meta: dict | None = None, threads: int = 1,
-                 threshold: float = 0.5) -> Path:
-    """Write ``<out>/segmenter.onnx`` and ``<out>/manifest.json`` (base manifest, segment stage set)."""
+                 threshold: float = 0.5, preprocess=None) -> Path:
+    """Write ``<out>/segmenter.onnx`` and ``<out>/manifest.json`` (base manifest, segment stage set).
+
+    ``preprocess``: the model's :class:`sdk.preprocess.Preprocess` record (from its checkpoint; default the
+    segmenter's, :data:`trainer.preprocess.SEGMENTER`); the manifest gets the graph's (uint8 BGR NHWC: the graph
+    applies the record inside)."""
+    from export._preprocess import set_stage_preprocess
     from sdk.bundle import find_manifest
     from sdk.embed import file_digest
+    from trainer.preprocess import SEGMENTER, graph_input
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +131,7 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "segmenter_v1",
         "config": {"threshold": float(threshold), "crop": "arcface112", "input": "uint8_nhwc_bgr",
                    "threads": int(threads)},
     }
+    set_stage_preprocess(manifest, "segment", graph_input(preprocess or SEGMENTER))
     if extra_meta:
         manifest["segmenter_training"] = extra_meta
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -130,7 +140,8 @@ def write_bundle(onnx_bytes: bytes, out: str | Path, name: str = "segmenter_v1",
 
 def export(checkpoint: str | Path, out: str | Path, name: str = "segmenter_v1", base: str | None = None,
            verbose: bool = True) -> dict:
-    """Checkpoint folder (``model.safetensors`` + ``config.json``) -> bundle; returns a summary dict."""
+    """Segmenter run folder or checkpoint (``trainer.checkpoints``; older ``model.safetensors`` + ``config.json``
+    folders too) -> bundle; returns a summary dict."""
     from trainer.models.segmenter import load_checkpoint
 
     net, cfg = load_checkpoint(checkpoint)
@@ -142,7 +153,11 @@ def export(checkpoint: str | Path, out: str | Path, name: str = "segmenter_v1", 
     meta = {"step": cfg.get("step"), "params": cfg.get("params"), "gflops": cfg.get("gflops"),
             "miou_per_category": {c: r.get("miou") for c, r in ev.get("per_category", {}).items() if "miou" in r},
             "presence_acc": ev.get("presence_acc")} if cfg.get("step") is not None else None
-    path = write_bundle(data, out, name=name, base=base, extra_meta=meta)
+    from sdk.preprocess import Preprocess
+
+    pre = (cfg.get("preprocess") or {}).get("model")
+    path = write_bundle(data, out, name=name, base=base, extra_meta=meta,
+                        preprocess=Preprocess.from_dict(pre) if pre else None)
     summary = {"bundle": str(path), "onnx_bytes": len(data), "max_abs_diff": diffs}
     if verbose:
         print(json.dumps(summary, indent=1))
@@ -153,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx_segmenter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="segmenter checkpoint folder (model.safetensors + config.json from trainer.segmenter_train)")
+                   help="segmenter run folder (its ckpt/last.*) or checkpoint from trainer/main.py segmenter "
+                        "(older model.safetensors + config.json folders load too)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write (manifest.json + segmenter.onnx)")
     p.add_argument("--name", default="segmenter_v1", help="bundle name (default segmenter_v1)")
     p.add_argument("--base", default=None, help="bundle whose detect/embed stages are copied (default: baseline)")

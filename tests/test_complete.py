@@ -83,7 +83,11 @@ def test_sdk_preprocessing_matches_trainer(crops_holes, torch):
     crops, _ = crops_holes
     x = to_model_input(crops)
     assert x.dtype == np.float32 and x.shape == (4, 3, S, S)
-    np.testing.assert_array_equal(x, to_tensor(crops).numpy())  # BGR kept, same scaling, bit-exact
+    # the trainer and the SDK apply the same Preprocess record (x / 127.5 - 1): bit-identical
+    from trainer.preprocess import INPAINTER
+
+    np.testing.assert_array_equal(to_tensor(crops).numpy(), INPAINTER.apply(crops))
+    np.testing.assert_array_equal(x, to_tensor(crops).numpy())  # BGR kept, same scaling
     y = torch.rand(2, 3, S, S) * 2.2 - 1.1
     np.testing.assert_array_equal(from_model_output(y.numpy()), to_u8(y))
 

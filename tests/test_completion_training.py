@@ -26,7 +26,7 @@ def _chip_and_arc(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_face_pack_roundtrip(tmp_path, astronaut_bgr):
     from trainer.data.pack import load_face_pack, save_face_pack
-    from trainer.segmenter_train import FaceArrays
+    from trainer.data.face_arrays import FaceArrays
 
     m = similarity_to_template(ASTRO_LM, ARCFACE_112)
     crop = warp(astronaut_bgr, m, (112, 112))
@@ -65,6 +65,7 @@ def test_chip_to_arc_composes_the_two_warps(astronaut_bgr):
     assert np.abs(direct - via)[20:100, 20:100].mean() < 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["telea", "run"])
 def test_chip_completer_fills_only_the_hole(spec, inpainter_run_dir, astronaut_bgr):
     from trainer.data.completion import ChipCompleter, chip_to_arc
@@ -86,6 +87,7 @@ def test_chip_completer_fills_only_the_hole(spec, inpainter_run_dir, astronaut_b
         assert (inpainter_run_dir / "inpainter.onnx").is_file()  # exported once, cached beside the weights
 
 
+@pytest.mark.slow
 def test_greyscale_faces_get_greyscale_fills(inpainter_run_dir):
     from sdk.complete import OnnxInpainter, is_greyscale
     from trainer.data.completion import resolve_model
@@ -107,7 +109,7 @@ def test_greyscale_faces_get_greyscale_fills(inpainter_run_dir):
 def test_student_dataset_completes_masked_chips(inpainter_run_dir, tmp_path, astronaut_bgr):
     from trainer.data.completion import ChipCompleter
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
-    from trainer.student_train import MaskedChipDataset
+    from trainer.student.data import MaskedChipDataset
 
     cv2.imwrite(str(tmp_path / "a.png"), astronaut_bgr)
     chip_m = similarity_to_template(ASTRO_LM, DLIB_150)
@@ -123,8 +125,9 @@ def test_student_dataset_completes_masked_chips(inpainter_run_dir, tmp_path, ast
     assert (v1 != v0).any()  # validation chips are completed too
 
 
+@pytest.mark.slow
 def test_evaluate_complete_option(tmp_path, astronaut_bgr, camera_bgr):
-    from tests.test_readers_evaluate import variants
+    from _trainer_helpers import photo_variants as variants
 
     root = tmp_path / "lfw"
     for name, img in {"Eileen_Collins": astronaut_bgr, "Camera_Man": camera_bgr}.items():
@@ -156,8 +159,6 @@ def test_evaluate_complete_option(tmp_path, astronaut_bgr, camera_bgr):
 
 
 def test_ablation_rows_are_distinct_configs(tmp_path):
-    import argparse
-
     from trainer.ablation import DEFAULT_ROWS, build_parser, row_for, student_config
 
     args = build_parser().parse_args(["--out", str(tmp_path), "--completion", "telea"])
@@ -175,7 +176,6 @@ def test_ablation_rows_are_distinct_configs(tmp_path):
     no_comp = build_parser().parse_args(["--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs --completion"):
         student_config(no_comp, "pt_hard_completed")
-    assert isinstance(args, argparse.Namespace)
 
 
 def test_inpainter_device_option(torch):
@@ -188,6 +188,7 @@ def test_inpainter_device_option(torch):
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_ablation_table_from_reports(tmp_path):
     """write_table reads the evaluation reports' structure (TAR entries are dicts) and writes md + json + png."""
     from trainer.ablation import write_table
@@ -229,13 +230,13 @@ def test_chip_completer_predicted_masks(inpainter_run_dir, astronaut_bgr):
         ChipCompleter("telea", mask_source="both")
 
 
+@pytest.mark.slow
 def test_mobilefacenet_student_exports_to_a_working_bundle(torch, tmp_path, astronaut_bgr):
     """A from-scratch student (112x112 ArcFace crops) -> ONNX bundle -> Recognizer, end to end."""
     import sdk
     from export.onnx_embedder import export
-    from trainer.student_train import new_student, save_student
+    from trainer.student.models import new_student, save_student
 
-    torch.manual_seed(0)
     net = new_student("mobilefacenet", 64).eval()
     ckpt = save_student(net, tmp_path / "student.safetensors")
     r = export(ckpt, tmp_path / "bundle", name="mfn-test", verbose=False)
@@ -243,6 +244,9 @@ def test_mobilefacenet_student_exports_to_a_working_bundle(torch, tmp_path, astr
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     cfg = manifest["stages"]["embed"]["config"]
     assert cfg["crop"] == "arcface112" and cfg["dim"] == 64
+    # the graph's input record: uint8 RGB NHWC ArcFace crops (the student's normalisation is inside the graph)
+    assert manifest["stages"]["embed"]["preprocess"] == {"crop": "arcface112", "colour": "rgb", "dtype": "uint8",
+                                                         "scale": 1.0, "offset": 0.0, "layout": "nhwc"}
     assert "shape_predictor" not in manifest["stages"]["embed"]["files"]
     rec = sdk.Recognizer(str(tmp_path / "bundle"))
     rec.enroll("astronaut", [astronaut_bgr])

@@ -13,7 +13,7 @@ import pytest
 
 frm = pytest.importorskip("face_recognition_models")
 
-from trainer.models._dlib_dat import read_dat  # noqa: E402
+from sdk.models.dlib_dat import read_dat  # noqa: E402
 
 try:
     import torch
@@ -94,6 +94,7 @@ def test_reader_layer_inventory(parsed):
     assert all(np.isfinite(p).all() for layer in parsed.layers for p in layer.params.values())
 
 
+@pytest.mark.slow
 @needs_torch
 def test_port_matches_dlib(model, chips_and_ref):
     chips, ref = chips_and_ref
@@ -111,6 +112,7 @@ def test_port_matches_dlib(model, chips_and_ref):
     assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 @needs_torch
 def test_port_is_differentiable(model, chips_and_ref):
     x = preprocess(chips_and_ref[0][0]).requires_grad_(True)
@@ -139,6 +141,7 @@ def test_safetensors_roundtrip(model, tmp_path):
         assert k == k2 and torch.equal(v, v2)
 
 
+@pytest.mark.slow
 @needs_torch
 def test_onnx_export_matches_dlib(model, chips_and_ref):
     pytest.importorskip("onnx")

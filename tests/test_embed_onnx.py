@@ -78,6 +78,7 @@ def chips_and_ref(astronaut_bgr, dat_path, sp_path):
     return [np.ascontiguousarray(c[:, :, ::-1]) for c in chips], ref
 
 
+@pytest.mark.slow
 def test_descriptors_match_dlib(onnx_emb, chips_and_ref):
     chips, ref = chips_and_ref
     raw = onnx_emb.descriptors(chips)
@@ -89,6 +90,7 @@ def test_descriptors_match_dlib(onnx_emb, chips_and_ref):
     assert np.abs(emb - ref_n).max() <= MAX_ABS
 
 
+@pytest.mark.slow
 def test_frame_pipeline_matches_dlib_embedder(onnx_emb, dlib_emb, faces_bgr):
     """Same chips out of a BGR frame (the same ChipGeometry), same unit-norm embeddings, same model_id."""
     frame, faces = faces_bgr
@@ -109,6 +111,7 @@ def test_model_id_follows_chip_geometry(dat_path, onnx_emb):
     assert e.providers == ("CPUExecutionProvider",) and e.backend.device == "cpu" and e.backend.id_suffix == ""
 
 
+@pytest.mark.slow
 def test_batches_give_the_same_rows(dat_path, onnx_emb, chips_and_ref):
     chips = chips_and_ref[0]
     seven = [chips[i % len(chips)] for i in range(7)]

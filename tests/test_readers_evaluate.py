@@ -7,20 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from _trainer_helpers import photo_variants as variants  # (tests/ is on sys.path)
 from trainer.data.readers import Split, identity_split, read_identity_tree, read_lfw_pairs
-
-
-def variants(img: np.ndarray, n: int) -> list[np.ndarray]:
-    """n different photos of the same face: mirror, scale, shift, brightness, a little rotation."""
-    out = []
-    h, w = img.shape[:2]
-    for k in range(n):
-        a = -6 + 4 * k
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), a, 1.0 - 0.05 * k)
-        v = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
-        v = cv2.convertScaleAbs(v, alpha=1.0 + 0.08 * (k - 1), beta=0)
-        out.append(v[:, ::-1].copy() if k % 2 else v)
-    return out
 
 
 @pytest.fixture(scope="module")

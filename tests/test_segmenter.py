@@ -1,21 +1,21 @@
 """Occlusion segmenter: training loop, checkpoints, ONNX export + SDK stage parity, Recognizer wiring, bad files.
 
 Fast (no ../shared data): the training faces are 112x112 ArcFace crops of scikit-image's astronaut, cut with
-jittered landmarks, and occluders come from the procedural synthesizer (no templates).
+jittered landmarks (``astro_faces`` of conftest), and occluders come from the procedural synthesizer (no templates).
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sdk.align import ARCFACE_112, ARCFACE_CROP, align
+from sdk.align import ARCFACE_CROP, align
 from sdk.errors import ModelFileError
 
-#: MTCNN landmarks of the astronaut in skimage.data.astronaut() (the baseline detector's output).
-ASTRO_LM = np.array([[203.9, 101.3], [246.4, 103.2], [224.3, 128.9], [201.8, 139.8], [244.9, 142.0]], np.float32)
+from _trainer_helpers import ASTRO_LM, csv_rows  # noqa: E402  (tests/ is on sys.path)
 
 
 def _mtcnn_onnx() -> Path:
@@ -30,23 +30,8 @@ def torch():
 
 
 @pytest.fixture(scope="module")
-def faces(astronaut_bgr):
-    """8 jittered astronaut crops (4 'identities') with their landmarks in crop pixels."""
-    from trainer.segmenter_train import FaceArrays
-
-    rng = np.random.default_rng(0)
-    crops, lms, ids = [], [], []
-    for k in range(8):
-        lm = ASTRO_LM + rng.normal(0, 2.0, ASTRO_LM.shape).astype(np.float32)
-        crops.append(align(astronaut_bgr, lm))
-        lms.append(ARCFACE_112 + rng.normal(0, 1.0, (5, 2)).astype(np.float32))
-        ids.append(f"id{k // 2}")
-    return FaceArrays(np.stack(crops), np.stack(lms).astype(np.float32), ids)
-
-
-@pytest.fixture(scope="module")
-def trained(torch, faces, tmp_path_factory):
-    """A width-8 segmenter trained 30 steps (batch 8) by trainer.segmenter_train.train."""
+def trained(torch, astro_faces, tmp_path_factory):
+    """A width-8 segmenter trained 30 steps (batch 8) by trainer.segmenter_train.train (checkpoint every 15)."""
     from trainer.data.synthesis import MaskSynthesizer
     from trainer.segmenter_train import SegTrainConfig, train
 
@@ -54,48 +39,72 @@ def trained(torch, faces, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg")
     cfg = SegTrainConfig(out=str(out), width=8, batch_size=8, steps=30, lr=3e-3, workers=0, log_every=1,
                          ckpt_every=15, grid_every=15, val_fraction=0.25, progress=False)
-    result = train(cfg, faces=faces, synth=MaskSynthesizer())
+    result = train(cfg, faces=astro_faces, synth=MaskSynthesizer())
     return out, cfg, result
 
 
+@pytest.mark.slow
 def test_training_loss_falls_and_writes_outputs(trained):
-    import csv
-
     out, cfg, result = trained
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    rows = csv_rows(out / "log.csv")
     loss = [float(r["loss"]) for r in rows]
-    assert len(loss) == 30
+    assert len(loss) == 30 and [int(r["step"]) for r in rows] == list(range(1, 31))
     assert np.mean(loss[-5:]) < np.mean(loss[:5])
-    for f in ("model.safetensors", "config.json", "optim.safetensors", "eval.json", "grids/step_000030.png"):
+    assert rows[14]["val_miou"] and rows[29]["val_miou"] and not rows[13]["val_miou"]  # quick val at checkpoints
+    for f in ("ckpt/last.safetensors", "ckpt/last.json", "ckpt/last.optim.safetensors", "eval.json",
+              "grids/step_000030.png"):
         assert (out / f).is_file(), f
     assert 0.0 <= result["presence_acc"] <= 1.0
     assert "none" in result["per_category"] and "simple" in result["per_category"]
 
 
-def test_checkpoint_round_trip_and_resume(torch, trained, faces):
+@pytest.mark.slow
+def test_checkpoint_records_config_and_preprocess(torch, trained, astro_faces):
+    from trainer.models.segmenter import load_checkpoint, preprocess
+    from trainer.segmenter_train import predict
+
+    out, cfg, result = trained
+    model, ck = load_checkpoint(out)
+    assert ck["step"] == 30 and ck["models"]["model"]["width"] == 8 and ck["config"]["steps"] == 30
+    assert ck["eval"]["presence_acc"] == result["presence_acc"]  # the final checkpoint carries the evaluation
+    assert ck["preprocess"]["model"] == {"crop": "arcface112", "colour": "bgr", "dtype": "float32",
+                                         "scale": 1 / 127.5, "offset": -1.0, "layout": "nchw"}
+    # the loaded network reproduces the evaluation's predictions (not just itself)
+    x = astro_faces.crops[:2]
+    prob, occ = predict(model, x)
+    with torch.no_grad():
+        lg, oc = model(preprocess(torch.from_numpy(x)))
+    np.testing.assert_allclose(prob, torch.sigmoid(lg[:, 0]).numpy(), atol=1e-6)
+    assert prob.shape == (2, 112, 112) and ((0 <= occ) & (occ <= 1)).all()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, kill_and_resume, same_checkpoints):
+    """30 steps straight == killed after step 20 (checkpoint at 15) + resumed: identical weights, Adam state and
+    log; a finished run resumed for 2 more steps continues at step 31."""
     import dataclasses
-    import json
 
     from trainer.data.synthesis import MaskSynthesizer
-    from trainer.models.segmenter import load_checkpoint, preprocess
-    from trainer.segmenter_train import train
+    from trainer.segmenter_train import SegmenterPlugin, train
 
     out, cfg, _ = trained
-    model, ck = load_checkpoint(out)
-    assert ck["step"] == 30 and ck["model"]["width"] == 8
-    x = preprocess(torch.from_numpy(faces.crops[:2]))
-    with torch.no_grad():
-        a = model(x)
-        b = load_checkpoint(out)[0](x)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    # resume 2 more steps
-    out2 = out.parent / "resumed"
-    shutil.copytree(out, out2)
-    cfg2 = dataclasses.replace(cfg, out=str(out2), steps=32, resume=True)
-    train(cfg2, faces=faces, synth=MaskSynthesizer())
-    assert json.loads((out2 / "config.json").read_text())["step"] == 32
+    kill_and_resume(SegmenterPlugin, 20, lambda resume: train(
+        dataclasses.replace(cfg, out=str(tmp_path / "killed"), resume=resume), faces=astro_faces,
+        synth=MaskSynthesizer()))
+    same_checkpoints(out, tmp_path / "killed")
+
+    def logged(run):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv_rows(run / "log.csv")]
+
+    assert logged(tmp_path / "killed") == logged(out)
+
+    more = tmp_path / "more"
+    shutil.copytree(out, more)
+    train(dataclasses.replace(cfg, out=str(more), steps=32, resume=True), faces=astro_faces, synth=MaskSynthesizer())
+    assert json.loads((more / "ckpt/last.json").read_text())["step"] == 32
 
 
+@pytest.mark.slow
 def test_onnx_export_parity_and_bundle_in_recognizer(torch, trained, astronaut_bgr, tmp_path):
     from export.onnx_segmenter import export_onnx_bytes, torch_outputs, write_bundle
     from sdk.occluders import draw_surgical_mask

@@ -83,6 +83,7 @@ def test_cost(students):
     assert 2.5e9 < count_flops(r) / 2 < 2.7e9
 
 
+@pytest.mark.slow
 def test_toy_distillation_loss_falls_deterministically():
     """CE + lambda_p L_p + lambda_t L_t of a tiny MobileFaceNet against a fixed random 'teacher' falls."""
 
@@ -116,6 +117,7 @@ def test_toy_distillation_loss_falls_deterministically():
     assert np.mean(a[-3:]) < 0.7 * np.mean(a[:3]), a
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy (TorchScript) exporter is requested
 @pytest.mark.parametrize("name", sorted(STUDENTS))
 def test_onnx_export_matches_torch(students, name, tmp_path):

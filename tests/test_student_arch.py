@@ -1,13 +1,12 @@
 """Student architectures of the student trainer (``--arch resnet18|mobilefacenet``), the ``--preset``s, the lr step
 schedule across ``--resume``, and weight files of every arch.
 
-Fast (no ../shared data): the tiny rendered chip set of ``test_student_train.py`` (3 identities x 3 chips cut from
+Fast (no ../shared data): the ``tiny`` rendered chip set of ``conftest.py`` (3 identities x 3 chips cut from
 scikit-image's astronaut and camera, identity frame -> chip matrices, landmarks = the dlib chip template).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 
 import numpy as np
@@ -17,52 +16,35 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("onnx")
 
-try:  # module fixture: the tiny set as a folder tree + alignment cache (that module skips without gloo)
-    from test_student_ddp import tiny_tree  # noqa: E402,F401
-except pytest.skip.Exception:
-    tiny_tree = None
-from test_student_train import _cfg, tiny  # noqa: E402,F401  (tiny: module fixture)
-from trainer.student_train import (PRESETS, MaskedChipDataset, Prepared, StudentConfig, Validator,  # noqa: E402
-                                   _add_args, arc_matrices, build_models, config_from_args, embed_chips,
-                                   load_student_weights, new_student, save_student, to_input, train)
+from _trainer_helpers import csv_rows  # noqa: E402
+from trainer.checkpoints import load_checkpoint  # noqa: E402
+from trainer.loops import state_sha1  # noqa: E402
+from trainer.student.build import build_models  # noqa: E402
+from trainer.student.cli import add_args  # noqa: E402
+from trainer.student.config import PRESETS, StudentConfig  # noqa: E402
+from trainer.student.data import MaskedChipDataset, arc_matrices  # noqa: E402
+from trainer.student.loop import train  # noqa: E402
+from trainer.student.models import load_student_weights, new_student, save_student, to_input  # noqa: E402
+from trainer.student.validate import Validator, embed_chips  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler (~30 ms per op)."""
-    n = torch.get_num_threads()
+    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler (~30 ms per op).
+    (conftest's autouse fixture restores the thread count.)"""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _acfg(tmp_path, **kw) -> StudentConfig:
-    return _cfg(tmp_path, **{"threads": 1, **kw})
-
-
-def _parse(argv: list[str]) -> StudentConfig:
-    p = argparse.ArgumentParser()
-    _add_args(p)
-    return config_from_args(p.parse_args(argv))
-
-
-def _with_val(prep: Prepared) -> Prepared:
-    """The tiny set with every image also in validation (9 images: 18 genuine + 18 impostor pairs)."""
-    return Prepared(prep.paths, prep.identities, prep.labels, prep.train_idx, np.arange(len(prep.paths)),
-                    prep.chip_m, prep.landmarks, prep.teacher, prep.train_ids, prep.train_ids)
-
-
-def _rows(out) -> list[dict]:
-    return list(csv.DictReader((out / "steps.csv").open()))
 
 
 # ------------------------------------------------------------------------------------------------ presets
-def test_no_flags_is_the_dataclass_default():
+def test_no_flags_is_the_dataclass_default(parse_student_args):
+    _parse = parse_student_args
     assert _parse([]) == StudentConfig()
     assert _parse(["--templates", "", "--no-progress"]) == StudentConfig(templates=None, progress=False)
+    assert _parse(["--no-keep-undetected"]).keep_undetected is False and _parse([]).keep_undetected is True
 
 
-def test_preset_fills_only_the_fields_not_given():
+def test_preset_fills_only_the_fields_not_given(parse_student_args):
+    _parse = parse_student_args
     cfg = _parse(["--preset", "paper"])
     paper = PRESETS["paper"]
     assert cfg.preset == "paper"
@@ -95,7 +77,7 @@ def test_preset_fills_only_the_fields_not_given():
 
 def test_help_documents_presets_and_archs(capsys):
     p = argparse.ArgumentParser()
-    _add_args(p)
+    add_args(p)
     with pytest.raises(SystemExit):
         p.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -110,6 +92,7 @@ def test_lr_factor():
 
 
 # -------------------------------------------------------------------------------------------------- models
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,dim", [("mobilefacenet", 128), ("resnet18", 64)])
 def test_student_normalises_inside_and_round_trips(arch, dim, tmp_path):
     from trainer.models.student import build_student, preprocess
@@ -157,12 +140,13 @@ def test_dlib_weights_still_load(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def test_arcface_crops_and_teacher_baseline(tiny):
+@pytest.mark.slow
+def test_arcface_crops_and_teacher_baseline(tiny, tiny_with_val):
     """Student chips are 112x112 ArcFace crops; the teacher's baseline is the one it gets on its own dlib chips."""
     from trainer.data.synthesis import MaskSynthesizer
 
-    prep, teacher = tiny
-    prep = _with_val(prep)
+    _, teacher = tiny
+    prep = tiny_with_val
     arc = arc_matrices(prep.landmarks)
     assert arc.shape == (9, 2, 3)
     args = (prep.paths, prep.chip_m, prep.landmarks, prep.labels, MaskSynthesizer(), 1.0, 0, MaskSynthesizer())
@@ -206,22 +190,21 @@ def test_completion_through_the_arcface_crop_is_identity(tiny):
 
 
 # --------------------------------------------------------------------------------------------- training
-def test_mobilefacenet_trains_saves_and_validates(tiny, tmp_path):
-    prep, _ = tiny
-    torch.manual_seed(0)
-    cfg = _acfg(tmp_path, arch="mobilefacenet", embedding_dim=64, lr=1e-3, steps_per_epoch=3, instance="soft",
-               ce_weight=1.0, head_lr_mult=1.0, val_pairs=40)
-    s = train(cfg, prepared=_with_val(prep))
+@pytest.mark.slow
+def test_mobilefacenet_trains_saves_and_validates(tiny_with_val, tmp_path, student_cfg, steps_rows):
+    cfg = student_cfg(arch="mobilefacenet", embedding_dim=64, lr=1e-3, steps_per_epoch=3, instance="soft",
+                      ce_weight=1.0, head_lr_mult=1.0, val_pairs=40)
+    s = train(cfg, prepared=tiny_with_val)
     out = tmp_path / "run"
     assert s["steps"] == 3 and s["arch"] == "mobilefacenet" and s["embedding_dim"] == 64
     assert 0.5e6 < s["student_params"] < 1.2e6 and 0.2 < s["student_gflops"] < 0.6
-    rows = _rows(out)
+    rows = steps_rows(out)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("total", "instance", "pair", "triplet", "ce"))
     assert float(rows[0]["ce"]) > 0 and float(rows[0]["instance"]) > 0
     for f in ("student.safetensors", "ckpt/last.safetensors", "ckpt/epoch1.safetensors", "val.csv", "loss.png"):
         assert (out / f).is_file(), f
-    val = list(csv.DictReader((out / "val.csv").open()))
+    val = csv_rows(out / "val.csv")
     assert len(val) == 2 and all(np.isfinite(float(r["student_clean_vs_clean"])) for r in val)
     assert np.isfinite(float(val[0]["teacher_clean_vs_masked"]))
 
@@ -237,14 +220,13 @@ def test_mobilefacenet_trains_saves_and_validates(tiny, tmp_path):
     assert json.loads((out / "summary.json").read_text())["val"][0]["pairs"] == 36
 
 
-def test_loss_falls_on_a_fixed_batch_resnet18(tiny, tmp_path):
+@pytest.mark.slow
+def test_loss_falls_on_a_fixed_batch_resnet18(tiny, student_cfg):
     from trainer.data.synthesis import MaskSynthesizer
     from trainer.losses.distill import identity_centres
 
     prep, _ = tiny
-    torch.manual_seed(0)
-    cfg = _acfg(tmp_path, arch="resnet18", embedding_dim=64, lr=1e-3, instance="soft", ce_weight=1.0,
-               head_lr_mult=1.0)
+    cfg = student_cfg(arch="resnet18", embedding_dim=64, lr=1e-3, instance="soft", ce_weight=1.0, head_lr_mult=1.0)
     centres = identity_centres(torch.from_numpy(prep.teacher), torch.from_numpy(prep.labels), 3)
     _, student, loss_mod, head, opt = build_models(cfg, 3, centres)
     assert student.embedding_dim == 64 and head.weight.shape == (3, 64)
@@ -267,56 +249,50 @@ def test_loss_falls_on_a_fixed_batch_resnet18(tiny, tmp_path):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
-def test_lr_schedule_survives_resume(tiny, tmp_path):
+@pytest.mark.slow
+def test_lr_schedule_survives_resume(tiny, tmp_path, student_cfg, steps_rows):
     """lr x0.1 every epoch; a run stopped after epoch 1 and resumed logs the lr (and the losses) of the
-    uninterrupted run."""
+    uninterrupted run, and ends with the same weights and SGD momentum."""
     prep, _ = tiny
     kw = dict(arch="mobilefacenet", embedding_dim=32, lr=1e-3, lr_step_epochs=1, optimizer="sgd", instance="hard",
               steps_per_epoch=2)
-    torch.manual_seed(0)
-    train(_acfg(tmp_path / "a", epochs=3, **kw), prepared=prep)
-    full = _rows(tmp_path / "a" / "run")
+    train(student_cfg(out=str(tmp_path / "a"), epochs=3, **kw), prepared=prep)
+    full = steps_rows(tmp_path / "a")
     assert [float(r["lr"]) for r in full] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
 
-    torch.manual_seed(0)
-    train(_acfg(tmp_path / "b", epochs=1, **kw), prepared=prep)
+    train(student_cfg(out=str(tmp_path / "b"), epochs=1, **kw), prepared=prep)
     torch.manual_seed(123)  # the resumed run must not depend on the fresh initialisation
-    s = train(_acfg(tmp_path / "b", epochs=3, resume=True, **kw), prepared=prep)
+    s = train(student_cfg(out=str(tmp_path / "b"), epochs=3, resume=True, **kw), prepared=prep)
     assert s["steps"] == 6
-    resumed = _rows(tmp_path / "b" / "run")
+    resumed = steps_rows(tmp_path / "b")
     assert [r["step"] for r in resumed] == [r["step"] for r in full]
-    assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in full])
-    assert [float(r["total"]) for r in resumed] == pytest.approx([float(r["total"]) for r in full], rel=1e-4)
-    meta = json.loads((tmp_path / "b" / "run" / "ckpt/last.json").read_text())
-    assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in full]
+    assert [r["total"] for r in resumed] == [r["total"] for r in full]
+    meta = json.loads((tmp_path / "b" / "ckpt/last.json").read_text())
+    assert meta["optimizers"]["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert [k for k in a.optim if "momentum_buffer" in k] and a.optim.keys() == b.optim.keys()
+    for part_a, part_b in ((a.weights, b.weights), (a.optim, b.optim)):
+        for k in part_a:
+            assert torch.equal(part_a[k], part_b[k]), k
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
-@pytest.mark.skipif(tiny_tree is None, reason="torch.distributed with gloo is not available")
-def test_torchrun_two_gloo_processes_resnet18(tmp_path, tiny_tree):
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_resnet18(tmp_path, tiny_tree, torchrun, steps_rows):
     """DDP with a BatchNorm student (resnet18, 32-d; its frozen embedding-BN scale has no gradient): the ranks end
-    with the same weights (rank 0's BN statistics), the ones rank 0 saved."""
-    import os
-    import subprocess
-    import sys
-
-    from test_student_ddp import ROOT, _free_port
-    from trainer.student_train import load_checkpoint, state_sha1
-
+    with the same weights (rank 0's BN statistics), the ones rank 0 saved.  Runs the compatibility module name
+    ``trainer.student_train``."""
     data, cache = tiny_tree
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "trainer.student_train", "--arch", "resnet18",
-           "--embedding-dim", "32", "--data", str(data), "--cache", str(cache), "--templates", "", "--out", str(out),
-           "--epochs", "2", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2", "--lr", "1e-3",
-           "--lr-step-epochs", "1", "--instance", "soft", "--ce-weight", "1", "--mask-prob", "1.0", "--threads", "1",
-           "--workers", "0", "--val-fraction", "0", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = torchrun(["-m", "trainer.student_train", "--arch", "resnet18",
+                  "--embedding-dim", "32", "--data", str(data), "--cache", str(cache), "--templates", "", "--out",
+                  str(out), "--epochs", "2", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2",
+                  "--lr", "1e-3", "--lr-step-epochs", "1", "--instance", "soft", "--ce-weight", "1", "--mask-prob",
+                  "1.0", "--threads", "1", "--workers", "0", "--val-fraction", "0", "--no-progress"])
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     assert "student resnet18: 32-d embedding, 112x112 RGB input" in r.stderr
-    rows = _rows(out)
+    rows = steps_rows(out)
     assert [int(x["step"]) for x in rows] == [1, 2] and [float(x["lr"]) for x in rows] == pytest.approx([1e-3, 1e-4])
     assert all(np.isfinite(float(x["total"])) for x in rows)
     summary = json.loads((out / "summary.json").read_text())
@@ -326,7 +302,7 @@ def test_torchrun_two_gloo_processes_resnet18(tmp_path, tiny_tree):
     cfg = StudentConfig.from_json(meta["config"])
     assert (cfg.arch, cfg.embedding_dim, meta["world_size"]) == ("resnet18", 32, 2)
     _, student, loss_mod, _, _ = build_models(cfg, 3, torch.zeros(3, 128))
-    load_checkpoint(out / "ckpt/last.safetensors", student, loss_mod)
+    load_checkpoint(out).restore({"student": student, "loss": loss_mod})
     assert state_sha1(student) + ":" + state_sha1(loss_mod) == h0
     saved = load_student_weights(out / "student.safetensors")
     assert state_sha1(saved.net) == state_sha1(student.net)

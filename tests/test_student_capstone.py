@@ -1,15 +1,13 @@
 """Student trainer: the capstone variant (``--pairwise``: ArcFace + beta * masked/clean pairwise distillation) and an
 ONNX embedder as the teacher (``--teacher-onnx``).
 
-Fast (no ../shared data): the tiny rendered chip set of ``test_student_train.py`` (3 identities x 3 chips cut from
+Fast (no ../shared data): the tiny rendered chip set of ``conftest.py`` (3 identities x 3 chips cut from
 scikit-image's astronaut and camera, identity frame -> chip matrices) -- in memory (``tiny``) and as a folder tree
-with a pre-seeded alignment cache (``tiny_tree`` of ``test_student_ddp.py``); the ONNX teacher is a tiny random
+with a pre-seeded alignment cache (``tiny_tree``); the ONNX teacher is a tiny random
 torch network exported on the fly ((N, 3, 112, 112) float RGB in [-1, 1] -> (N, 64)).
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import shutil
 
 import numpy as np
@@ -19,50 +17,32 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("onnx")
 
-try:  # module fixture: the tiny set as a folder tree + alignment cache (that module skips without gloo)
-    from test_student_ddp import tiny_tree  # noqa: E402,F401
-except pytest.skip.Exception:
-    tiny_tree = None
-from test_student_train import tiny  # noqa: E402,F401  (tiny: module fixture)
-from trainer.student_train import (MaskedChipDataset, OnnxTeacher, Prepared, StudentConfig, Validator,  # noqa: E402
-                                   _add_args, arc_matrices, build_models, capstone_terms, config_from_args,
-                                   prepare_data, student_arch, to_input, train)
-
-needs_tree = pytest.mark.skipif(tiny_tree is None, reason="torch.distributed with gloo is not available")
+from _trainer_helpers import csv_rows, with_val  # noqa: E402
+from trainer.student.build import build_models  # noqa: E402
+from trainer.student.config import StudentConfig  # noqa: E402
+from trainer.student.data import MaskedChipDataset, arc_matrices  # noqa: E402
+from trainer.student.loop import capstone_terms, train  # noqa: E402
+from trainer.student.models import student_arch, to_input  # noqa: E402
+from trainer.student.prepare import prepare_data  # noqa: E402
+from trainer.student.teacher import OnnxTeacher  # noqa: E402
+from trainer.student.validate import Validator  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler."""
-    n = torch.get_num_threads()
+    """One torch thread: on a loaded machine, 2-thread parallel regions wait for the scheduler (conftest restores
+    the thread count)."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _parse(argv: list[str]) -> StudentConfig:
-    p = argparse.ArgumentParser()
-    _add_args(p)
-    return config_from_args(p.parse_args(argv))
-
-
-def _rows(out) -> list[dict]:
-    return list(csv.DictReader((out / "steps.csv").open()))
-
-
-def _with_val(prep: Prepared) -> Prepared:
-    """Every image also in validation (9 images: 18 genuine + 18 impostor pairs)."""
-    return Prepared(prep.paths, prep.identities, prep.labels, prep.train_idx, np.arange(len(prep.paths)),
-                    prep.chip_m, prep.landmarks, prep.teacher, prep.train_ids, prep.train_ids)
 
 
 def _export_teacher(path, seed: int) -> torch.nn.Module:
     """A tiny random embedder written to ``path``: (N, 3, 112, 112) float32 RGB in [-1, 1] -> (N, 64)."""
     from torch import nn
 
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                        nn.Linear(32, 64)).eval()
+    with torch.random.fork_rng():  # seeded, without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                            nn.Linear(32, 64)).eval()
     torch.onnx.export(net, (torch.zeros(2, 3, 112, 112),), str(path), opset_version=17, dynamo=False,
                       input_names=["data"], output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}})
     return net
@@ -79,7 +59,8 @@ def stages():
 
 
 # --------------------------------------------------------------------------------------------- capstone
-def test_pairwise_flags_and_validation():
+def test_pairwise_flags_and_validation(parse_student_args):
+    _parse = parse_student_args
     cfg = _parse(["--pairwise", "cosine", "--pairwise-beta", "0.5", "--pairwise-correct-only", "--ce-weight", "1",
                   "--pairwise-margin", "0.3", "--no-pairwise-clean-ce"])
     assert (cfg.pairwise, cfg.pairwise_beta, cfg.pairwise_correct_only, cfg.pairwise_margin, cfg.pairwise_clean_ce) \
@@ -121,18 +102,19 @@ def test_capstone_terms_select_correct_rows():
     assert torch.allclose(pw_all, ((s - s_clean) ** 2).sum(1).mean())
 
 
-def test_pure_capstone_run_logs_pairwise(tiny, tmp_path):
+@pytest.mark.slow
+def test_pure_capstone_run_logs_pairwise(tiny, tmp_path, parse_student_args, steps_rows):
     """ArcFace + beta * MSE (relational terms off), correctly classified samples only, on the dlib student."""
     prep, _ = tiny
     out = tmp_path / "run"
-    cfg = _parse(["--pairwise", "mse", "--pairwise-correct-only", "--pairwise-beta", "0.5", "--ce-weight", "1",
-                  "--instance", "none", "--lambda-p", "0", "--lambda-t", "0", "--out", str(out), "--templates", "",
-                  "--epochs", "1", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2",
-                  "--mask-prob", "1", "--threads", "1", "--workers", "0", "--val-fraction", "0", "--no-progress"])
-    torch.manual_seed(0)
+    cfg = parse_student_args([
+        "--pairwise", "mse", "--pairwise-correct-only", "--pairwise-beta", "0.5", "--ce-weight", "1",
+        "--instance", "none", "--lambda-p", "0", "--lambda-t", "0", "--out", str(out), "--templates", "",
+        "--epochs", "1", "--p-identities", "2", "--k-images", "2", "--steps-per-epoch", "2",
+        "--mask-prob", "1", "--threads", "1", "--workers", "0", "--val-fraction", "0", "--no-progress"])
     s = train(cfg, prepared=prep)
     assert s["steps"] == 2
-    rows = _rows(out)
+    rows = steps_rows(out)
     assert {"pairwise", "pairwise_kept"} <= set(rows[0])
     for r in rows:
         vals = {k: float(r[k]) for k in ("total", "ce", "pairwise", "pairwise_kept", "instance", "pair", "triplet")}
@@ -153,7 +135,7 @@ def _seeded_cache(seeded, tmp_path):
     return cache
 
 
-@needs_tree
+@pytest.mark.slow
 def test_onnx_teacher_descriptors_are_cached_by_file(tiny_tree, stages, tmp_path, monkeypatch):
     from sdk.errors import ModelFileError
 
@@ -217,7 +199,7 @@ def test_onnx_teacher_descriptors_are_cached_by_file(tiny_tree, stages, tmp_path
     np.testing.assert_allclose(st.descriptors(chips), ref, rtol=1e-4, atol=1e-5)
 
 
-@needs_tree
+@pytest.mark.slow
 def test_onnx_teacher_trains_through_the_projection(tiny_tree, stages, tmp_path):
     data, seeded = tiny_tree
     cache = _seeded_cache(seeded, tmp_path)
@@ -254,10 +236,9 @@ def test_onnx_teacher_trains_through_the_projection(tiny_tree, stages, tmp_path)
     assert dl_loss.projection.weight.shape == (64, 128) and student_arch(dl) == "dlib"
 
     # an end-to-end run with validation: the teacher baseline is the ONNX teacher's (on its own crops)
-    torch.manual_seed(0)
     s = train(StudentConfig(**{**kw, "instance": "soft", "ce_weight": 1.0, "pairwise": "mse"}),
-              prepared=_with_val(prep))
-    rows = _rows(tmp_path / "run")
+              prepared=with_val(prep))
+    rows = csv_rows(tmp_path / "run" / "steps.csv")
     assert s["steps"] == 3 and all(np.isfinite(float(r[k])) for r in rows for k in ("total", "instance", "pairwise"))
     assert s["val"][0]["pairs"] == 36 and np.isfinite(s["val"][0]["teacher_clean_vs_clean"])
     from safetensors import safe_open
@@ -267,12 +248,11 @@ def test_onnx_teacher_trains_through_the_projection(tiny_tree, stages, tmp_path)
         assert tuple(f.get_slice("loss.teacher_centres").get_shape()) == (3, 64)
 
 
-def test_onnx_teacher_baseline_on_its_own_crops(tiny, tmp_path):
+def test_onnx_teacher_baseline_on_its_own_crops(tiny_with_val, tmp_path):
     """A dlib-chip student, an ArcFace-crop ONNX teacher: the baseline embeds the teacher's 112x112 masked crops."""
     from trainer.data.synthesis import MaskSynthesizer
 
-    prep, _ = tiny
-    prep = _with_val(prep)
+    prep = tiny_with_val
     onnx_path = tmp_path / "teacher.onnx"
     _export_teacher(onnx_path, 0)
     teacher = OnnxTeacher(onnx_path, "arcface112", "float_nchw_rgb_pm1", threads=1)

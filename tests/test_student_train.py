@@ -1,7 +1,7 @@
-"""Student training loop, checkpoints/resume, ONNX export and the ``onnx_embedder`` bundle kind.
+"""Student training loop, checkpoints / exact resume, unreadable images, ONNX export and the ``onnx_embedder`` bundle.
 
-Fast (no ../shared data): a tiny "dataset" of chips cut from scikit-image's astronaut and camera, written to
-disk with identity chip matrices (frame == chip), so no detector runs.
+Fast (no ../shared data): the ``tiny`` set of ``conftest.py`` -- chips cut from scikit-image's astronaut and camera,
+written to disk with identity chip matrices (frame == chip), so no detector runs.
 """
 from __future__ import annotations
 
@@ -16,54 +16,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("onnx")
 
-from sdk.align import DLIB_150  # noqa: E402
-from trainer.student_train import (MaskedChipDataset, Prepared, StudentConfig, build_models,  # noqa: E402
-                                   load_checkpoint, pk_batches, save_checkpoint, to_input, train)
-
-
-def _variants(img: np.ndarray, n: int) -> list[np.ndarray]:
-    out = []
-    for k in range(n):
-        m = cv2.getRotationMatrix2D((75, 75), -4 + 3 * k, 1.0 - 0.03 * k)
-        v = cv2.warpAffine(img, m, (150, 150), borderMode=cv2.BORDER_REFLECT)
-        out.append(cv2.convertScaleAbs(v, alpha=1.0 + 0.06 * (k - 1), beta=0))
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, astronaut_bgr, camera_bgr):
-    """(Prepared, teacher) over 3 identities x 3 chips; the teacher descriptors are computed with torch."""
-    from trainer.models.dlib_resnet import DlibResNet
-
-    root = tmp_path_factory.mktemp("chips")
-    faces = {"astronaut": astronaut_bgr[20:250, 120:350], "camera": camera_bgr[40:300, 150:410],
-             "astronaut_flip": astronaut_bgr[20:250, 120:350][:, ::-1]}
-    paths, labels = [], []
-    for y, (name, img) in enumerate(faces.items()):
-        chip = cv2.resize(np.ascontiguousarray(img), (150, 150), interpolation=cv2.INTER_AREA)
-        for k, v in enumerate(_variants(chip, 3)):
-            p = root / f"{name}_{k}.png"
-            cv2.imwrite(str(p), v)
-            paths.append(str(p))
-            labels.append(y)
-    n = len(paths)
-    chip_m = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
-    lms = np.tile(DLIB_150, (n, 1, 1)).astype(np.float32)
-    teacher = DlibResNet.from_dat().eval()
-    ds = MaskedChipDataset(paths, chip_m, lms, labels, None, 0.0, 0)
-    with torch.no_grad():
-        chips = np.stack([ds.clean_bgr(i)[:, :, ::-1] for i in range(n)])
-        t = teacher(to_input(torch.from_numpy(np.ascontiguousarray(chips)))).numpy()
-    prep = Prepared(paths, list(faces), np.array(labels), np.arange(n), np.zeros(0, np.int64), chip_m, lms, t,
-                    list(faces), [])
-    return prep, teacher
-
-
-def _cfg(tmp_path, **kw) -> StudentConfig:
-    base = dict(out=str(tmp_path / "run"), templates=None, epochs=1, p_identities=2, k_images=2, steps_per_epoch=2,
-                lr=1e-5, mask_prob=1.0, threads=2, workers=0, ckpt_every=1, progress=False, val_fraction=0.0)
-    base.update(kw)
-    return StudentConfig(**base)
+from trainer.student.build import build_models  # noqa: E402
+from trainer.student.data import MaskedChipDataset, pk_batches  # noqa: E402
+from trainer.student.loop import train  # noqa: E402
+from trainer.student.models import to_input  # noqa: E402
 
 
 def test_pk_batches_are_identity_balanced_and_deterministic():
@@ -91,12 +47,12 @@ def test_dataset_masks_deterministically(tiny):
     assert np.array_equal(m0, c0)
 
 
-def test_loss_falls_on_a_fixed_batch(tiny, tmp_path):
+@pytest.mark.slow
+def test_loss_falls_on_a_fixed_batch(tiny, student_cfg):
     from trainer.data.synthesis import MaskSynthesizer
 
     prep, _ = tiny
-    torch.set_num_threads(2)
-    cfg = _cfg(tmp_path)
+    cfg = student_cfg()
     _, student, loss_mod, _, opt = build_models(cfg, 3)
     ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, MaskSynthesizer(), 1.0, 0)
     idx = [0, 1, 3, 4, 6, 7]
@@ -113,42 +69,111 @@ def test_loss_falls_on_a_fixed_batch(tiny, tmp_path):
     assert losses[-1] < losses[0], losses
 
 
-def test_train_checkpoint_roundtrip_and_resume(tiny, tmp_path):
+@pytest.mark.slow
+def test_train_writes_outputs_and_resumes_exactly(tiny, student_cfg, tmp_path, same_checkpoints, steps_rows):
+    """Two epochs straight == one epoch + a resumed second epoch: same steps, losses, weights and optimiser state;
+    and a run killed mid-epoch resumes from its last checkpoint to the same end."""
     prep, _ = tiny
-    cfg = _cfg(tmp_path)
-    s1 = train(cfg, prepared=prep)
-    out = tmp_path / "run"
-    assert s1["steps"] == 2
-    for f in ("steps.csv", "loss.png", "student.safetensors", "ckpt/last.safetensors", "ckpt/last.json",
-              "ckpt/epoch1.safetensors", "summary.json"):
+    s1 = train(student_cfg(out=str(tmp_path / "straight"), epochs=2), prepared=prep)
+    out = tmp_path / "straight"
+    assert s1["steps"] == 4
+    for f in ("steps.csv", "loss.png", "student.safetensors", "student.json", "ckpt/last.safetensors",
+              "ckpt/last.json", "ckpt/last.optim.safetensors", "ckpt/epoch1.safetensors", "ckpt/epoch2.json",
+              "summary.json", "config.json"):
         assert (out / f).is_file(), f
     rows = list(csv.DictReader((out / "steps.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2] and all(np.isfinite(float(r["total"])) for r in rows)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and all(np.isfinite(float(r["total"])) for r in rows)
     meta = json.loads((out / "ckpt/last.json").read_text())
-    assert (meta["epoch"], meta["batch"], meta["step"]) == (1, 0, 2) and meta["config"]["lr"] == 1e-5
+    assert (meta["epoch"], meta["batch"], meta["step"]) == (2, 0, 4) and meta["config"]["lr"] == 1e-5
+    assert meta["format"] == "lookthrough.checkpoint" and meta["preprocess"]["student"]["colour"] == "rgb"
 
-    # round trip: weights and Adam state come back exactly
-    _, st_a, loss_a, head_a, opt_a = build_models(cfg, 3)
-    load_checkpoint(out / "ckpt/last.safetensors", st_a, loss_a, head_a, opt_a)
-    save_checkpoint(tmp_path / "again.safetensors", st_a, loss_a, head_a, opt_a, {"epoch": 1})
-    _, st_b, loss_b, head_b, opt_b = build_models(cfg, 3)
-    load_checkpoint(tmp_path / "again.safetensors", st_b, loss_b, head_b, opt_b)
-    for (k, a), b in zip(st_a.state_dict().items(), st_b.state_dict().values()):
-        assert torch.equal(a, b), k
-    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
-    assert sa.keys() == sb.keys() and len(sa) > 0
-    for pid in sa:
-        for name in sa[pid]:
-            assert torch.equal(torch.as_tensor(sa[pid][name]), torch.as_tensor(sb[pid][name])), (pid, name)
-
-    # resume for one more epoch: steps continue from 3
-    s2 = train(_cfg(tmp_path, epochs=2, resume=True), prepared=prep)
+    # stopped after epoch 1, resumed for epoch 2
+    train(student_cfg(out=str(tmp_path / "split"), epochs=1), prepared=prep)
+    s2 = train(student_cfg(out=str(tmp_path / "split"), epochs=2, resume=True), prepared=prep)
     assert s2["steps"] == 4
-    rows = list(csv.DictReader((out / "steps.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and [r["epoch"] for r in rows] == ["1", "1", "2", "2"]
-    assert (out / "ckpt/epoch2.safetensors").is_file()
+    same_checkpoints(out, tmp_path / "split")
+    assert [r["total"] for r in steps_rows(out)] == [r["total"] for r in steps_rows(tmp_path / "split")]
 
 
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_exactly(tiny, student_cfg, tmp_path, kill_and_resume, same_checkpoints,
+                                        steps_rows):
+    """A crash before step 4 of 4 (checkpoint every 2 steps): the resumed run redoes step 3 and ends exactly like a
+    run that never stopped -- weights, optimiser state, and a log without duplicate steps."""
+    from trainer.student.loop import StudentPlugin
+
+    prep, _ = tiny
+    kw = dict(steps_per_epoch=4, ckpt_every=2, instance="soft", ce_weight=1.0)
+    train(student_cfg(out=str(tmp_path / "straight"), **kw), prepared=prep)
+    seen = {}
+
+    def run(resume):
+        if resume:  # what the killed run left behind
+            seen["step"] = json.loads((tmp_path / "killed/ckpt/last.json").read_text())["step"]
+            seen["rows"] = [r["step"] for r in steps_rows(tmp_path / "killed")]
+        return train(student_cfg(out=str(tmp_path / "killed"), resume=resume, **kw), prepared=prep)
+
+    kill_and_resume(StudentPlugin, 3, run)
+    assert seen == {"step": 2, "rows": ["1", "2", "3"]}
+    same_checkpoints(tmp_path / "straight", tmp_path / "killed")
+    assert [r["step"] for r in steps_rows(tmp_path / "killed")] == ["1", "2", "3", "4"]
+    totals = [[r["total"] for r in steps_rows(tmp_path / run)] for run in ("straight", "killed")]
+    assert totals[0] == totals[1]
+
+
+def test_unreadable_image_is_an_error_not_a_black_chip(tiny, tmp_path):
+    from trainer.data.face_arrays import UnreadableImageError
+
+    prep, _ = tiny
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(open(prep.paths[0], "rb").read()[:100])
+    ds = MaskedChipDataset([bad] + prep.paths[1:], prep.chip_m, prep.landmarks, prep.labels, None, 0.0, 0)
+    with pytest.raises(UnreadableImageError, match="truncated.png"):
+        ds.clean_bgr(0)
+    assert ds.clean_bgr(1).shape == (150, 150, 3)
+
+
+@pytest.mark.slow
+def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_path, student_cfg):
+    """An image that cannot be read is left out of training and counted (summary ``data``), never a black chip;
+    images without a detected face are kept at median landmarks unless ``keep_undetected=False``."""
+    import shutil
+
+    from sdk._registry import build_stage
+    from sdk.align import DLIB_150
+    from sdk.bundle import load_bundle
+    from trainer.data.faces import FALLBACK, UNREADABLE, AlignedSet, cache_key
+    from trainer.models.dlib_resnet import DlibResNet
+    from trainer.student.prepare import prepare_data, select_samples
+
+    data, cache = tiny_tree
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    paths = [str(s.path) for s in select_samples(mine, 10)]
+    (mine / "camera" / "0.png").write_bytes(b"not a png")
+    embedder = build_stage(load_bundle(None).stages["embed"])
+    n = len(paths)
+    eye = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
+    status = np.zeros(n, np.int8)
+    status[paths.index(str(mine / "camera" / "0.png"))] = UNREADABLE
+    status[paths.index(str(mine / "astronaut" / "1.png"))] = FALLBACK
+    geometry = getattr(embedder, "geometry_id", embedder.model_id)
+    (tmp_path / "cache").mkdir()
+    AlignedSet(paths, status, np.tile(DLIB_150, (n, 1, 1)).astype(np.float32),
+               np.tile(np.array([0, 0, 150, 150], np.float32), (n, 1)), eye, eye.copy()
+               ).save(tmp_path / "cache" / f"aligned-{cache_key(paths, geometry)}.npz")
+    teacher = DlibResNet.from_dat().eval()
+    det = build_stage(load_bundle(None).stages["detect"], {"max_side": None})
+    prep = prepare_data(student_cfg(data=str(mine), cache=str(tmp_path / "cache")), teacher, det, embedder)
+    assert len(prep.paths) == 8 and str(mine / "camera" / "0.png") not in prep.paths
+    assert prep.counts == {"images": 9, "detected": 7, "fallback_no_face": 1, "unreadable": 1, "used": 8}
+    assert prep.teacher.shape == (8, 128) and np.isfinite(prep.teacher).all()
+    strict = prepare_data(student_cfg(data=str(mine), cache=str(tmp_path / "cache"), keep_undetected=False),
+                          teacher, det, embedder)
+    assert len(strict.paths) == 7 and strict.counts["used"] == 7
+
+
+@pytest.mark.slow
 def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer):
     """The untrained student (= the dlib port) exported to a bundle embeds like the baseline recognizer."""
     from export.onnx_embedder import export
@@ -159,6 +184,8 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
     from trainer.models.dlib_resnet import default_dat_path
 
     r = export(default_dat_path(), tmp_path / "bundle", verbose=False)
+    pre = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["stages"]["embed"]["preprocess"]
+    assert pre == {"crop": "dlib150", "colour": "rgb", "dtype": "uint8", "scale": 1.0, "offset": 0.0, "layout": "nhwc"}
     assert r["max_abs_diff"] < 1e-4
     b = load_bundle(tmp_path / "bundle")
     emb = b.stages["embed"]
@@ -185,6 +212,7 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
         OnnxEmbedder(onnx_path, crop="arcface112")
 
 
+@pytest.mark.slow
 def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, recognizer):
     """--fp16-weights: half the file, same I/O, within 5e-3 cosine distance of the fp32 export, loads in the SDK."""
     import onnx

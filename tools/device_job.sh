@@ -104,7 +104,7 @@ wait $ID_PID; ID_RC=$?
 wait $NOID_PID; NOID_RC=$?
 log "trainings done: id rc=$ID_RC noid rc=$NOID_RC"
 wait $BUILD_PID; log "build/tests/bench rc=$?"
-gen_dir="$RUNS/id"; [ -f "$gen_dir/generator.safetensors" ] || gen_dir=""
+gen_dir="$RUNS/id"; [ -f "$gen_dir/ckpt/last.safetensors" ] || gen_dir=""
 $PY benchmarks/bench_inpainter.py ${gen_dir:+--generator "$gen_dir"} --threads "${BENCH_THREADS:-1}" \
     --out "$RUNS/bench_inpainter.json" > "$RUNS/bench_inpainter.log" 2>&1; log "inpainter bench rc=$?"
 
@@ -114,7 +114,10 @@ $PY benchmarks/bench_inpainter.py ${gen_dir:+--generator "$gen_dir"} --threads "
 steps_of() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" "$1" 2>/dev/null || echo 0; }
 ID_STEPS=$(steps_of "$RUNS/id/eval.json"); NOID_STEPS=$(steps_of "$RUNS/noid/eval.json")
 pick_snapshot() {  # run, step -> the last snapshot at or before step
-  ls "$RUNS/$1"/snapshots/generator_*.safetensors 2>/dev/null | awk -F_ -v s="$2" '{n=$NF; sub(/\..*/,"",n); if (n+0 <= s+0) f=$0} END {if (f) print f}'
+  ls "$RUNS/$1"/snapshots/step_*.safetensors 2>/dev/null | grep -v '\.optim\.' | awk -F_ -v s="$2" '{n=$NF; sub(/\..*/,"",n); if (n+0 <= s+0) f=$0} END {if (f) print f}'
+}
+snap_files() {  # a snapshot's weights + JSON, relative to $RUNS
+  [ -n "$2" ] && echo "$1/snapshots/$(basename "$2")" "$1/snapshots/$(basename "${2%.safetensors}").json"
 }
 SNAP_NOID=$(pick_snapshot noid "$ID_STEPS"); SNAP_ID=$(pick_snapshot id "$NOID_STEPS")
 log "steps: id $ID_STEPS noid $NOID_STEPS; snapshots kept: ${SNAP_NOID:-none} ${SNAP_ID:-none}"
@@ -122,12 +125,14 @@ for name in id noid; do
   d="$RUNS/$name"
   [ -d "$d" ] || continue
   last_grid=$(ls "$d"/grids/*.png 2>/dev/null | tail -n 1)
+  # one checkpoint format (trainer/checkpoints.py): ckpt/last.{safetensors,json} = generator + critics + config,
+  # ckpt/last.optim.safetensors = both optimisers + RNG (for --resume); older runs wrote generator.safetensors etc.
   tar czf "$OUT/inpainter_$name.tgz" -C "$RUNS" "$name.log" \
-      $(cd "$RUNS" && ls "$name"/{generator.safetensors,critics.safetensors,config.json,eval.json,log.csv} 2>/dev/null) \
+      $(cd "$RUNS" && ls "$name"/{ckpt/last.safetensors,ckpt/last.json,eval.json,log.csv} 2>/dev/null) \
       ${last_grid:+"$name/grids/$(basename "$last_grid")"} \
-      $( [ "$name" = noid ] && [ -n "$SNAP_NOID" ] && echo "noid/snapshots/$(basename "$SNAP_NOID")" ) \
-      $( [ "$name" = id ] && [ -n "$SNAP_ID" ] && echo "id/snapshots/$(basename "$SNAP_ID")" )
-  tar czf "$OUT/inpainter_${name}_optim.tgz" -C "$RUNS" $(cd "$RUNS" && ls "$name"/optim_*.safetensors 2>/dev/null)
+      $( [ "$name" = noid ] && snap_files noid "$SNAP_NOID" ) \
+      $( [ "$name" = id ] && snap_files id "$SNAP_ID" )
+  tar czf "$OUT/inpainter_${name}_optim.tgz" -C "$RUNS" $(cd "$RUNS" && ls "$name"/ckpt/last.optim.safetensors 2>/dev/null)
 done
 cp "$OUT/env.txt" "$RUNS/env.txt"
 tar czf "$OUT/kernels.tgz" -C "$RUNS" $(cd "$RUNS" && ls env.txt build.log gpu_tests.log kernel_tests.log \

@@ -86,8 +86,10 @@ def run_training(cfg: Any, train: Callable[[Any], dict]) -> int:
             raise SystemExit(f"face pack not found: {faces}")
     elif not Path(cfg.data).is_dir():
         raise SystemExit(f"data folder not found: {cfg.data}")
+    from trainer.checkpoints import write_json
+
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    write_json(Path(cfg.out) / "train_config.json", dataclasses.asdict(cfg))
     print(json.dumps(train(cfg), indent=1))
     return 0
 

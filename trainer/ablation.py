@@ -1,6 +1,6 @@
 """``python trainer/main.py ablation`` -- the student ablation of the relational-distillation paper, at our scale.
 
-Every row trains one student (:mod:`trainer.student_train`, dlib-initialised, the same data, seed, epochs and
+Every row trains one student (:mod:`trainer.student`, dlib-initialised, the same data, seed, epochs and
 batches), exports it to an ONNX bundle (:mod:`export.onnx_embedder`) and evaluates it on LFW's 6,000 pairs with
 the same masked images as the teacher (:mod:`trainer.evaluate`: same seed, so the same occluders on the same
 faces).  The teacher rows come from the same evaluation (embeddings cached).  Output: one folder per row
@@ -49,7 +49,7 @@ log = logging.getLogger("trainer.ablation")
 
 @dataclass(frozen=True)
 class AblationRow:
-    """One student configuration: ``overrides`` are :class:`trainer.student_train.StudentConfig` fields."""
+    """One student configuration: ``overrides`` are :class:`trainer.student.config.StudentConfig` fields."""
 
     name: str
     label: str
@@ -93,7 +93,7 @@ def row_for(name: str) -> tuple[AblationRow, bool]:
 
 def student_config(args: argparse.Namespace, name: str):
     """The :class:`StudentConfig` of row ``name``."""
-    from trainer.student_train import StudentConfig
+    from trainer.student.config import StudentConfig
 
     row, completed = row_for(name)
     ov = dict(row.overrides)
@@ -128,7 +128,7 @@ def evaluate_bundle(args: argparse.Namespace, model: str, out: Path, completion:
 def run_row(args: argparse.Namespace, name: str) -> dict:
     """Train (skipped when finished before), export, evaluate one row."""
     from export.onnx_embedder import export
-    from trainer.student_train import train
+    from trainer.student.loop import train
 
     cfg = student_config(args, name)
     out = Path(cfg.out)

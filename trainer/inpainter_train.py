@@ -17,10 +17,15 @@ gamma 0.99) + ``ae_weight * (known-pixel L1 of coarse and fine)`` + ``adv_weight
 identity's clean faces). Critics: WGAN losses + ``gp_weight`` x gradient penalty, ``n_critic`` critic
 updates per generator update. Adam (lr 1e-4, betas (0.5, 0.9)) for both.
 
-Outputs in ``--out``: ``generator.safetensors`` + ``critics.safetensors`` + ``config.json``, optimiser states
-(``optim_g.safetensors``, ``optim_d.safetensors``) for ``--resume``, ``log.csv``, ``grids/step_*.png``
-(rows: masked | M | completed | truth), ``eval.json``: PSNR / SSIM of the completed region (M) on held-out
-identities, overall and per category, with OpenCV Telea inpainting as a reference.
+Loop: the one skeleton (:func:`trainer.loops.run_loop`) with :class:`InpainterPlugin`; images enter the networks
+through the :class:`sdk.preprocess.Preprocess` record :data:`trainer.preprocess.INPAINTER` (BGR, ``x / 127.5 - 1``,
+NCHW), recorded in every checkpoint for the exporter.
+
+Outputs in ``--out``: ``ckpt/last.*`` (:mod:`trainer.checkpoints`: generator + both critics, JSON with the model
+config, train config, preprocess record and step, both optimisers and the RNG state; ``--resume`` continues
+exactly from it), ``snapshots/step_<N>.*`` (generator weights every ``--snapshot-every`` steps), ``log.csv``,
+``grids/step_*.png`` (rows: masked | M | completed | truth), ``eval.json``: PSNR / SSIM of the completed region
+(M) on held-out identities, overall and per category, with OpenCV Telea inpainting as a reference.
 
 Example::
 
@@ -29,13 +34,13 @@ Example::
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +49,9 @@ import cv2
 import numpy as np
 
 from trainer._config_cli import dataclass_command
+from trainer.data.face_arrays import FaceArrays, flip_face, split_by_identity
+from trainer.data.faces import load_faces_for
+from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger("trainer.inpainter")
 
@@ -98,13 +106,9 @@ class InpaintTrainConfig:
 
 # ------------------------------------------------------------------------------------------------ data
 def _augment(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from trainer.segmenter_train import _FLIP_ORDER
-
+    """Random horizontal flip (p 0.5) and brightness / contrast jitter of a BGR crop and its landmarks."""
     if rng.random() < 0.5:
-        img = np.ascontiguousarray(img[:, ::-1])
-        lm = lm.copy()
-        lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
-        lm = lm[_FLIP_ORDER]
+        img, lm = flip_face(img, lm)
     gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-15, 15)
     return np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8), lm
 
@@ -147,10 +151,13 @@ def build_val(faces, synth, seed: int, limit: int = 0) -> dict[str, np.ndarray]:
 
 
 def to_tensor(x_u8, m=None):
-    """uint8 NHWC -> float NCHW in [-1, 1] (and M (N, H, W) -> (N, 1, H, W))."""
+    """uint8 NHWC BGR crops -> the generator's input, float NCHW in [-1, 1] (the :data:`trainer.preprocess.INPAINTER`
+    record); and M (N, H, W) -> (N, 1, H, W) float."""
     import torch
 
-    x = torch.as_tensor(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    from trainer.preprocess import INPAINTER, apply_torch
+
+    x = apply_torch(INPAINTER, torch.as_tensor(np.ascontiguousarray(x_u8)))
     if m is None:
         return x
     return x, torch.as_tensor(np.ascontiguousarray(m)).float().unsqueeze(1)
@@ -227,13 +234,14 @@ def save_grid(gen, val: dict[str, np.ndarray], path: Path, rows: int = 8) -> Non
 class Trainer:
     """The networks, optimisers and one WGAN-GP training step (usable without data files, e.g. in tests)."""
 
-    def __init__(self, cfg: InpaintTrainConfig, id_loss=None):
+    def __init__(self, cfg: InpaintTrainConfig, id_loss=None, model_config: dict | None = None):
         import torch
 
         from trainer.models.inpainter import GlobalDiscriminator, Generator, InpainterConfig, LocalDiscriminator
 
         self.cfg = cfg
-        mc = InpainterConfig(width=cfg.width, disc_width=cfg.disc_width)
+        mc = InpainterConfig(**model_config) if model_config else InpainterConfig(width=cfg.width,
+                                                                                  disc_width=cfg.disc_width)
         self.G = Generator(mc)
         self.Dg = GlobalDiscriminator(mc)
         self.Dl = LocalDiscriminator(mc)
@@ -299,25 +307,35 @@ class Trainer:
         parts.update(g_loss=loss.item(), l1=l1.item(), ae=ae.item(), adv=adv.item())
         return parts
 
-    def save(self, out: Path, extra: dict) -> None:
-        from trainer.models.inpainter import save_checkpoint
-        from trainer.segmenter_train import _save_optim
+    def modules(self) -> dict:
+        """Everything a checkpoint holds: the generator and both critics."""
+        return {"generator": self.G, "global": self.Dg, "local": self.Dl}
 
-        save_checkpoint(out, self.G, extra, self.critics())
-        _save_optim(self.opt_g, out / "optim_g.safetensors")
-        _save_optim(self.opt_d, out / "optim_d.safetensors")
+    def optimizers(self) -> dict:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def meta(self) -> dict:
+        """Checkpoint JSON: the generator's config, its input record, the training config."""
+        from trainer.preprocess import INPAINTER
+
+        return {"kind": "inpainter", "models": {"generator": self.G.config.to_dict()},
+                "preprocess": {"generator": INPAINTER.to_dict()}, "config": asdict(self.cfg)}
+
+    def save(self, out: Path, extra: dict) -> None:
+        """A checkpoint of everything (networks, optimisers, RNG) at ``<out>/ckpt/last``, ``extra`` in its JSON."""
+        from trainer.checkpoints import save_checkpoint
+        from trainer.loops import LAST
+
+        save_checkpoint(Path(out) / LAST, self.modules(), {**self.meta(), **extra}, self.optimizers(), rng=True)
 
     def load(self, out: Path) -> dict:
-        from trainer.models.inpainter import load_checkpoint
-        from trainer.segmenter_train import _load_optim
+        """Restore networks and optimisers from ``out`` (a run folder or checkpoint); returns its JSON."""
+        from trainer.checkpoints import load_checkpoint
 
-        g, ck = load_checkpoint(out, self.critics())
-        self.G.load_state_dict(g.state_dict())
+        ck = load_checkpoint(out)
+        ck.restore(self.modules(), self.optimizers(), strict=False)
         self.G.train()
-        for name, opt in (("optim_g", self.opt_g), ("optim_d", self.opt_d)):
-            if (out / f"{name}.safetensors").is_file():
-                _load_optim(opt, out / f"{name}.safetensors")
-        return ck
+        return ck.meta
 
 
 def resolve_device(name: str):
@@ -354,111 +372,127 @@ def build_id_loss(cfg: InpaintTrainConfig, train_f, labels: np.ndarray, n_ids: i
     return IdentityDiversityLoss(rec, centres, cfg.alpha_l, cfg.alpha_h, cfg.beta)
 
 
-def train(cfg: InpaintTrainConfig, faces=None, synth=None) -> dict:
-    """Train (or resume) per ``cfg``; returns the final ``eval.json`` dict (plus training stats)."""
+#: loss columns of ``log.csv``
+LOG_COLS = ("g_loss", "l1", "ae", "adv", "d_loss", "gp", "id", "id_low", "id_high", "id_div")
+
+
+class InpainterPlugin(StepPlugin):
+    """The inpainter on the loop skeleton: one epoch of ``cfg.steps`` generator updates (each after ``n_critic``
+    critic updates, :meth:`Trainer.step`), a quick held-out PSNR at every checkpoint, grids and generator snapshots."""
+
+    kind = "inpainter"
+    csv_fields = ("step", *LOG_COLS, "seconds", "val_psnr_hole")
+
+    def __init__(self, cfg: InpaintTrainConfig, tr: Trainer, train_f: FaceArrays, val_f: FaceArrays, labels, synth,
+                 device):
+        from trainer.models.inpainter import count_flops, count_params
+
+        self.cfg, self.tr, self.train_f, self.val_f, self.synth, self.device = cfg, tr, train_f, val_f, synth, device
+        self.out = Path(cfg.out)
+        self.n_ids = int(labels.max()) + 1 if len(labels) else 0
+        self.val_small = build_val(val_f, synth, cfg.seed, limit=2)
+        self.params = {"generator": count_params(tr.G), "global_critic": count_params(tr.Dg),
+                       "local_critic": count_params(tr.Dl)}
+        self.flops = count_flops(tr.G)
+        log.info("generator: %d params, %.3f GFLOPs per 112x112 face", self.params["generator"], self.flops / 1e9)
+        self.ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed, cfg.grey_prob)
+        self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
+
+    def modules(self) -> dict:
+        return self.tr.modules()
+
+    def optimizers(self) -> dict:
+        return self.tr.optimizers()
+
+    def meta(self) -> dict:
+        return {**self.tr.meta(), "params": self.params, "gflops": self.flops / 1e9}
+
+    def begin(self, fresh: bool, ctx: DistContext) -> None:
+        self.tr.to(self.device)  # after the skeleton restored a checkpoint (its tensors load on the CPU)
+        log.info("training on %s", self.device)
+
+    def step(self, batch, epoch: int, step: int, ctx: DistContext) -> dict:
+        from trainer.losses.inpaint import spatial_discount
+
+        clean, m, lab = batch
+        x, mm = to_tensor(clean.numpy(), m.numpy())
+        w = spatial_discount(mm, self.cfg.gamma)
+        dev = self.device
+        return self.tr.step(x.to(dev, non_blocking=True), mm.to(dev, non_blocking=True), lab.to(dev),
+                            w.to(dev, non_blocking=True))
+
+    def postfix(self, parts) -> dict[str, str]:
+        return {"l1": f"{parts['l1']:.3f}", "d": f"{parts['d_loss']:.2f}"}
+
+    def at_checkpoint(self, step: int) -> dict:
+        return {"val_psnr_hole": f"{evaluate(self.tr.G, self.val_small)['psnr_hole']:.3f}"}
+
+    def log_row(self, step: int, epoch: int, batch: int, parts: Mapping[str, Any], extra: Mapping[str, Any],
+                step_seconds: float, total_seconds: float) -> dict:
+        return {"step": step, **{c: f"{parts[c]:.5f}" for c in LOG_COLS if c in parts},
+                "seconds": f"{total_seconds:.1f}", **extra}
+
+    def after_step(self, step: int, final: bool) -> None:
+        cfg = self.cfg
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            from trainer.checkpoints import save_checkpoint
+
+            save_checkpoint(self.out / "snapshots" / f"step_{step:06d}", {"generator": self.tr.G},
+                            {**self.tr.meta(), "step": step})
+        if step % cfg.grid_every == 0 or final:
+            save_grid(self.tr.G, self.val_small, self.out / "grids" / f"step_{step:06d}.png")
+
+    def finish(self, step: int, start_step: int, stopped_early: bool, train_seconds: float,
+               weights_sha1) -> tuple[dict, dict]:
+        from trainer.checkpoints import write_json
+
+        cfg = self.cfg
+        log.info("training: %d steps in %.0f s; evaluating on held-out identities", step - start_step, train_seconds)
+        val = build_val(self.val_f, self.synth, cfg.seed, limit=cfg.val_images)
+        result = evaluate(self.tr.G, val)
+        result.update({"steps": step, "train_seconds_this_run": round(train_seconds, 1),
+                       "stopped_early": step < cfg.steps, "id_loss": cfg.id_loss, "params": self.params,
+                       "gflops": self.flops / 1e9, "val_faces": int(len(val["x"]) // 7),
+                       "val_identities": len(set(self.val_f.identities)), "train_faces": len(self.train_f.crops),
+                       "train_identities": self.n_ids, "samples_seen": step * cfg.batch_size})
+        if self.train_f.counts:
+            result["data"] = self.train_f.counts
+        write_json(self.out / "eval.json", result)
+        return result, {"eval": result}
+
+
+def train(cfg: InpaintTrainConfig, faces: FaceArrays | None = None, synth=None) -> dict:
+    """Train (or resume, ``cfg.resume``) per ``cfg``; returns the final ``eval.json`` dict (plus training stats)."""
     import torch
-    from tqdm import tqdm
 
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
-    from trainer.losses.inpaint import spatial_discount
-    from trainer.models.inpainter import count_flops, count_params
-    from trainer.segmenter_train import load_faces, split_by_identity
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if synth is None:
         kw = {"templates_dir": Path(cfg.templates) if cfg.templates else None}
         if cfg.category_weights:
             kw["weights"] = json.loads(cfg.category_weights)
         synth = MaskSynthesizer(SynthesisConfig(**kw))
     if faces is None:
-        faces = load_faces(cfg)
+        faces = load_faces_for(cfg)
     train_f, val_f = split_by_identity(faces, cfg.val_fraction, cfg.seed)
     ids = sorted(set(train_f.identities))
     id_index = {d: k for k, d in enumerate(ids)}
     labels = np.array([id_index[d] for d in train_f.identities], np.int64)
     log.info("identity-disjoint split: %d train faces (%d ids) / %d val faces (%d ids)", len(train_f.crops),
              len(ids), len(val_f.crops), len(set(val_f.identities)))
-    val_small = build_val(val_f, synth, cfg.seed, limit=2)
 
-    id_loss = build_id_loss(cfg, train_f, labels, len(ids), device) if cfg.id_loss else None
-    tr = Trainer(cfg, id_loss)
-    start = 0
-    if cfg.resume and (out / "generator.safetensors").is_file():
-        start = int(tr.load(out).get("step", 0))
-        log.info("resumed from %s at step %d", out, start)
-    tr.to(device)
-    log.info("training on %s", device)
-    params = {"generator": count_params(tr.G), "global_critic": count_params(tr.Dg), "local_critic": count_params(tr.Dl)}
-    flops = count_flops(tr.G)
-    log.info("generator: %d params, %.3f GFLOPs per 112x112 face", params["generator"], flops / 1e9)
+    def make(ctx: DistContext, ck) -> InpainterPlugin:
+        id_loss = build_id_loss(cfg, train_f, labels, len(ids), device) if cfg.id_loss else None
+        mc = (ck.meta.get("models") or {}).get("generator") if ck is not None else None
+        return InpainterPlugin(cfg, Trainer(cfg, id_loss, mc), train_f, val_f, labels, synth, device)
 
-    ds = InpaintStream(train_f, labels, synth, cfg.steps * cfg.batch_size, cfg.seed, cfg.grey_prob)
-    sampler = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                     persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None)
-    csv_path = out / "log.csv"
-    new_csv = not csv_path.is_file() or start == 0
-    fcsv = open(csv_path, "w" if new_csv else "a", newline="")
-    cols = ["g_loss", "l1", "ae", "adv", "d_loss", "gp", "id", "id_low", "id_high", "id_div"]
-    wr = csv.writer(fcsv)
-    if new_csv:
-        wr.writerow(["step", *cols, "seconds", "val_psnr_hole"])
-
-    def extra(step: int, **kw) -> dict:
-        return {"step": step, "train": asdict(cfg), "params": params, "gflops": flops / 1e9, **kw}
-
-    t0 = time.perf_counter()
-    step = start
-    stopped_early = False
-    bar = tqdm(total=cfg.steps, initial=start, desc="inpainter", unit="step", disable=not cfg.progress)
-    for clean, m, lab in dl:
-        x, mm = to_tensor(clean.numpy(), m.numpy())
-        w = spatial_discount(mm, cfg.gamma)
-        parts = tr.step(x.to(device, non_blocking=True), mm.to(device, non_blocking=True), lab.to(device),
-                        w.to(device, non_blocking=True))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{parts['l1']:.3f}", d=f"{parts['d_loss']:.2f}")
-        last = step >= cfg.steps or (cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60)
-        vcol = ""
-        if step % cfg.ckpt_every == 0 or last:
-            vcol = f"{evaluate(tr.G, val_small)['psnr_hole']:.3f}"
-            tr.save(out, extra(step))
-        if step % cfg.log_every == 0 or last or vcol:
-            wr.writerow([step, *[f"{parts[c]:.5f}" if c in parts else "" for c in cols],
-                         f"{time.perf_counter() - t0:.1f}", vcol])
-            fcsv.flush()
-        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-            from trainer._io import save_tensors
-
-            save_tensors(tr.G.state_dict(), out / "snapshots" / f"generator_{step:06d}.safetensors",
-                         {"format": "lookthrough.inpainter", "version": "1", "step": str(step)})
-        if step % cfg.grid_every == 0 or last:
-            save_grid(tr.G, val_small, out / "grids" / f"step_{step:06d}.png")
-        if last:
-            stopped_early = step < cfg.steps
-            break
-    bar.close()
-    fcsv.close()
-    train_seconds = time.perf_counter() - t0
-    if step == start:
-        tr.save(out, extra(step))
-    log.info("training: %d steps in %.0f s; evaluating on held-out identities", step - start, train_seconds)
-    val = build_val(val_f, synth, cfg.seed, limit=cfg.val_images)
-    result = evaluate(tr.G, val)
-    result.update({"steps": step, "train_seconds_this_run": round(train_seconds, 1), "stopped_early": stopped_early,
-                   "id_loss": cfg.id_loss, "params": params, "gflops": flops / 1e9,
-                   "val_faces": int(len(val["x"]) // 7), "val_identities": len(set(val_f.identities)),
-                   "train_faces": len(train_f.crops), "train_identities": len(ids),
-                   "samples_seen": step * cfg.batch_size})
-    tr.save(out, extra(step, eval=result))
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
-    return result
+    settings = LoopSettings(out=Path(cfg.out), ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, resume=cfg.resume,
+                            progress=cfg.progress, max_minutes=cfg.max_minutes, csv_name="log.csv", device=str(device))
+    return run_loop(make, settings)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -7,13 +7,15 @@ Commands so far:
     split      identity-disjoint train/val/test split of a folder-per-identity dataset, written as a JSON
                manifest (identities per part, seed, image counts, and the alignment failures counted).
     segmenter  train the occlusion segmenter on synthesized masks (see trainer/segmenter_train.py).
-    student    distil the dlib teacher into a student that sees masked faces (trainer/student_train.py).
+    student    distil the dlib teacher into a student that sees masked faces (trainer/student/).
     inpainter  train the contextual-attention inpainter, optionally with the ID-GAN identity loss
                (trainer/inpainter_train.py).
     ablation   the student ablation rows (CE / +pair / +triplet / hard / soft / completed inputs), each
                trained, exported and evaluated on LFW pairs -> one table (trainer/ablation.py).
 
-Evaluation has its own entry point: ``python -m trainer.evaluate --help``.
+Every trainer runs on one loop skeleton (trainer/loops/) and writes one checkpoint format (trainer/checkpoints.py):
+``<out>/ckpt/last.*``, resumable with ``--resume``.  Evaluation has its own entry point:
+``python -m trainer.evaluate --help``.
 """
 from __future__ import annotations
 
@@ -55,17 +57,15 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_pack_faces(args: argparse.Namespace) -> int:
+    from trainer.data.faces import load_faces
     from trainer.data.pack import save_face_pack
-    from trainer.segmenter_train import SegTrainConfig, load_faces
 
-    cfg = SegTrainConfig(data=str(args.data), model=args.model, cache=str(args.cache),
-                         images_per_identity=args.images_per_identity)
     if not Path(args.data).is_dir():
         raise SystemExit(f"data folder not found: {args.data}")
-    faces = load_faces(cfg)
+    faces = load_faces(args.data, images_per_identity=args.images_per_identity, model=args.model, cache=args.cache)
     path = save_face_pack(faces, args.out, quality=args.quality)
     print(json.dumps({"pack": str(path), "faces": len(faces.crops), "identities": len(set(faces.identities)),
-                      "megabytes": round(path.stat().st_size / 1e6, 2)}))
+                      "megabytes": round(path.stat().st_size / 1e6, 2), "alignment": faces.counts}))
     return 0
 
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.segmenter_train import add_parser as add_segmenter
 
     add_segmenter(sub)
-    from trainer.student_train import add_parser as add_student
+    from trainer.student.cli import add_parser as add_student
 
     add_student(sub)
     from trainer.inpainter_train import add_parser as add_inpainter

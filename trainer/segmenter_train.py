@@ -9,10 +9,15 @@ run sees the same stream.
 
 Loss: BCE + Dice on M (pixel logits), BCE on presence (``M.any()``). Adam, cosine learning-rate decay.
 
-Outputs in ``--out``: ``model.safetensors`` + ``config.json`` (model config, train config, step), ``optim.safetensors``
-(for ``--resume``), ``log.csv``, ``grids/step_*.png`` (rows: masked | predicted M | truth M; there is no
-completion stage yet), and at the end ``eval.json``: mean IoU (prediction thresholded at 0.5) per category on
-held-out identities, presence accuracy per category and overall.
+Loop: the one skeleton (:func:`trainer.loops.run_loop`) with :class:`SegmenterPlugin`; the model's input is built
+from its :class:`sdk.preprocess.Preprocess` record (:data:`trainer.preprocess.SEGMENTER`: BGR, ``x / 127.5 - 1``,
+NCHW), which every checkpoint records for the exporter.
+
+Outputs in ``--out``: ``ckpt/last.*`` (:mod:`trainer.checkpoints`: weights + JSON with the model config, train
+config, preprocess record and step + optimiser/RNG state; ``--resume`` continues exactly from it), ``log.csv``,
+``grids/step_*.png`` (rows: masked | predicted M | truth M), and at the end ``eval.json``: mean IoU (prediction
+thresholded at 0.5) per category on held-out identities, presence accuracy per category and overall.
+Unreadable images and images without a detected face are counted (``eval.json`` ``data``) and left out.
 
 Config: dataclass :class:`SegTrainConfig`; ``--config file.json`` (or ``.yaml`` when PyYAML is installed) sets
 values, explicit command-line flags override it.
@@ -24,15 +29,12 @@ Example::
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +43,9 @@ import cv2
 import numpy as np
 
 from trainer._config_cli import dataclass_command
+from trainer.data.face_arrays import FaceArrays, flip_face, split_by_identity
+from trainer.data.faces import load_faces_for
+from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger("trainer.segmenter")
 
@@ -81,88 +86,13 @@ class SegTrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ data
-@dataclass
-class FaceArrays:
-    """Aligned faces in memory: ``crops`` (N,112,112,3) uint8 BGR, ``landmarks`` (N,5,2) crop px, identities."""
-
-    crops: np.ndarray
-    landmarks: np.ndarray
-    identities: list[str]
-
-    def subset(self, idx: Sequence[int]) -> "FaceArrays":
-        idx = list(idx)
-        return FaceArrays(self.crops[idx], self.landmarks[idx], [self.identities[i] for i in idx])
-
-
-def load_faces(cfg: SegTrainConfig) -> FaceArrays:
-    """Detect + align (cached) the CelebA-style tree at ``cfg.data`` into 112x112 ArcFace crops; or read the
-    face pack ``cfg.faces`` (:mod:`trainer.data.pack`) when the config has one."""
-    if getattr(cfg, "faces", None):
-        from trainer.data.pack import load_face_pack
-
-        faces = load_face_pack(cfg.faces)
-        if cfg.images_per_identity:
-            seen: dict[str, int] = {}
-            keep = []
-            for i, d in enumerate(faces.identities):
-                seen[d] = seen.get(d, 0) + 1
-                if seen[d] <= cfg.images_per_identity:
-                    keep.append(i)
-            faces = faces.subset(keep)
-        log.info("faces: %d from pack %s", len(faces.crops), cfg.faces)
-        return faces
-    from sdk._registry import build_stage
-    from sdk.align import ARCFACE_CROP
-    from sdk.bundle import load_bundle
-    from trainer.data.faces import DETECTED, align_images, read_bgr, warp_crop
-    from trainer.data.readers import read_identity_tree
-
-    samples = read_identity_tree(cfg.data, min_images=2)
-    if cfg.images_per_identity:
-        by: dict[str, list] = {}
-        for s in samples:
-            by.setdefault(s.identity, []).append(s)
-        samples = [s for v in by.values() for s in v[: cfg.images_per_identity]]
-    bundle = load_bundle(cfg.model or "baseline", verify_hash=False)
-    det = build_stage(bundle.stages["detect"], {"max_side": None, "min_face_size": cfg.min_face_size})
-    emb = build_stage(bundle.stages["embed"])
-    aligned = align_images([str(s.path) for s in samples], det, emb, Path(cfg.cache), progress=cfg.progress)
-    keep = np.nonzero(aligned.status == DETECTED)[0]
-    log.info("faces: %s; training on the %d detected", aligned.counts(), len(keep))
-    crops = np.zeros((len(keep), ARCFACE_CROP.height, ARCFACE_CROP.width, 3), np.uint8)
-    lms = np.zeros((len(keep), 5, 2), np.float32)
-    for k, i in enumerate(keep):
-        img = read_bgr(aligned.paths[i])
-        crops[k] = warp_crop(img, aligned.arc_m[i], ARCFACE_CROP.size)
-        lms[k] = aligned.arc_landmarks(i)
-    return FaceArrays(crops, lms, [samples[i].identity for i in keep])
-
-
-def split_by_identity(faces: FaceArrays, val_fraction: float, seed: int) -> tuple[FaceArrays, FaceArrays]:
-    """Identity-disjoint (train, val)."""
-    ids = sorted(set(faces.identities))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(ids)
-    n_val = max(1, int(round(len(ids) * val_fraction))) if len(ids) > 1 else 0
-    val_ids = set(ids[:n_val])
-    tr = [i for i, d in enumerate(faces.identities) if d not in val_ids]
-    va = [i for i, d in enumerate(faces.identities) if d in val_ids]
-    return faces.subset(tr), faces.subset(va)
-
-
-_FLIP_ORDER = [1, 0, 2, 4, 3]
-
-
 def make_sample(synth, crop: np.ndarray, lm: np.ndarray, rng: np.random.Generator, clean_prob: float,
                 category: str | None = None, augment: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """(masked BGR crop, M uint8, category or "none"). ``category="none"`` forces a clean sample."""
     img, lm = crop, lm
     if augment:
         if rng.random() < 0.5:
-            img = np.ascontiguousarray(img[:, ::-1])
-            lm = lm.copy()
-            lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
-            lm = lm[_FLIP_ORDER]
+            img, lm = flip_face(img, lm)
         gain = rng.uniform(0.75, 1.25)
         bias = rng.uniform(-20, 20)
         img = np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
@@ -223,14 +153,14 @@ def predict(model, x_u8: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.nd
     """(mask probabilities (N,112,112), occluded probabilities (N,)) for uint8 BGR crops."""
     import torch
 
-    from trainer.models.segmenter import preprocess
+    from trainer.preprocess import SEGMENTER, apply_torch
 
     was = model.training
     model.eval()
     ps, os_ = [], []
     with torch.no_grad():
         for s in range(0, len(x_u8), batch):
-            lg, oc = model(preprocess(torch.from_numpy(np.ascontiguousarray(x_u8[s:s + batch]))))
+            lg, oc = model(apply_torch(SEGMENTER, torch.from_numpy(np.ascontiguousarray(x_u8[s:s + batch]))))
             ps.append(torch.sigmoid(lg[:, 0]).numpy())
             os_.append(torch.sigmoid(oc).numpy())
     model.train(was)
@@ -279,130 +209,122 @@ def save_grid(model, val: dict[str, np.ndarray], path: Path, rows: int = 8) -> N
     cv2.imwrite(str(path), np.concatenate(lines, 0))
 
 
-def _save_optim(opt, path: Path) -> None:
-    from trainer._io import save_tensors
+class SegmenterPlugin(StepPlugin):
+    """The segmenter on the loop skeleton: one epoch of ``cfg.steps`` batches, Adam with cosine lr decay, a quick
+    held-out evaluation (``val_small``) at every checkpoint, grids every ``grid_every`` steps."""
 
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"{pid}.{k}"] = v if hasattr(v, "detach") else __import__("torch").as_tensor(v)
-    save_tensors(tensors, path)
+    kind = "segmenter"
+    csv_fields = ("step", "loss", "bce", "dice", "pres", "lr", "seconds", "val_miou", "val_presence_acc")
 
+    def __init__(self, cfg: SegTrainConfig, train_f: FaceArrays, val_f: FaceArrays, synth, model_config: dict | None):
+        import torch
 
-def _load_optim(opt, path: Path) -> None:
-    from safetensors.torch import load_file
+        from trainer.models.segmenter import OcclusionSegmenter, SegmenterConfig, count_flops, count_params
 
-    t = load_file(str(path))
-    sd = opt.state_dict()
-    state: dict = {}
-    for key, v in t.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
+        self.cfg, self.train_f, self.val_f, self.synth = cfg, train_f, val_f, synth
+        self.out = Path(cfg.out)
+        self.val_small = build_val(val_f, synth, cfg.seed, limit=16)
+        mc = SegmenterConfig(**model_config) if model_config else SegmenterConfig(width=cfg.width)
+        self.model = OcclusionSegmenter(mc)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.params, self.flops = count_params(self.model), count_flops(self.model)
+        log.info("model: %d params, %.3f GFLOPs per 112x112 face", self.params, self.flops / 1e9)
+        self.ds = SynthStream(train_f, synth, cfg.steps * cfg.batch_size, cfg.clean_prob, cfg.seed)
+        self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
+        self.lr = cfg.lr
+
+    def modules(self) -> dict:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict:
+        return {"opt": self.opt}
+
+    def meta(self) -> dict:
+        from trainer.preprocess import SEGMENTER
+
+        return {"models": {"model": self.model.config.to_dict()}, "preprocess": {"model": SEGMENTER.to_dict()},
+                "config": asdict(self.cfg), "params": self.params, "gflops": self.flops / 1e9}
+
+    def start_epoch(self, epoch: int, ctx: DistContext) -> None:
+        self.model.train()
+
+    def step(self, batch, epoch: int, step: int, ctx: DistContext) -> dict:
+        from trainer.preprocess import SEGMENTER, apply_torch
+
+        cfg = self.cfg
+        x, m, present = batch
+        self.lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        logits, occ = self.model(apply_torch(SEGMENTER, x))
+        loss, parts = losses(logits, occ, m, present, cfg.dice_weight, cfg.presence_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item(), **parts}
+
+    def postfix(self, parts) -> dict[str, str]:
+        return {"loss": f"{parts['loss']:.3f}", "dice": f"{parts['dice']:.3f}"}
+
+    def at_checkpoint(self, step: int) -> dict:
+        ev = evaluate(self.model, self.val_small)
+        return {"val_miou": f"{ev['miou_occluded']:.4f}", "val_presence_acc": f"{ev['presence_acc']:.4f}"}
+
+    def log_row(self, step: int, epoch: int, batch: int, parts: Mapping[str, Any], extra: Mapping[str, Any],
+                step_seconds: float, total_seconds: float) -> dict:
+        return {"step": step, **{k: f"{float(parts[k]):.5f}" for k in ("loss", "bce", "dice", "pres")},
+                "lr": f"{self.lr:.6g}", "seconds": f"{total_seconds:.1f}", **extra}
+
+    def after_step(self, step: int, final: bool) -> None:
+        if step % self.cfg.grid_every == 0 or final:
+            save_grid(self.model, self.val_small, self.out / "grids" / f"step_{step:06d}.png")
+
+    def finish(self, step: int, start_step: int, stopped_early: bool, train_seconds: float,
+               weights_sha1) -> tuple[dict, dict]:
+        from trainer.checkpoints import write_json
+
+        cfg = self.cfg
+        log.info("training: %d steps in %.0f s%s; evaluating on held-out identities", step - start_step,
+                 train_seconds, " (stopped by --max-minutes)" if stopped_early else "")
+        val = build_val(self.val_f, self.synth, cfg.seed, limit=cfg.val_images)
+        result = evaluate(self.model, val)
+        result.update({"steps": step, "train_seconds_this_run": round(train_seconds, 1),
+                       "stopped_early": step < cfg.steps, "params": self.params, "gflops": self.flops / 1e9,
+                       "val_faces": int(min(len(self.val_f.crops), cfg.val_images or 10**9)),
+                       "val_identities": len(set(self.val_f.identities)), "train_faces": len(self.train_f.crops),
+                       "train_identities": len(set(self.train_f.identities)), "samples_seen": step * cfg.batch_size})
+        if self.train_f.counts:
+            result["data"] = self.train_f.counts
+        write_json(self.out / "eval.json", result)
+        return result, {"eval": result}
 
 
 def train(cfg: SegTrainConfig, faces: FaceArrays | None = None, synth=None) -> dict:
-    """Train (or resume) per ``cfg``; returns the final ``eval.json`` dict (plus training stats)."""
+    """Train (or resume, ``cfg.resume``) per ``cfg``; returns the final ``eval.json`` dict (plus training stats).
+
+    ``faces``: aligned faces to use instead of loading ``cfg.data`` / ``cfg.faces``; ``synth``: the occluder
+    synthesizer (default: all categories, real templates when ``cfg.templates``)."""
     import torch
-    from tqdm import tqdm
 
     from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
-    from trainer.models.segmenter import (OcclusionSegmenter, SegmenterConfig, count_flops, count_params,
-                                          load_checkpoint, preprocess, save_checkpoint)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if synth is None:
         synth = MaskSynthesizer(SynthesisConfig(templates_dir=Path(cfg.templates) if cfg.templates else None))
     if faces is None:
-        faces = load_faces(cfg)
+        faces = load_faces_for(cfg)
     train_f, val_f = split_by_identity(faces, cfg.val_fraction, cfg.seed)
     log.info("identity-disjoint split: %d train faces (%d ids) / %d val faces (%d ids)", len(train_f.crops),
              len(set(train_f.identities)), len(val_f.crops), len(set(val_f.identities)))
-    val_small = build_val(val_f, synth, cfg.seed, limit=16)
 
-    start = 0
-    if cfg.resume and (out / "model.safetensors").is_file():
-        model, ck = load_checkpoint(out)
-        model.train()
-        start = int(ck.get("step", 0))
-        log.info("resumed from %s at step %d", out, start)
-    else:
-        model = OcclusionSegmenter(SegmenterConfig(width=cfg.width))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if start and (out / "optim.safetensors").is_file():
-        _load_optim(opt, out / "optim.safetensors")
-    params, flops = count_params(model), count_flops(model)
-    log.info("model: %d params, %.3f GFLOPs per 112x112 face", params, flops / 1e9)
+    def make(ctx: DistContext, ck) -> SegmenterPlugin:
+        torch.manual_seed(cfg.seed)
+        return SegmenterPlugin(cfg, train_f, val_f, synth, (ck.meta.get("models") or {}).get("model") if ck else None)
 
-    ds = SynthStream(train_f, synth, cfg.steps * cfg.batch_size, cfg.clean_prob, cfg.seed)
-    sampler = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                     persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-    csv_path = out / "log.csv"
-    new_csv = not csv_path.is_file() or start == 0
-    fcsv = open(csv_path, "w" if new_csv else "a", newline="")
-    wr = csv.writer(fcsv)
-    if new_csv:
-        wr.writerow(["step", "loss", "bce", "dice", "pres", "lr", "seconds", "val_miou", "val_presence_acc"])
-
-    def extra(step: int, **kw) -> dict:
-        return {"step": step, "train": asdict(cfg), "params": params, "gflops": flops / 1e9, **kw}
-
-    model.train()
-    t0 = time.perf_counter()
-    step = start
-    stopped_early = False
-    bar = tqdm(total=cfg.steps, initial=start, desc="segmenter", unit="step", disable=not cfg.progress)
-    for x, m, present in dl:
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        logits, occ = model(preprocess(x))
-        loss, parts = losses(logits, occ, m, present, cfg.dice_weight, cfg.presence_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", dice=f"{parts['dice']:.3f}")
-        last = step >= cfg.steps or (cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60)
-        val_cols = ["", ""]
-        if step % cfg.ckpt_every == 0 or last:
-            ev = evaluate(model, val_small)
-            val_cols = [f"{ev['miou_occluded']:.4f}", f"{ev['presence_acc']:.4f}"]
-            save_checkpoint(model, out, extra(step))
-            _save_optim(opt, out / "optim.safetensors")
-        if step % cfg.log_every == 0 or last or val_cols[0]:
-            wr.writerow([step, f"{loss.item():.5f}", f"{parts['bce']:.5f}", f"{parts['dice']:.5f}",
-                         f"{parts['pres']:.5f}", f"{lr:.6g}", f"{time.perf_counter() - t0:.1f}", *val_cols])
-            fcsv.flush()
-        if step % cfg.grid_every == 0 or last:
-            save_grid(model, val_small, out / "grids" / f"step_{step:06d}.png")
-        if last:
-            stopped_early = step < cfg.steps
-            break
-    bar.close()
-    fcsv.close()
-    train_seconds = time.perf_counter() - t0
-    if step == start:  # nothing left to train (resumed a finished run)
-        save_checkpoint(model, out, extra(step))
-    log.info("training: %d steps in %.0f s%s; evaluating on held-out identities", step - start, train_seconds,
-             " (stopped by --max-minutes)" if stopped_early else "")
-    val = build_val(val_f, synth, cfg.seed, limit=cfg.val_images)
-    result = evaluate(model, val)
-    result.update({"steps": step, "train_seconds_this_run": round(train_seconds, 1), "stopped_early": stopped_early,
-                   "params": params, "gflops": flops / 1e9, "val_faces": int(min(len(val_f.crops), cfg.val_images or 10**9)),
-                   "val_identities": len(set(val_f.identities)), "train_faces": len(train_f.crops),
-                   "train_identities": len(set(train_f.identities)), "samples_seen": step * cfg.batch_size})
-    save_checkpoint(model, out, extra(step, eval=result))
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
-    return result
+    settings = LoopSettings(out=Path(cfg.out), ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, resume=cfg.resume,
+                            progress=cfg.progress, max_minutes=cfg.max_minutes, csv_name="log.csv")
+    return run_loop(make, settings)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -2,8 +2,8 @@
 
 Only what ``dlib_face_recognition_resnet_model_v1.dat`` (dlib's ``anet_type``) uses is understood; any
 other layer kind is rejected with a :class:`~sdk.errors.ModelFileError` (a ``ValueError``) naming the file.
-Part of the SDK runtime (numpy only): :mod:`sdk.models.dlib_onnx` builds an ONNX graph from what this reads;
-``trainer.models._dlib_dat`` re-exports it for the PyTorch port.
+Part of the SDK runtime (numpy only): :mod:`sdk.models.dlib_arch` reads the layer list into the one spec of the
+network, which both the ONNX builder (:mod:`sdk.models.dlib_onnx`) and the trainer's PyTorch port walk.
 
 The byte format (dlib/serialize.h, dlib/dnn/core.h, dlib/dnn/layers.h, dlib/cuda/tensor.h):
 

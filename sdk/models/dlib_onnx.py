@@ -6,8 +6,9 @@ The model is serialised by a small protobuf writer in this module (the ONNX wire
 the ``onnx`` package is a trainer-only dependency).  ``tests/test_embed_onnx.py`` checks the bytes with
 ``onnx.checker`` (full check, with shape inference) and that ``onnx`` re-serialises them unchanged.
 
-Graph (the topology of dlib's ``anet_type``, dlib/examples/dnn_face_recognition_ex.cpp, read from the layer
-sequence of the file; every kernel/stride/padding/channel count comes from the file)::
+Graph (the topology of dlib's ``anet_type``, dlib/examples/dnn_face_recognition_ex.cpp, walked from the layer spec
+:func:`sdk.models.dlib_arch.resnet_spec` reads from the file -- the spec the trainer's PyTorch port is built from
+too; every kernel/stride/padding/channel count comes from the file)::
 
     chips uint8 (N, 150, 150, 3) RGB -> Cast float -> Transpose NCHW -> (x - mean_rgb) * (1/256)
     con 7x7/2 (+ affine folded in) -> Relu -> MaxPool 3x3/2
@@ -36,16 +37,19 @@ import struct
 
 import numpy as np
 
-from sdk.errors import ModelFileError
-from sdk.models.dlib_dat import DlibLayer, DlibNet, read_dat_with_bytes
+from sdk.models.dlib_arch import (ConvSpec, DlibResNetSpec, PoolSpec, add_prev_shape, conv_shape, pool_shape,
+                                  resnet_spec)
+from sdk.models.dlib_dat import DlibNet, read_dat_with_bytes
 
-__all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "IR_VERSION"]
+Shape = tuple[int, int, int]
+
+__all__ = ["build_dlib_onnx", "dlib_net_to_onnx", "dlib_spec_to_onnx", "INPUT_NAME", "OUTPUT_NAME", "OPSET",
+           "IR_VERSION"]
 
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptor"
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17 (onnx 1.12)
-CHIP_SIZE = 150
 
 
 # -- protobuf wire format (only what ONNX models need) -------------------------------------------------
@@ -144,160 +148,97 @@ class _Graph:
                          *(_len(14, _str(1, k) + _str(2, v)) for k, v in sorted(metadata.items()))])
 
 
-# -- dlib network -> graph -------------------------------------------------------------------------------
+# -- dlib network spec -> graph ----------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, net: DlibNet):
-        self.net = net
+    """Emits the graph of a :class:`~sdk.models.dlib_arch.DlibResNetSpec` (the one definition of the network)."""
+
+    def __init__(self, spec: DlibResNetSpec):
+        self.spec = spec
         self.g = _Graph()
-        self.layers = net.layers
-        self.i = 0
 
-    def bad(self, what: str) -> ModelFileError:
-        return ModelFileError(self.net.path, f"not dlib's face recognition ResNet (anet_type): {what}")
-
-    # -- walking the layer list ----------------------------------------------------------------------
-    def peek(self, k: int = 0) -> str:
-        j = self.i + k
-        return self.layers[j].kind if j < len(self.layers) else "<end>"
-
-    def take(self, kind: str) -> DlibLayer:
-        if self.peek() != kind:
-            raise self.bad(f"layer {self.i} is {self.peek()!r}, expected {kind!r}")
-        layer = self.layers[self.i]
-        self.i += 1
-        return layer
-
-    # -- layers --------------------------------------------------------------------------------------
-    def conv_affine(self, x: str, shape: tuple[int, int, int], relu: bool) -> tuple[str, tuple[int, int, int]]:
-        """``con`` then ``affine`` (folded into the conv), then an optional ``relu``."""
-        con = self.take("con")
-        a = con.attrs
-        w = con.params["weight"].astype(np.float64)
-        cin = shape[0]
-        if w.ndim != 4 or w.shape[0] != a["num_filters"] or w.shape[1] != cin or w.shape[2:] != (a["nr"], a["nc"]):
-            raise self.bad(f"conv {self.i - 1} weights {w.shape} do not fit input {shape} / {a}")
-        b = con.params["bias"].reshape(-1).astype(np.float64) if "bias" in con.params else np.zeros(w.shape[0])
-        if b.size != w.shape[0]:
-            raise self.bad(f"conv {self.i - 1} has {b.size} biases for {w.shape[0]} filters")
-        if a.get("use_relu"):  # dlib's fused conv+relu (con_6): the affine after it cannot be folded in
-            raise self.bad(f"conv {self.i - 1} has a fused relu (a dlib fuse_layers()-ed network)")
-        aff = self.take("affine")
-        if not aff.attrs.get("disabled"):
-            if aff.attrs.get("mode") != 0:
-                raise self.bad(f"affine {self.i - 1} is not per-channel (mode {aff.attrs.get('mode')})")
-            gamma = aff.params["gamma"].reshape(-1).astype(np.float64)
-            beta = aff.params["beta"].reshape(-1).astype(np.float64)
-            if gamma.size != w.shape[0] or beta.size != w.shape[0]:
-                raise self.bad(f"affine {self.i - 1} has {gamma.size} channels, the conv {w.shape[0]}")
+    def conv(self, c: ConvSpec, x: str, shape: Shape) -> tuple[str, Shape]:
+        """``con`` with its ``affine`` folded in (float64, stored as float32), then ``Relu`` when enabled."""
+        w = c.weight.astype(np.float64)
+        b = c.bias.astype(np.float64)
+        if c.affine:
+            gamma, beta = c.gamma.astype(np.float64), c.beta.astype(np.float64)
             w = w * gamma[:, None, None, None]
             b = b * gamma + beta
         k = self.g._n + 1
         wn = self.g.init(f"conv{k}.weight", w.astype(np.float32))
         bn = self.g.init(f"conv{k}.bias", b.astype(np.float32))
-        sy, sx, py, px = a["stride_y"], a["stride_x"], a["padding_y"], a["padding_x"]
-        if min(sy, sx) < 1 or min(py, px) < 0:
-            raise self.bad(f"conv {self.i - 2} geometry {a}")
-        y = self.g.node("Conv", [x, wn, bn], kernel_shape=[a["nr"], a["nc"]], strides=[sy, sx], pads=[py, px, py, px])
-        out = (w.shape[0], (shape[1] + 2 * py - a["nr"]) // sy + 1, (shape[2] + 2 * px - a["nc"]) // sx + 1)
-        if min(out[1:]) < 1:
-            raise self.bad(f"conv {self.i - 2} leaves no output for input {shape}")
-        if relu:
-            y = self.relu(y)
-        return y, out
+        (py, px), (sy, sx) = c.pad, c.stride
+        y = self.g.node("Conv", [x, wn, bn], kernel_shape=list(c.kernel), strides=[sy, sx], pads=[py, px, py, px])
+        if c.relu:
+            y = self.g.node("Relu", [y])
+        return y, conv_shape(c, shape)
 
-    def relu(self, x: str) -> str:
-        layer = self.take("relu")
-        return x if layer.attrs.get("disabled") else self.g.node("Relu", [x])
+    def pool(self, p: PoolSpec, x: str, shape: Shape) -> tuple[str, Shape]:
+        if p.kind == "global":  # avg_pool_everything
+            return self.g.node("GlobalAveragePool", [x]), pool_shape(p, shape)
+        (py, px), (sy, sx) = p.pad, p.stride
+        op = "MaxPool" if p.kind == "max" else "AveragePool"
+        y = self.g.node(op, [x], kernel_shape=list(p.kernel), strides=[sy, sx], pads=[py, px, py, px])
+        return y, pool_shape(p, shape)
 
-    def pool(self, kind: str, x: str, shape: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
-        a = self.take(kind).attrs
-        kh, kw, sy, sx, py, px = a["nr"], a["nc"], a["stride_y"], a["stride_x"], a["padding_y"], a["padding_x"]
-        if kind == "avg_pool" and kh == 0 and kw == 0:  # avg_pool_everything
-            return self.g.node("GlobalAveragePool", [x]), (shape[0], 1, 1)
-        if min(kh, kw, sy, sx) < 1 or min(py, px) < 0:
-            raise self.bad(f"{kind} geometry {a}")
-        op = "MaxPool" if kind == "max_pool" else "AveragePool"
-        y = self.g.node(op, [x], kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
-        out = (shape[0], (shape[1] + 2 * py - kh) // sy + 1, (shape[2] + 2 * px - kw) // sx + 1)
-        if min(out[1:]) < 1:
-            raise self.bad(f"{kind} leaves no output for input {shape}")
-        return y, out
-
-    def add_prev(self, a: str, sa: tuple[int, int, int], b: str, sb: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
+    def add_prev(self, a: str, sa: Shape, b: str, sb: Shape) -> tuple[str, Shape]:
         """dlib ``add_prev``: sum over the larger shape; the smaller operand zero-padded at the ends."""
-        self.take("add_prev")
-        s = tuple(max(p, q) for p, q in zip(sa, sb))
+        s = add_prev_shape(sa, sb)
         a, b = self.pad_to(a, sa, s), self.pad_to(b, sb, s)
-        return self.g.node("Add", [a, b]), s  # type: ignore[return-value]
+        return self.g.node("Add", [a, b]), s
 
-    def pad_to(self, x: str, shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+    def pad_to(self, x: str, shape: Shape, target: Shape) -> str:
         if shape == target:
             return x
         dc, dh, dw = (t - s for s, t in zip(shape, target))
         pads = self.g.init(f"pads{self.g._n + 1}", np.array([0, 0, 0, 0, 0, dc, dh, dw], np.int64))
         return self.g.node("Pad", [x, pads])  # mode "constant", value 0: the defaults
 
-    # -- the network ---------------------------------------------------------------------------------
     def build(self) -> int:
         """Emit the whole network; returns the descriptor size."""
-        net = self.net
-        inp = net.input
-        if inp.get("kind") != "input_rgb_image_sized" or (inp.get("nr"), inp.get("nc")) != (CHIP_SIZE, CHIP_SIZE):
-            raise self.bad(f"input layer is {inp.get('kind')} {inp.get('nr')}x{inp.get('nc')}, "
-                           f"expected input_rgb_image_sized<{CHIP_SIZE}>")
-        g = self.g
-        mean = np.array([inp["avg_red"], inp["avg_green"], inp["avg_blue"]], np.float32).reshape(1, 3, 1, 1)
-        if not np.isfinite(mean).all():
-            raise self.bad(f"input means {mean.ravel()}")
+        spec, g = self.spec, self.g
+        mean = np.array(spec.mean_rgb, np.float32).reshape(1, 3, 1, 1)
         x = g.node("Cast", [INPUT_NAME], to=_FLOAT)
         x = g.node("Transpose", [x], perm=[0, 3, 1, 2])
         x = g.node("Sub", [x, g.init("mean_rgb", mean)])
         x = g.node("Mul", [x, g.init("inv_256", np.array(1.0 / 256.0, np.float32))])  # exact: a power of two
-        shape = (3, CHIP_SIZE, CHIP_SIZE)
-        # stem: relu<affine<con>>, max_pool
-        x, shape = self.conv_affine(x, shape, relu=True)
-        x, shape = self.pool("max_pool", x, shape)
-        units = 0
-        while self.peek() == "tag_or_skip":  # tag1: the unit's input
-            units += 1
-            self.take("tag_or_skip")
-            y, ys = self.conv_affine(x, shape, relu=True)
-            y, ys = self.conv_affine(y, ys, relu=False)
-            if self.peek() == "add_prev":  # ares: add_prev1<block<tag1>>
+        shape: Shape = (3, spec.input_size, spec.input_size)
+        x, shape = self.conv(spec.stem, x, shape)
+        x, shape = self.pool(spec.stem_pool, x, shape)
+        for u in spec.units:
+            y, ys = self.conv(u.conv1, x, shape)
+            y, ys = self.conv(u.conv2, y, ys)
+            if not u.down:  # ares: add_prev1<block<tag1>>
                 x, shape = self.add_prev(y, ys, x, shape)
             else:  # ares_down: add_prev2<avg_pool<skip1<tag2<block<tag1>>>>>
-                self.take("tag_or_skip")  # tag2: the block's output
-                self.take("tag_or_skip")  # skip1: back to tag1 (the unit's input)
-                p, ps = self.pool("avg_pool", x, shape)
+                p, ps = self.pool(u.skip_pool, x, shape)
                 x, shape = self.add_prev(p, ps, y, ys)
-            x = self.relu(x)
-        if units == 0:
-            raise self.bad("no residual units after the stem")
-        x, shape = self.pool("avg_pool", x, shape)
-        if shape[1:] != (1, 1):
-            raise self.bad(f"the last pooling leaves {shape}, expected a global average")
+            if u.relu:
+                x = g.node("Relu", [x])
+        x, shape = self.pool(spec.head_pool, x, shape)
         x = g.node("Flatten", [x], axis=1)
-        fc = self.take("fc")
-        nin, nout = fc.attrs["num_inputs"], fc.attrs["num_outputs"]
-        w = fc.params["weight"]
-        if nin != shape[0] or w.size != nin * nout:
-            raise self.bad(f"fc {nin}->{nout} with {w.size} weights after {shape[0]} features")
-        if "bias" in fc.params:
-            x = g.node("MatMul", [x, g.init("fc.weight", w.reshape(nin, nout))])
-            x = g.node("Add", [x, g.init("fc.bias", fc.params["bias"].reshape(nout))], output=OUTPUT_NAME)
+        fc = spec.fc
+        if fc.has_bias:
+            x = g.node("MatMul", [x, g.init("fc.weight", fc.weight)])
+            x = g.node("Add", [x, g.init("fc.bias", fc.bias)], output=OUTPUT_NAME)
         else:
-            x = g.node("MatMul", [x, g.init("fc.weight", w.reshape(nin, nout))], output=OUTPUT_NAME)
-        if self.i != len(self.layers):
-            raise self.bad(f"{len(self.layers) - self.i} layer(s) after the fc layer")
-        return nout
+            x = g.node("MatMul", [x, g.init("fc.weight", fc.weight)], output=OUTPUT_NAME)
+        return fc.nout
 
 
 def dlib_net_to_onnx(net: DlibNet, source_sha256: str = "") -> bytes:
     """ONNX model bytes for a parsed dlib face recognition network (see the module doc).
 
     Raises :class:`~sdk.errors.ModelFileError` naming ``net.path`` when the network is not dlib's
-    ``anet_type`` family (150x150 RGB input, conv/affine/relu stem, residual units, global pool, fc)."""
-    b = _Builder(net)
+    ``anet_type`` family (150x150 RGB input, conv/affine/relu stem, residual units, global pool, fc); the layer
+    list is read into a spec by :func:`sdk.models.dlib_arch.resnet_spec`, the one definition of the network."""
+    return dlib_spec_to_onnx(resnet_spec(net), source_sha256)
+
+
+def dlib_spec_to_onnx(spec: DlibResNetSpec, source_sha256: str = "") -> bytes:
+    """ONNX model bytes of a :class:`~sdk.models.dlib_arch.DlibResNetSpec` with weights (what
+    :func:`dlib_net_to_onnx` writes for a ``.dat``; the trainer's port builds its modules from the same spec)."""
+    b = _Builder(spec)
     dim = b.build()
     n = "N"
     doc = ("dlib face recognition ResNet (dlib_face_recognition_resnet_model_v1 family), built by "
@@ -305,7 +246,7 @@ def dlib_net_to_onnx(net: DlibNet, source_sha256: str = "") -> bytes:
            "dlib.get_face_chip(img, shape, 150, 0.25). Output: raw (unnormalised) dlib descriptors.")
     meta = {"dlib_dat_sha256": source_sha256} if source_sha256 else {}
     return b.g.model("dlib_face_recognition_resnet",
-                     [_value_info(INPUT_NAME, _UINT8, [n, CHIP_SIZE, CHIP_SIZE, 3])],
+                     [_value_info(INPUT_NAME, _UINT8, [n, spec.input_size, spec.input_size, 3])],
                      [_value_info(OUTPUT_NAME, _FLOAT, [n, dim])], doc, meta)
 
 

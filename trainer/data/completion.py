@@ -9,7 +9,8 @@ lower edge under the chin) stay as they are: the inpainter never saw that region
 ``kind``:
 
 * an ``.onnx`` inpainter file or a bundle folder with a ``complete`` stage (ONNX Runtime, CPU), or a trainer run
-  folder holding ``generator.safetensors`` (exported to ONNX on first use, cached beside it as ``inpainter.onnx``);
+  folder (its ``ckpt/last.*``, or ``generator.safetensors`` of older runs; exported to ONNX on first use, cached
+  beside it as ``inpainter.onnx``);
 * ``"telea"``: OpenCV's Telea inpainting on the same crop and hole (the classical reference).
 
 All images BGR uint8.
@@ -46,15 +47,19 @@ def resolve_model(spec: str | Path) -> Path | str:
         if not stage:
             raise ValueError(f"bundle {p} has no 'complete' stage")
         return (p / stage["files"]["model"]["path"]).resolve()
-    if (p / "generator.safetensors").is_file():
+    from trainer.checkpoints import checkpoint_files, find_checkpoint
+
+    stem = find_checkpoint(p)
+    weights = checkpoint_files(stem)[0] if stem is not None else p / "generator.safetensors"  # (older run folders)
+    if weights.is_file():
         onnx = p / "inpainter.onnx"
-        if not onnx.is_file() or onnx.stat().st_mtime < (p / "generator.safetensors").stat().st_mtime:
+        if not onnx.is_file() or onnx.stat().st_mtime < weights.stat().st_mtime:
             from trainer.models.inpainter import export_onnx, load_checkpoint
 
             export_onnx(load_checkpoint(p)[0], onnx)
         return onnx
     raise FileNotFoundError(f"no inpainter at {p}: give an .onnx file, a bundle with a 'complete' stage, a trainer run "
-                            f"folder with generator.safetensors, or 'telea'")
+                            f"folder (ckpt/last.*, or an older one with generator.safetensors), or 'telea'")
 
 
 def model_fingerprint(spec: str | Path | None) -> str | None:

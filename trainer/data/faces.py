@@ -159,3 +159,78 @@ def align_images(paths: Sequence[str | Path], detector, embedder, cache_dir: Pat
 def warp_crop(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Crop of ``size = (w, h)`` from BGR ``img`` through frame->crop matrix ``m`` (BGR out)."""
     return warp(img, m, size)
+
+
+# ------------------------------------------------------------------------------ aligned crops for the trainers
+def _cap_per_identity(identities: Sequence[str], cap: int) -> list[int]:
+    """Indices keeping at most ``cap`` images of each identity (in order)."""
+    seen: dict[str, int] = {}
+    keep = []
+    for i, d in enumerate(identities):
+        seen[d] = seen.get(d, 0) + 1
+        if seen[d] <= cap:
+            keep.append(i)
+    return keep
+
+
+def load_faces(data: str | Path, faces: str | Path | None = None, images_per_identity: int = 10,
+               model: str | None = None, min_face_size: int = 60, cache: str | Path = "out/cache",
+               progress: bool = True):
+    """The faces of the folder-per-identity tree ``data`` as 112x112 ArcFace crops, or of the face pack ``faces``.
+
+    Args:
+        data: folder with one sub-folder per identity (ignored when ``faces`` is given).
+        faces: a face pack (``.npz`` from ``python trainer/main.py pack-faces``): no detector runs.
+        images_per_identity: at most this many images of each identity (0 = all).
+        model: bundle whose detector / embedder align the faces (default: the built-in baseline).
+        min_face_size: detector minimum face size (px).
+        cache: alignment cache folder.
+        progress: tqdm bar for the alignment pass.
+
+    Returns a :class:`trainer.data.face_arrays.FaceArrays`.  Only detected faces are kept: images that cannot be
+    read or where no face is found are counted (``FaceArrays.counts``, logged) and left out -- never replaced by a
+    black or guessed crop.
+    """
+    from trainer.data.face_arrays import FaceArrays, UnreadableImageError
+
+    if faces:
+        from trainer.data.pack import load_face_pack
+
+        arr = load_face_pack(faces)
+        if images_per_identity:
+            arr = arr.subset(_cap_per_identity(arr.identities, images_per_identity))
+        log.info("faces: %d from pack %s", len(arr.crops), faces)
+        return arr
+    from sdk._registry import build_stage
+    from sdk.align import ARCFACE_CROP
+    from sdk.bundle import load_bundle
+    from trainer.data.readers import read_identity_tree
+
+    samples = read_identity_tree(data, min_images=2)
+    if images_per_identity:
+        samples = [samples[i] for i in _cap_per_identity([s.identity for s in samples], images_per_identity)]
+    bundle = load_bundle(model or "baseline", verify_hash=False)
+    det = build_stage(bundle.stages["detect"], {"max_side": None, "min_face_size": min_face_size})
+    emb = build_stage(bundle.stages["embed"])
+    aligned = align_images([str(s.path) for s in samples], det, emb, Path(cache), progress=progress)
+    keep = np.nonzero(aligned.status == DETECTED)[0]
+    counts = aligned.counts()
+    log.info("faces: %s; training on the %d detected (unreadable and undetected images left out)", counts, len(keep))
+    crops = np.zeros((len(keep), ARCFACE_CROP.height, ARCFACE_CROP.width, 3), np.uint8)
+    lms = np.zeros((len(keep), 5, 2), np.float32)
+    for k, i in enumerate(keep):
+        img = read_bgr(aligned.paths[i])
+        if img is None:
+            raise UnreadableImageError(f"{aligned.paths[i]}: readable when aligned, unreadable now")
+        crops[k] = warp_crop(img, aligned.arc_m[i], ARCFACE_CROP.size)
+        lms[k] = aligned.arc_landmarks(i)
+    return FaceArrays(crops, lms, [samples[i].identity for i in keep], counts)
+
+
+
+
+def load_faces_for(cfg):
+    """:func:`load_faces` with the fields of a trainer config (``SegTrainConfig`` / ``InpaintTrainConfig``: ``data``,
+    ``faces``, ``images_per_identity``, ``model``, ``min_face_size``, ``cache``, ``progress``)."""
+    return load_faces(cfg.data, getattr(cfg, "faces", None), cfg.images_per_identity, cfg.model, cfg.min_face_size,
+                      cfg.cache, cfg.progress)

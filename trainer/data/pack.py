@@ -2,7 +2,7 @@
 
 A pack lets a trainer run where the raw data, the detector or OpenCV's readers are not (a lent GPU machine, a
 container): ``python trainer/main.py pack-faces --data ../shared/data/celeba_subset --out faces.npz`` aligns once
-(cached, :func:`trainer.segmenter_train.load_faces`) and stores each crop as a JPEG (quality 95 by default,
+(cached, :func:`trainer.data.faces.load_faces`) and stores each crop as a JPEG (quality 95 by default,
 ~5 KB a face) so that ~6,000 faces travel in ~30 MB.  ``--faces faces.npz`` on the ``segmenter`` and
 ``inpainter`` commands reads it instead of ``--data``.
 
@@ -25,13 +25,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from trainer.data.face_arrays import FaceArrays
+
 log = logging.getLogger(__name__)
 
 PACK_VERSION = 1
 
 
 def save_face_pack(faces, path: str | Path, quality: int = 95) -> Path:
-    """Write ``faces`` (:class:`trainer.segmenter_train.FaceArrays`) to ``path`` (.npz); returns the path."""
+    """Write ``faces`` (:class:`trainer.data.face_arrays.FaceArrays`) to ``path`` (.npz), atomically; returns the
+    path."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     blobs = []
@@ -54,9 +57,7 @@ def save_face_pack(faces, path: str | Path, quality: int = 95) -> Path:
 
 
 def load_face_pack(path: str | Path):
-    """Read a pack written by :func:`save_face_pack` -> :class:`trainer.segmenter_train.FaceArrays`."""
-    from trainer.segmenter_train import FaceArrays
-
+    """Read a pack written by :func:`save_face_pack` -> :class:`trainer.data.face_arrays.FaceArrays`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"face pack not found: {path}")

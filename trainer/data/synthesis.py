@@ -1,6 +1,8 @@
 """Masked-face synthesis: paint an occluder on a face from its 5 landmarks and return the exact occlusion map.
 
 Used on the fly by the trainer's data loaders and, with fixed seeds, to build evaluation sets.
+Why this size: ~950 lines on purpose for now -- the occluder painters share one canonical 3-D face, its pose fit and the
+template warps below; split per occluder family once the real-mask work adding to this module has landed.
 
     >>> synth = MaskSynthesizer(SynthesisConfig(templates_dir=Path("/data/mask_templates")))
     >>> s = synth(image_bgr, landmarks, 1234)                  # random category, deterministic per seed

@@ -108,6 +108,10 @@ def arc_to_chip_theta(arc_size: int = 112, chip_size: int = 150) -> torch.Tensor
     return torch.tensor(theta[:2], dtype=torch.float32).unsqueeze(0)
 
 
+#: the dlib unit whose output is R^l: the last of the first residual level (3 x ares<32>, 35x35)
+LOW_UNIT = 2
+
+
 class DlibIdentityFeatures(nn.Module):
     """R for :class:`IdentityDiversityLoss`: 112 crop in [-1, 1] -> (R^l, R^h) of the frozen dlib teacher.
 
@@ -139,16 +143,8 @@ class DlibIdentityFeatures(nn.Module):
         return (c + 1.0) * 127.5
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.teacher
-        h = (self.chip(x) - t.mean_rgb) / 256.0
-        h = F.relu(t.aff0(t.conv0(h)))
-        h = F.max_pool2d(h, 3, 2)
-        low = None
-        for i, unit in enumerate(t.units):
-            h = unit(h)
-            if i == 2:
-                low = h
-        return low, t.fc(h.mean(dim=(2, 3)))
+        pooled, low = self.teacher.trunk(self.chip(x), tap=LOW_UNIT)
+        return low, self.teacher.fc(pooled)
 
 
 @torch.no_grad()

@@ -1,10 +1,12 @@
-"""Trainer models.  ``DlibResNet``: PyTorch port of dlib's face recognition ResNet (the teacher).
+"""Trainer models (torch): the dlib ResNet port (the teacher, :mod:`trainer.models.dlib_resnet`), the students
+(:mod:`trainer.models.student`), the occlusion segmenter, the inpainter and its critics, contextual attention.
 
-Imported lazily so that ``trainer.models._dlib_dat`` (numpy only) works without torch installed.
+``DlibResNet`` and ``preprocess`` are imported lazily, so ``import trainer.models`` does not import torch.  The dlib
+network's layer spec and ``.dat`` reader are the SDK's (:mod:`sdk.models.dlib_arch`, :mod:`sdk.models.dlib_dat`).
 """
 from __future__ import annotations
 
-__all__ = ["DlibResNet", "preprocess", "read_dat"]
+__all__ = ["DlibResNet", "preprocess"]
 
 
 def __getattr__(name: str):
@@ -12,8 +14,4 @@ def __getattr__(name: str):
         from . import dlib_resnet
 
         return getattr(dlib_resnet, name)
-    if name == "read_dat":
-        from ._dlib_dat import read_dat
-
-        return read_dat
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

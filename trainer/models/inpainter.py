@@ -34,7 +34,6 @@ Critics (WGAN-GP: no normalisation, linear output):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from torch import nn
 from .contextual_attention import ContextualAttention
 
 __all__ = ["InpainterConfig", "Generator", "GlobalDiscriminator", "LocalDiscriminator", "mask_boxes",
-           "crop_boxes", "count_params", "count_flops", "save_checkpoint", "load_checkpoint", "export_onnx",
+           "crop_boxes", "count_params", "count_flops", "load_checkpoint", "export_onnx",
            "INPUT_SIZE"]
 
 INPUT_SIZE = 112
@@ -243,35 +242,24 @@ def count_flops(model: Generator, size: int = INPUT_SIZE) -> float:
     return float(fc.get_total_flops())
 
 
-def save_checkpoint(folder, generator: Generator, extra: dict | None = None,
-                    discriminators: dict[str, nn.Module] | None = None) -> None:
-    """``folder/generator.safetensors`` (+ ``folder/critics.safetensors`` with ``<name>.`` prefixes) and
-    ``folder/config.json`` = ``{"model": InpainterConfig, **extra}``."""
-    from trainer._io import save_tensors
+def load_checkpoint(path, discriminators: dict[str, nn.Module] | None = None) -> tuple[Generator, dict]:
+    """``(generator in eval mode, checkpoint JSON)`` from an inpainter run folder, a checkpoint stem / file
+    (:mod:`trainer.checkpoints`; a generator snapshot too) or an older run folder (``generator.safetensors`` +
+    ``config.json``); loads the critics in place when given and saved (modules ``"global"`` / ``"local"``)."""
+    from trainer.checkpoints import CheckpointError
+    from trainer.checkpoints import load_checkpoint as load
 
-    folder = Path(folder)
-    save_tensors(generator.state_dict(), folder / "generator.safetensors",
-                 {"format": "lookthrough.inpainter", "version": "1"})
-    if discriminators:
-        save_tensors({f"{n}.{k}": v for n, d in discriminators.items() for k, v in d.state_dict().items()},
-                     folder / "critics.safetensors")
-    cfg = {"model": generator.config.to_dict(), **(extra or {})}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-
-
-def load_checkpoint(folder, discriminators: dict[str, nn.Module] | None = None) -> tuple[Generator, dict]:
-    """``(generator in eval mode, config.json dict)``; loads the critics in place when given and saved."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    g = Generator(InpainterConfig(**cfg["model"]))
-    g.load_state_dict(load_file(str(folder / "generator.safetensors")), strict=True)
-    if discriminators and (folder / "critics.safetensors").is_file():
-        t = load_file(str(folder / "critics.safetensors"))
-        for n, d in discriminators.items():
-            d.load_state_dict({k[len(n) + 1:]: v for k, v in t.items() if k.startswith(n + ".")}, strict=True)
-    return g.eval(), cfg
+    ck = load(path, module="generator")
+    cfg = (ck.meta.get("models") or {}).get("generator")
+    if cfg is None:
+        raise CheckpointError(f"{path}: no generator config in the checkpoint (an older bare snapshot: build "
+                              "Generator(InpainterConfig(width=...)) and load Checkpoint.state('generator'))")
+    g = Generator(InpainterConfig(**cfg))
+    g.load_state_dict(ck.state("generator"), strict=True)
+    for n, d in (discriminators or {}).items():
+        if ck.has(n):
+            d.load_state_dict(ck.state(n), strict=True)
+    return g.eval(), ck.meta
 
 
 class _Completion(nn.Module):

@@ -2,7 +2,8 @@
 
 Input contract: float32 ``(N, 3, 112, 112)``, **BGR** channel order (OpenCV / SDK crops, no flip needed),
 ``x = pixel / 127.5 - 1`` in [-1, 1]; the 112x112 ArcFace-aligned crop (``sdk.align.ARCFACE_CROP``).
-:func:`preprocess` does it from uint8 NHWC BGR; the exported ONNX graph does it inside the graph.
+:func:`preprocess` does it from uint8 NHWC BGR (the :class:`sdk.preprocess.Preprocess` record
+:data:`trainer.preprocess.SEGMENTER`); the exported ONNX graph does it inside the graph.
 
 Outputs (``forward``): ``(mask_logits (N, 1, 112, 112), occluded_logit (N,))``.
 
@@ -103,8 +104,11 @@ class OcclusionSegmenter(nn.Module):
 
 
 def preprocess(bgr_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) BGR -> float32 (N, 3, H, W) BGR in [-1, 1] (the model's input contract)."""
-    return bgr_u8.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 (N, H, W, 3) BGR -> float32 (N, 3, H, W) BGR in [-1, 1] (the model's input contract): the
+    :data:`trainer.preprocess.SEGMENTER` record applied in torch."""
+    from trainer.preprocess import SEGMENTER, apply_torch
+
+    return apply_torch(SEGMENTER, bgr_u8)
 
 
 def count_params(model: nn.Module) -> int:
@@ -135,29 +139,14 @@ def count_flops(model: nn.Module, size: int = INPUT_SIZE) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(model: OcclusionSegmenter, folder, extra: dict | None = None) -> None:
-    """Write ``folder/model.safetensors`` (weights + BN buffers) and ``folder/config.json``
-    (``{"model": SegmenterConfig, **extra}``)."""
-    import json
-    from pathlib import Path
+def load_checkpoint(path) -> tuple[OcclusionSegmenter, dict]:
+    """``(model in eval mode, checkpoint JSON)`` from a segmenter run folder, a checkpoint stem / file
+    (:mod:`trainer.checkpoints`, module ``"model"``) or an older run folder (``model.safetensors`` + ``config.json``).
+    The JSON has ``step``, ``models["model"]`` (the :class:`SegmenterConfig`), ``preprocess`` and, after a finished
+    run, ``eval``."""
+    from trainer.checkpoints import load_checkpoint as load
 
-    from trainer._io import save_tensors
-
-    folder = Path(folder)
-    save_tensors(model.state_dict(), folder / "model.safetensors", {"format": "lookthrough.segmenter", "version": "1"})
-    cfg = {"model": model.config.to_dict(), **(extra or {})}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-
-
-def load_checkpoint(folder) -> tuple[OcclusionSegmenter, dict]:
-    """``(model in eval mode, config.json dict)`` from a folder written by :func:`save_checkpoint`."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    model = OcclusionSegmenter(SegmenterConfig(**cfg["model"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model.eval(), cfg
+    ck = load(path)
+    model = OcclusionSegmenter(SegmenterConfig(**((ck.meta.get("models") or {}).get("model") or {})))
+    model.load_state_dict(ck.state("model"), strict=True)
+    return model.eval(), ck.meta
