@@ -2,7 +2,8 @@
 
 Reads every module's imports from its syntax tree, function-level ones included (``import`` / ``from ... import``
 anywhere, and ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name), so a lazy import
-cannot hide a dependency.  Also: the runtime (``kernels/``, ``sdk/``) never imports torch, and a module over
+cannot hide a dependency.  Also: the runtime (``kernels/``, ``sdk/``) never imports torch (the optional GPU
+modules in :data:`LAZY_TORCH` only inside functions), and a module over
 :data:`MAX_LINES` lines says why at its top (``size:`` and the reason, in its first 15 lines, as
 ``python3 ../shared/tools/import_cycles.py`` expects).  ``tests/`` may import
 anything and is not checked.
@@ -24,6 +25,12 @@ ENTRY_POINTS = {
 }
 #: third-party packages the runtime layers must not import
 RUNTIME_FORBIDDEN = {"torch", "torchvision"}
+#: runtime modules that drive torch tensors on a GPU when the user asks for it (optional): they may import torch
+#: only inside functions, never at module level, so ``import sdk`` and the CPU / ONNX Runtime path stay torch-free
+LAZY_TORCH = {
+    "sdk._cuda_ops": "CUDA contextual attention on torch tensors already on the device",
+}
+LAZY_TORCH_PREFIXES = ("sdk.backends.torch",)
 MAX_LINES = 600
 
 
@@ -180,10 +187,45 @@ def test_no_import_cycles_between_files():
     assert not cycles, "import cycles (function-level imports included):\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
+def _lazy_torch(module: str) -> bool:
+    return module in LAZY_TORCH or module.startswith(LAZY_TORCH_PREFIXES)
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported by statements that run at import time (not inside a def / lambda)."""
+    found: set[str] = set()
+
+    def walk(nodes):
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+            walk(ast.iter_child_nodes(node))
+
+    walk(ast.parse(path.read_text(encoding="utf-8")).body)
+    return found
+
+
 def test_runtime_never_imports_torch():
     bad = [f"{m} imports {sorted(EXTERNAL[m] & RUNTIME_FORBIDDEN)}" for m in sorted(EXTERNAL)
-           if _layer(m) is not None and _layer(m) <= LAYERS["sdk"] and EXTERNAL[m] & RUNTIME_FORBIDDEN]
+           if _layer(m) is not None and _layer(m) <= LAYERS["sdk"] and EXTERNAL[m] & RUNTIME_FORBIDDEN
+           and not _lazy_torch(m)]
     assert not bad, "\n".join(bad)
+
+
+def test_optional_gpu_modules_import_torch_only_lazily():
+    lazy = [m for m in MODULES if _lazy_torch(m) and MODULES[m].suffix == ".py"]
+    assert "sdk._cuda_ops" in lazy
+    bad = [f"{m} imports torch at module level" for m in lazy if _module_level_imports(MODULES[m]) & RUNTIME_FORBIDDEN]
+    assert not bad, "\n".join(bad)
+    # and nothing in the CPU runtime pulls them in at import time
+    for m in MODULES:
+        if _layer(m) == LAYERS["sdk"] and not _lazy_torch(m) and MODULES[m].suffix == ".py":
+            top = _module_level_imports(MODULES[m])
+            assert "torch" not in top, m
 
 
 def test_large_modules_say_why():
