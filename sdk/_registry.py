@@ -147,3 +147,60 @@ def _build_onnx_embedder(spec: StageSpec, options: dict[str, Any]) -> Any:
     return OnnxEmbedder(model, sp, crop=str(cfg.get("crop", "dlib150")),
                         chip_landmarks=str(cfg.get("chip_landmarks", "dlib5")), dim=int(cfg.get("dim", 128)),
                         threads=int(cfg.get("threads", 0)), **extra)
+
+
+def _dataclass_cfg(cls: type, spec: StageSpec, options: dict[str, Any]) -> Any:
+    """``cls(**known fields of spec.config + options)`` (lists become tuples)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    raw = {**spec.config, **options}
+    try:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}): bad config: {e}") from None
+
+
+@register("detect", "ltdet")
+def _build_ltdet(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """LookThrough's single-shot masked-face detector (``export/onnx_detector.py``): :class:`sdk.detect_onnx.LTDetDetector`.
+
+    Files: ``model`` (the ``.onnx``).  Config: :class:`sdk.detect_onnx.LTDetConfig` fields (``score_threshold``,
+    ``nms_iou``, ``pyramid``, ``max_side``, ``min_face_size``, ``threads``).  The stage's ``preprocess`` record, when
+    present, must be the LTDet one (frame, rgb, float32, nchw).  Options may pass ``providers``.
+    """
+    from sdk.detect_onnx import LTDetConfig, LTDetDetector
+    from sdk.preprocess import Preprocess
+
+    (model,) = _need(spec, "model")
+    pre = getattr(spec, "preprocess", None)
+    if isinstance(pre, dict):
+        pre = Preprocess.from_dict(pre, where=f"stage {spec.name!r} preprocess")
+    extra = {"providers": options.pop("providers")} if "providers" in options else {}
+    return LTDetDetector(model, _dataclass_cfg(LTDetConfig, spec, options), preprocess=pre, **extra)
+
+
+@register("detect", "scrfd")
+def _build_scrfd(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """An insightface SCRFD ``.onnx`` (e.g. ``det_10g.onnx``) with insightface's conventions:
+    :class:`sdk.detect_onnx.SCRFDDetector`.  Files: ``model``.  Config: ``score_threshold`` (0.5), ``nms_iou``
+    (0.4), ``input_size`` (640, for graphs with a dynamic input), ``threads``.  Options may pass ``providers``."""
+    from sdk.detect_onnx import SCRFDConfig, SCRFDDetector
+
+    (model,) = _need(spec, "model")
+    extra = {"providers": options.pop("providers")} if "providers" in options else {}
+    return SCRFDDetector(model, _dataclass_cfg(SCRFDConfig, spec, options), **extra)
+
+
+@register("embed", "arcface_onnx")
+def _build_arcface_onnx(spec: StageSpec, options: dict[str, Any]) -> Any:
+    """An insightface ArcFace recogniser ``.onnx`` (e.g. ``w600k_r50.onnx``): 112x112 ArcFace crops, NCHW RGB
+    ``(x - 127.5) / 127.5`` -> L2-normalised embedding (:class:`sdk.embed_arcface.ArcFaceOnnxEmbedder`).
+    Files: ``model``.  Config: ``dim`` (0 = the graph's), ``threads``.  Options may pass ``providers`` and
+    ``batch_size``."""
+    from sdk.embed_arcface import ArcFaceOnnxEmbedder
+
+    cfg = {**spec.config, **options}
+    (model,) = _need(spec, "model")
+    extra = {k: cfg[k] for k in ("providers", "batch_size") if k in cfg}
+    return ArcFaceOnnxEmbedder(model, dim=int(cfg.get("dim", 0)), threads=int(cfg.get("threads", 0)), **extra)
