@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainer.detector.tflite_port import TFLiteBackbone, blazeface_path, read_blazeface
@@ -119,9 +118,9 @@ class DetectorNet(nn.Module):
         self.box = nn.ModuleList()
         self.lmk = nn.ModuleList()
         for c, a in zip(cfg.channels, cfg.anchors):
-            self.cls.append(nn.Conv2d(c, a, 3, padding=1))
-            self.box.append(nn.Conv2d(c, a * 4, 3, padding=1))
-            self.lmk.append(nn.Conv2d(c, a * 10, 3, padding=1))
+            self.cls.append(nn.Conv2d(c, a, 1))
+            self.box.append(nn.Conv2d(c, a * 4, 1))
+            self.lmk.append(nn.Conv2d(c, a * 10, 1))
 
     def forward(self, x: torch.Tensor):
         feats = self.backbone(x)
@@ -213,8 +212,8 @@ def build_net(init: str = "blazeface", variant: str = "front") -> DetectorNet:
     with torch.no_grad():
         for h in bw.heads:
             w, b = torch.from_numpy(h.weight), torch.from_numpy(h.bias)
-            if w.shape[2] == 1:  # a 1x1 head: embed it as the centre tap of our 3x3
-                w = F.pad(w, (1, 1, 1, 1))
+            if w.shape[2:] != (1, 1):
+                raise NotImplementedError(f"head kernel {tuple(w.shape[2:])} (BlazeFace's heads are 1x1)")
             a = anchors[h.feature]
             if h.role == "cls":
                 net.cls[h.feature].weight.copy_(w)

@@ -118,7 +118,7 @@ class SceneConfig:
     height: int = 256
     width: int = 256
     faces: tuple[int, int] = (1, 5)
-    face_px: tuple[float, float] = (14.0, 150.0)
+    face_px: tuple[float, float] = (12.0, 160.0)
     size_bins: list[tuple[float, float]] | None = None
     occlude_prob: float = 0.7
     context: tuple[float, float] = (1.5, 2.6)

@@ -57,11 +57,11 @@ class DetTrainConfig:
     per_identity: int = 2  #: images per identity to label (LFW + CelebA)
     init: str = "blazeface"  #: 'blazeface' (MediaPipe's short-range weights) or 'random'
     steps: int = 3000  #: optimiser steps
-    batch_size: int = 16  #: scenes per step
-    crop: int = 256  #: training scene side (px, multiple of 32)
+    batch_size: int = 10  #: scenes per step
+    crop: int = 224  #: training scene side (px, multiple of 32)
     lr: float = 1e-3  #: peak AdamW learning rate (heads); the backbone gets lr * backbone_lr_mult
     backbone_lr_mult: float = 0.3  #: backbone learning-rate factor
-    freeze: int = 0  #: keep the first N backbone convolutions frozen (saves backward time on CPU)
+    freeze: int = 2  #: keep the first N backbone convolutions frozen (saves backward time on CPU)
     weight_decay: float = 1e-4  #: AdamW weight decay
     warmup: int = 100  #: linear warm-up steps, then cosine decay to 5 % of lr
     occlude_prob: float = 0.7  #: share of pasted faces that get a (training-family) occluder
