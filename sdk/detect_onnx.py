@@ -18,8 +18,8 @@ insightface's model packs are licensed for non-commercial research only): input 
 aspect kept) as insightface does; outputs per stride (8, 16, 32; 2 anchors per cell) in insightface's order:
 scores ``(n, 1)``, box distances ``(n, 4)`` (left, top, right, bottom in stride units), keypoint offsets
 ``(n, 10)`` (stride units), optionally with a leading batch axis; anchors at ``(x * stride, y * stride)``.
-Files with 6 outputs (no keypoints) get landmarks estimated from the box (flagged in ``Face.score`` only
-by their detector; see ``SCRFDDetector.has_kps``). 5-stride files (10/15 outputs, 1 anchor) work too.
+Files with 6 outputs (no keypoints) get landmarks placed in the box at the ArcFace template's proportions
+(``SCRFDDetector.has_kps`` is False). 5-stride files (10/15 outputs, 1 anchor) work too.
 """
 from __future__ import annotations
 

@@ -199,6 +199,18 @@ def summarise(per_img, sizes, thr: float) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _real_files(folder: Path, split: str, limit: int) -> list[Path]:
+    """Images of ``folder``; with a split file (realmask's ``face_mask_detection.json``: ``files`` rows with
+    ``folder``, ``name``, ``part``) only its ``validation`` part of that folder; at most ``limit`` (seeded)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if split:
+        rows = json.loads(Path(split).read_text())["files"]
+        val = {r["name"] for r in rows if r["folder"] == folder.name and r["part"] == "validation"}
+        files = [p for p in files if p.name in val]
+    pick = np.random.default_rng(2).permutation(len(files))[:limit]
+    return [files[j] for j in sorted(pick)]
+
+
 def _eval_labels(data: Path, cache: Path, per_identity: int):
     from trainer.detector.labels import build_or_load, is_eval_identity
 
@@ -293,12 +305,13 @@ def run(args: argparse.Namespace) -> dict:
         k: {"found": v["found"], "images": v["n"], "recall": round(v["found"] / max(v["n"], 1), 4),
             **({"nme_mean": round(float(np.mean(v["nme"])), 4)} if v["nme"] else {})} for k, v in lfw.items()}
 
-    # real masked photos
-    if args.real and Path(args.real).is_dir():
-        files = sorted(p for p in Path(args.real).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        files = [files[j] for j in np.random.default_rng(2).permutation(len(files))[:args.real_max]]
+    # real photos (masked; optionally unmasked), validation part of the split file when given
+    for key, folder in (("real_masked", args.real), ("real_unmasked", args.real_clean)):
+        if not folder or not Path(folder).is_dir():
+            continue
+        files = _real_files(Path(folder), args.real_split, args.real_max)
         real = {d.name: {"any": 0, "big": 0, "n": 0} for d in dets}
-        for f in tqdm(files, desc="real masked photos", unit="img"):
+        for f in tqdm(files, desc=key, unit="img"):
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None or min(img.shape[:2]) < 24:
                 continue
@@ -308,10 +321,9 @@ def run(args: argparse.Namespace) -> dict:
                 real[d.name]["n"] += 1
                 real[d.name]["any"] += bool(k.any())
                 real[d.name]["big"] += bool((_size(r.boxes[k]) >= 0.2 * min(img.shape[:2])).any()) if k.any() else 0
-        res["real_masked"] = {"folder": str(args.real), "images": real[dets[0].name]["n"],
-                              **{k: {"found_any": round(v["any"] / max(v["n"], 1), 4),
-                                     "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4)}
-                                 for k, v in real.items()}}
+        res[key] = {"folder": str(folder), "split": str(args.real_split or ""), "images": real[dets[0].name]["n"],
+                    **{k: {"found_any": round(v["any"] / max(v["n"], 1), 4),
+                           "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4)} for k, v in real.items()}}
     res["setup"] = {"scenes": args.scenes, "negatives": args.negatives, "model": str(args.model),
                     "held_out_occluders": list(__import__("trainer.detector.occlusion", fromlist=["x"]).HELD_OUT_TAGS),
                     "templates": bool(args.templates), "threads": args.threads, "machine": platform.machine(),
@@ -365,10 +377,10 @@ def _examples(examples: dict, dets, thr: dict, out: Path) -> None:
                     for x, y in r.landmarks[j]:
                         cv2.circle(img, (int(x), int(y)), 2, (0, 255, 255), -1)
             cv2.putText(img, f"{d.name} ({c})", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
-            row.append(cv2.resize(img, (427, 320), interpolation=cv2.INTER_AREA))
+            row.append(cv2.resize(img, (400, 300), interpolation=cv2.INTER_AREA))
         tiles.append(np.concatenate(row, 1))
     if tiles:
-        cv2.imwrite(str(out / "detection_examples.jpg"), np.concatenate(tiles, 0), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        cv2.imwrite(str(out / "detection_examples.png"), np.concatenate(tiles, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--templates", default="", help="MaskTheFace templates folder (held-out N95 template)")
     p.add_argument("--cache", default="out/detector/labels_lfw_celeba.npz", help="MTCNN label file")
     p.add_argument("--per-identity", type=int, default=2, help="images per identity when the labels are built")
-    p.add_argument("--real", default="", help="folder of real masked photos (no labels)")
+    p.add_argument("--real", default="", help="folder of real masked photos (no labels), e.g. .../dataset/with_mask")
+    p.add_argument("--real-clean", default="", help="folder of real unmasked photos, e.g. .../dataset/without_mask")
+    p.add_argument("--real-split", default="", help="split JSON: use only its 'validation' files of those folders")
     p.add_argument("--real-max", type=int, default=500, help="at most this many real photos")
     p.add_argument("--scenes", type=int, default=150, help="640x480 scenes (each clean and occluded)")
     p.add_argument("--negatives", type=int, default=100, help="640x480 scenes without faces")
