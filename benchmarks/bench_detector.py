@@ -42,19 +42,24 @@ def frames() -> dict[str, np.ndarray]:
     return out
 
 
-def detectors(model: str, threads: int) -> dict:
+def detectors(model: str, threads: int, pyramids: list[str]) -> dict:
     import dlib
 
     from sdk._registry import build_stage
     from sdk.bundle import load_bundle
     from sdk.detect import DetectorConfig, MTCNNDetector
 
-    lt = build_stage(load_bundle(model).stages["detect"], {"threads": threads})
+    spec = load_bundle(model).stages["detect"]
+    out = {}
+    for p in [None] + pyramids:
+        opt = {"threads": threads} if p is None else {"threads": threads, "pyramid": [float(v) for v in p.split(",")]}
+        lt = build_stage(spec, opt)
+        lt.prepare()
+        out["ltdet" if p is None else f"ltdet@{float(p.split(',')[0]):g}"] = lt.detect
     mt = MTCNNDetector.from_package(DetectorConfig(threads=threads))
     hog = dlib.get_frontal_face_detector()
-    lt.prepare()
     mt.prepare()
-    return {"ltdet": lt.detect, "mtcnn": mt.detect, "dlib_hog": lambda f: hog(f[..., ::-1].copy(), 1)}
+    return {**out, "mtcnn": mt.detect, "dlib_hog": lambda f: hog(f[..., ::-1].copy(), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=4)
+    p.add_argument("--pyramids", nargs="*", default=["0.75,0.1875", "0.5,0.125"], metavar="S1,S2",
+                   help="extra LTDet pyramid settings timed as ltdet@S1")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = p.parse_args(argv)
     fr = frames()
-    dets = detectors(args.model, args.threads)
+    dets = detectors(args.model, args.threads, args.pyramids)
     load0 = os.getloadavg()
     times: dict[tuple[str, str], list[float]] = {}
     found: dict[tuple[str, str], int] = {}

@@ -58,9 +58,9 @@ class Dets:
 
 
 class _Ltdet:
-    name = "ltdet"
+    """LTDet through the SDK stage; ``pyramid`` overrides the bundle's scales (name ``ltdet@<first scale>``)."""
 
-    def __init__(self, model: str, threads: int):
+    def __init__(self, model: str, threads: int, pyramid: tuple[float, ...] | None = None):
         from sdk.detect_onnx import LTDetConfig, LTDetDetector
 
         p = Path(model)
@@ -71,6 +71,9 @@ class _Ltdet:
             cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in st["config"].items()}
             p = p / st["files"]["model"]["path"]
         self.default_threshold = float(cfg.pop("score_threshold", 0.5))
+        if pyramid:
+            cfg["pyramid"] = tuple(pyramid)
+        self.name = "ltdet" if not pyramid else f"ltdet@{pyramid[0]:g}"
         cfg["threads"] = threads
         self.det = LTDetDetector(p, LTDetConfig(score_threshold=0.05, **{k: v for k, v in cfg.items()
                                                                             if k != "threads"}, threads=threads))
@@ -234,7 +237,9 @@ def run(args: argparse.Namespace) -> dict:
                        jpeg_prob=0.2, noise_prob=0.1, flip=False, min_label_px=14.0, background_split="eval")
     rend = SceneRenderer(labels, scfg, occ)
     neg = SceneRenderer(labels, SceneConfig(**{**scfg.__dict__, "faces": (0, 0), "distractors": (1, 5)}), None)
-    dets = [_Ltdet(args.model, args.threads), _Mtcnn(args.threads), _Hog()]
+    pyr = [tuple(float(v) for v in p.split(",")) for p in args.ltdet_pyramids]
+    dets = [_Ltdet(args.model, args.threads)] + [_Ltdet(args.model, args.threads, p) for p in pyr] \
+        + [_Mtcnn(args.threads), _Hog()]
     conds = {"clean": [], "occluded": [], "negatives": []}
     sizes = {"clean": [], "occluded": [], "negatives": []}
     raw: dict[str, dict[str, list]] = {d.name: {c: [] for c in conds} for d in dets}
@@ -269,7 +274,7 @@ def run(args: argparse.Namespace) -> dict:
             ops["default"] = 0.0
         else:
             ops["at_mtcnn_fp"] = _pick_threshold(allimg, mt_fp)
-            if d.name == "ltdet":
+            if d.name.startswith("ltdet"):
                 ops["at_default"] = d.default_threshold
             else:
                 ops["default"] = 0.0
@@ -315,6 +320,9 @@ def run(args: argparse.Namespace) -> dict:
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None or min(img.shape[:2]) < 24:
                 continue
+            if max(img.shape[:2]) > args.real_side:  # every detector sees the same resized photo
+                f_ = args.real_side / max(img.shape[:2])
+                img = cv2.resize(img, None, fx=f_, fy=f_, interpolation=cv2.INTER_AREA)
             for d in dets:
                 r = d(img)
                 k = r.scores >= thr[d.name]
@@ -330,8 +338,36 @@ def run(args: argparse.Namespace) -> dict:
                     "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0], "time": time.strftime("%Y-%m-%d %H:%M")}
     (out / "detection_eval.json").write_text(json.dumps(res, indent=1))
     _plot(res, out / "detection_eval.png")
+    (out / "detection_eval.md").write_text(markdown(res))
     _examples(examples, dets, thr, out)
     return res
+
+
+def markdown(res: dict) -> str:
+    """The README tables of a result dict: recall by size (clean / occluded), false positives, NME, photos."""
+    lines = ["| detector (operating point) | faces | threshold | FP (all scenes) | clean 20-40 | 40-80 | 80-160 | 160-300 | "
+             "clean >=40 | occluded 20-40 | 40-80 | 80-160 | 160-300 | occluded >=40 | NME clean | NME occluded |",
+             "|---|---|---:|---:|" + "---:|" * 12]
+    bins = [f"{lo}-{hi}" for lo, hi in BINS] + [">=40"]
+    for name, ops in res["scenes"].items():
+        if not isinstance(ops, dict):
+            continue
+        for op, r in ops.items():
+            fp = sum(r[c]["false_positives"] for c in ("clean", "occluded", "negatives"))
+            cells = [f"{r[c]['recall'][b]['recall'] * 100:.1f}" if r[c]["recall"][b]["faces"] else "–"
+                     for c in ("clean", "occluded") for b in bins]
+            nm = [f"{r[c]['nme']['mean']:.3f}" if "nme" in r[c] else "–" for c in ("clean", "occluded")]
+            lines.append(f"| {name} ({op}) | {r['clean']['faces']} | {r['clean']['threshold']:g} | {fp} | "
+                         + " | ".join(cells + nm) + " |")
+    lines += ["", "| detector | photos + held-out occluders: found | NME | real masked: found (face >= 20 % of side) "
+              "| real unmasked: found (>= 20 %) |", "|---|---:|---:|---:|---:|"]
+    ph = res.get("photos_heldout_occluders", {})
+    for name, v in ph.items():
+        rm = res.get("real_masked", {}).get(name, {})
+        ru = res.get("real_unmasked", {}).get(name, {})
+        f = (lambda d: f"{d['found_any'] * 100:.1f} ({d['found_face_ge_20pct'] * 100:.1f})" if d else "–")
+        lines.append(f"| {name} | {v['recall'] * 100:.1f} % of {v['images']} | {v.get('nme_mean', '–')} | {f(rm)} | {f(ru)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(res: dict, png: Path) -> None:
@@ -394,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", default="", help="folder of real masked photos (no labels), e.g. .../dataset/with_mask")
     p.add_argument("--real-clean", default="", help="folder of real unmasked photos, e.g. .../dataset/without_mask")
     p.add_argument("--real-split", default="", help="split JSON: use only its 'validation' files of those folders")
-    p.add_argument("--real-max", type=int, default=500, help="at most this many real photos")
+    p.add_argument("--real-max", type=int, default=300, help="at most this many real photos per folder")
+    p.add_argument("--real-side", type=int, default=640, help="real photos are downscaled to this longest side (px)")
+    p.add_argument("--ltdet-pyramids", nargs="*", default=[], metavar="S1,S2",
+                   help="extra LTDet runs with these pyramid scales (e.g. 0.75,0.1875), named ltdet@S1")
     p.add_argument("--scenes", type=int, default=150, help="640x480 scenes (each clean and occluded)")
     p.add_argument("--negatives", type=int, default=100, help="640x480 scenes without faces")
     p.add_argument("--photos", type=int, default=400, help="held-out photos with held-out occluders")
