@@ -210,6 +210,7 @@ def train(cfg: DetTrainConfig) -> dict:
     opt = torch.optim.AdamW([{"params": [p for p in net.backbone.parameters() if p.requires_grad],
                               "mult": cfg.backbone_lr_mult},
                              {"params": heads, "mult": 1.0}], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    (out / "net_config.json").write_text(json.dumps(net.cfg.to_json()))  # last.safetensors loads with it
     last = out / "last.safetensors"
     step = _load_last(net, opt, last) if last.is_file() else 0
     if step:
