@@ -119,10 +119,12 @@ def test_tiny_training_run_resumes_and_exports(tmp_path, astronaut_bgr):
                          save_every=1, threads=1)
     r = train(cfg)
     assert r["steps"] == 2 and np.isfinite(r["final"]["loss"])
-    r = train(DetTrainConfig(**{**cfg.__dict__, "steps": 3}))  # resumes from last.safetensors at step 2
+    r = train(DetTrainConfig(**{**cfg.__dict__, "steps": 3, "refit_scenes": 4}))  # resumes at step 2, then refits
     rows = list(csv.DictReader(open(tmp_path / "run" / "steps.csv")))
     assert [int(x["step"]) for x in rows] == [1, 2, 3]
     assert (tmp_path / "run" / "loss.png").is_file()
+    refit = json.loads((tmp_path / "run" / "refit.json").read_text())
+    assert refit and all("samples" in v for v in refit.values())
     net = load_checkpoint(tmp_path / "run")
     data = export_onnx_bytes(net)
     d = parity(net, data, sizes=((128, 160),))

@@ -69,6 +69,7 @@ class DetTrainConfig:
     workers: int = 1  #: DataLoader worker processes rendering scenes
     threads: int = 2  #: torch intra-op threads
     save_every: int = 200  #: checkpoint period (steps)
+    refit_scenes: int = 0  #: after training, refit the landmark / box-centre heads in closed form on this many scenes
     seed: int = 0  #: scene seeds and init
 
 
@@ -255,7 +256,14 @@ def train(cfg: DetTrainConfig) -> dict:
         bar.close()
         fcsv.close()
     net.eval()
-    save_model(net, out, {"steps": step})
+    extra: dict = {"steps": step}
+    if cfg.refit_scenes > 0:
+        from trainer.detector.refit import collect, ridge_refit
+
+        rep = ridge_refit(net, collect(net, renderer, anc, cfg.refit_scenes, cfg.batch_size, cfg.seed + 1))
+        (out / "refit.json").write_text(json.dumps(rep, indent=1))
+        extra["refit"] = rep
+    save_model(net, out, extra)
     _plot(csv_path, out / "loss.png")
     return {"out": str(out), "steps": step, "final": parts, "seconds": round(time.perf_counter() - t_start, 1)}
 
