@@ -16,7 +16,8 @@ from trainer.detector.model import build_net  # noqa: E402
 from trainer.detector.tflite_port import blazeface_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-V2 = ROOT / "sdk" / "models" / "default-v2"
+#: the built-in bundle with LTDet as its detector
+V2 = ROOT / "sdk" / "models" / "ltdet-v1"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_trainer_cli_help():
         p.parse_args(["detector", "--help"])
 
 
-@pytest.mark.skipif(not (V2 / "manifest.json").is_file(), reason="default-v2 bundle not built")
+@pytest.mark.skipif(not (V2 / "manifest.json").is_file(), reason="ltdet-v1 bundle not built")
 def test_shipped_detector_finds_the_astronaut_masked(astronaut_bgr, mtcnn_face):
     from sdk.bundle import load_bundle
     from sdk._registry import build_stage
