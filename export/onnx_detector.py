@@ -58,8 +58,8 @@ def export_onnx_bytes(net) -> bytes:
 
 
 def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0) -> dict[str, float]:
-    """Max |ORT - torch| over random inputs of ``sizes``: scores everywhere, boxes / landmarks where the
-    score is > 0.05 (elsewhere they are never used)."""
+    """Max |ORT - torch| over random inputs of ``sizes``: scores everywhere, boxes / landmarks on the 200
+    best-scoring anchors (a trained net scores noise low everywhere; the rest are never used)."""
     import onnxruntime as ort
     import torch
 
@@ -71,11 +71,10 @@ def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
         with torch.no_grad():
             ref = [t.numpy() for t in net.decode(torch.from_numpy(x))]
         got = sess.run(list(OUTPUTS), {INPUT: x})
-        m = ref[0][0] > 0.05
+        m = np.argsort(-ref[0][0])[:200]
         out["scores"] = max(out["scores"], float(np.abs(ref[0] - got[0]).max()))
-        if m.any():
-            out["boxes"] = max(out["boxes"], float(np.abs(ref[1][0][m] - got[1][0][m]).max()))
-            out["landmarks"] = max(out["landmarks"], float(np.abs(ref[2][0][m] - got[2][0][m]).max()))
+        out["boxes"] = max(out["boxes"], float(np.abs(ref[1][0][m] - got[1][0][m]).max()))
+        out["landmarks"] = max(out["landmarks"], float(np.abs(ref[2][0][m] - got[2][0][m]).max()))
     return out
 
 
