@@ -10,6 +10,7 @@ Commands so far:
     student    distil the dlib teacher into a student that sees masked faces (trainer/student/).
     inpainter  train the contextual-attention inpainter, optionally with the ID-GAN identity loss
                (trainer/inpainter_train.py).
+    detector   fine-tune the masked-face detector (LTDet) on composed scenes (trainer/detector/train.py).
     ablation   the student ablation rows (CE / +pair / +triplet / hard / soft / completed inputs), each
                trained, exported and evaluated on LFW pairs -> one table (trainer/ablation.py).
 
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.ablation import add_parser as add_ablation
 
     add_ablation(sub)
+    from trainer.detector.train import add_parser as add_detector
+
+    add_detector(sub)
     return p
 
 

@@ -1,0 +1,134 @@
+"""Detector checkpoint -> ONNX (LTDet) -> model bundle (detect stage ``kind: "ltdet"``, read by
+``sdk.detect_onnx.LTDetDetector``).
+
+The graph: input ``"image"`` float32 ``(1, 3, H, W)`` RGB in [-1, 1] (H, W dynamic, multiples of 32), outputs
+``"scores"`` ``(1, A)``, ``"boxes"`` ``(1, A, 4)`` (x1, y1, x2, y2 px) and ``"landmarks"`` ``(1, A, 5, 2)``
+(px, MTCNN order), anchors decoded in the graph (A depends on H, W). Opset 17, TorchScript exporter
+(``dynamo=False``). The exporter checks ONNX Runtime against torch on a 480x640 and a 224x288 input and prints
+the maximum differences (scores, and boxes / landmarks of anchors scoring above 0.05).
+
+The bundle copies a base manifest (default: the built-in ``default``: same segment and embed stages) and sets::
+
+    "detect": {"kind": "ltdet", "files": {"model": {"path": "detector.onnx", "bytes": N, "sha256": H}},
+               "config": {"score_threshold": T, "nms_iou": 0.4, "pyramid": [1.0, 0.25], "max_side": 1280,
+                          "threads": 0}}
+
+CLI::
+
+    python -m export.onnx_detector --checkpoint out/detector/v1 --out out/bundles/ltdet --bundle-from default
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+OPSET = 17
+INPUT = "image"
+OUTPUTS = ("scores", "boxes", "landmarks")
+
+
+def export_onnx_bytes(net) -> bytes:
+    """Serialised ONNX of a :class:`trainer.detector.model.DetectorNet` (decoding in the graph)."""
+    import torch
+
+    from trainer.detector.model import ExportWrapper
+
+    model = ExportWrapper(net).eval()
+    dummy = torch.zeros((1, 3, 480, 640))
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), buf, opset_version=OPSET, dynamo=False, input_names=[INPUT],
+                          output_names=list(OUTPUTS),
+                          dynamic_axes={INPUT: {2: "h", 3: "w"}, "scores": {1: "a"}, "boxes": {1: "a"},
+                                        "landmarks": {1: "a"}},
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0) -> dict[str, float]:
+    """Max |ORT - torch| over random inputs of ``sizes``: scores everywhere, boxes / landmarks on the 200
+    best-scoring anchors (a trained net scores noise low everywhere; the rest are never used)."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    out = {"scores": 0.0, "boxes": 0.0, "landmarks": 0.0}
+    for h, w in sizes:
+        x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
+        with torch.no_grad():
+            ref = [t.numpy() for t in net.decode(torch.from_numpy(x))]
+        got = sess.run(list(OUTPUTS), {INPUT: x})
+        m = np.argsort(-ref[0][0])[:200]
+        out["scores"] = max(out["scores"], float(np.abs(ref[0] - got[0]).max()))
+        out["boxes"] = max(out["boxes"], float(np.abs(ref[1][0][m] - got[1][0][m]).max()))
+        out["landmarks"] = max(out["landmarks"], float(np.abs(ref[2][0][m] - got[2][0][m]).max()))
+    return out
+
+
+def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str | None = None,
+                 config: dict | None = None, description: str | None = None) -> Path:
+    """Write ``detector.onnx`` and a manifest (base bundle's stages, detect replaced) into ``out``."""
+    from sdk.bundle import BUILTIN_DIR
+
+    out.mkdir(parents=True, exist_ok=True)
+    base_dir = Path(base) if Path(base).is_dir() else BUILTIN_DIR / base
+    raw = json.loads((base_dir / "manifest.json").read_text())
+    # files of the base bundle that are relative paths: copy them along
+    for st in raw["stages"].values():
+        if not st:
+            continue
+        for ref in st.get("files", {}).values():
+            p = ref["path"]
+            if not p.startswith("pkg:") and not Path(p).is_absolute() and (base_dir / p).resolve() != (out / p).resolve():
+                shutil.copyfile(base_dir / p, out / p)
+    (out / "detector.onnx").write_bytes(onnx_bytes)
+    cfg = {"score_threshold": 0.5, "nms_iou": 0.4, "pyramid": [1.0, 0.25], "max_side": 1280, "threads": 0}
+    cfg.update(config or {})
+    raw["stages"]["detect"] = {"kind": "ltdet", "files": {"model": {
+        "path": "detector.onnx", "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}},
+        "config": cfg}
+    raw["name"] = name or f"{raw.get('name', base)}+ltdet"
+    if description:
+        raw["description"] = description
+    (out / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.onnx_detector", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder (model.safetensors + net_config.json)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--bundle-from", default="default", help="base bundle (built-in name or folder)")
+    p.add_argument("--name", default=None, help="bundle name in the manifest")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detection threshold written to the manifest")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |ORT - torch| on scores")
+    args = p.parse_args(argv)
+    from trainer.detector.train import load_checkpoint
+
+    net = load_checkpoint(args.checkpoint)
+    data = export_onnx_bytes(net)
+    diff = parity(net, data)
+    print(json.dumps({"parity_max_abs_diff": diff, "megabytes": round(len(data) / 1e6, 3)}))
+    if diff["scores"] > args.tolerance:
+        raise SystemExit(f"ONNX Runtime differs from torch by {diff['scores']:.2e} on scores (> {args.tolerance})")
+    write_bundle(data, args.out, args.bundle_from, args.name, {"score_threshold": args.score_threshold})
+    print(f"bundle written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

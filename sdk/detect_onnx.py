@@ -1,0 +1,318 @@
+"""Single-shot ONNX face detectors: our LTDet (bundle kind ``ltdet``) and insightface SCRFD files (``scrfd``).
+
+Both follow the detector stage protocol of :class:`sdk.detect.MTCNNDetector`: build, optional ``prepare()``,
+``detect(frame) -> list[Face]`` (uint8 BGR frame; boxes ``x1, y1, x2, y2`` and 5 landmarks in frame pixels,
+MTCNN order: image-left eye, image-right eye, nose, image-left mouth corner, image-right mouth corner; highest
+score first). ``detect`` keeps no state between calls.
+
+**LTDet** (``trainer/detector``, exported by ``export/onnx_detector.py``): one graph, input ``"image"`` float32
+``(1, 3, H, W)`` RGB in [-1, 1] with H, W multiples of 32 (the :class:`~sdk.preprocess.Preprocess` record
+``frame / rgb / float32 / 1/127.5 / -1 / nchw``), outputs ``"scores"`` ``(1, A)``, ``"boxes"`` ``(1, A, 4)``
+and ``"landmarks"`` ``(1, A, 5, 2)``, already decoded to input pixels. The net covers faces of ~14-160 px per
+pass; the frame is run at the scales of ``LTDetConfig.pyramid`` (default 1 and 1/4: faces up to ~600 px) and
+the passes are merged by non-maximum suppression. The frame is padded (bottom/right) to a multiple of 32.
+
+**SCRFD** (insightface's detector files, e.g. ``det_10g.onnx`` / ``det_500m.onnx``; weights not shipped here:
+insightface's model packs are licensed for non-commercial research only): input ``"input.1"`` float32
+``(1, 3, S, S)`` RGB ``(x - 127.5) / 128``; the frame is letterboxed into ``S x S`` (top-left, zero padding,
+aspect kept) as insightface does; outputs per stride (8, 16, 32; 2 anchors per cell) in insightface's order:
+scores ``(n, 1)``, box distances ``(n, 4)`` (left, top, right, bottom in stride units), keypoint offsets
+``(n, 10)`` (stride units), optionally with a leading batch axis; anchors at ``(x * stride, y * stride)``.
+Files with 6 outputs (no keypoints) get landmarks placed in the box at the ArcFace template's proportions
+(``SCRFDDetector.has_kps`` is False). 5-stride files (10/15 outputs, 1 anchor) work too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from sdk.backends.ort import open_session
+from sdk.errors import ModelFileError
+from sdk.frame import as_bgr
+from sdk.preprocess import Preprocess
+from sdk.types import Face
+
+__all__ = ["LTDetConfig", "LTDetDetector", "SCRFDConfig", "SCRFDDetector", "LTDET_PREPROCESS", "nms"]
+
+#: How LTDet wants its input (written into the bundle manifest as the stage's ``preprocess``).
+LTDET_PREPROCESS = Preprocess(crop="frame", colour="rgb", dtype="float32", scale=1.0 / 127.5, offset=-1.0,
+                              layout="nchw")
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, contain: float | None = None) -> np.ndarray:
+    """Greedy NMS on ``x1, y1, x2, y2`` boxes (N, 4); returns kept indices, best score first.
+
+    A box is dropped when its IoU with a kept box exceeds ``iou``, or (``contain`` set) when more than
+    ``contain`` of its own area lies inside a kept box at least 1.5x its size (a face part inside a face)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.intp)
+    x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        r = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[r]) - np.maximum(x1[i], x1[r]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[r]) - np.maximum(y1[i], y1[r]), 0, None)
+        inter = w * h
+        drop = inter / np.maximum(area[i] + area[r] - inter, 1e-9) > iou
+        if contain is not None:
+            drop |= (inter / np.maximum(area[r], 1e-9) > contain) & (area[i] >= 2.25 * area[r])
+        order = r[~drop]
+    return np.asarray(keep, np.intp)
+
+
+def _faces(boxes: np.ndarray, lms: np.ndarray, scores: np.ndarray, W: int, H: int) -> list[Face]:
+    boxes = boxes.astype(np.float32).copy()
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, W)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, H)
+    out = []
+    for k in np.argsort(-scores, kind="stable"):
+        b = boxes[k]
+        if b[2] > b[0] and b[3] > b[1]:
+            out.append(Face(box=b, landmarks=lms[k].astype(np.float32).reshape(5, 2), score=float(scores[k])))
+    return out
+
+
+def _check_path(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(p, f"not found ({what})")
+    if not p.is_file():
+        raise ModelFileError(p, f"not a file ({what})")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LTDetConfig:
+    """Settings of :class:`LTDetDetector`.
+
+    Attributes:
+        score_threshold: minimum face probability in [0, 1].
+        nms_iou: IoU above which the lower-scoring of two boxes is dropped.
+        nms_contain: a box more than this fraction inside a >= 1.5x larger kept box is dropped (face parts).
+        pyramid: frame scales run through the net (1.0 = full resolution); faces ~14-160 px per scale.
+        max_side: the frame is first downscaled so its longest side is at most this (px); None: never.
+        min_face_size: detections smaller than this (px, sqrt of box area, frame pixels) are dropped.
+        threads: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
+    """
+
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    nms_contain: float = 0.7
+    pyramid: tuple[float, ...] = (1.0, 0.25)
+    max_side: int | None = 1280
+    min_face_size: float = 12.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pyramid", tuple(float(s) for s in self.pyramid))
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.nms_iou <= 1.0 or not 0.0 < self.nms_contain <= 1.0:
+            raise ValueError(f"nms_iou and nms_contain must be in (0, 1], got {self.nms_iou}, {self.nms_contain}")
+        if not self.pyramid or not all(0.0 < s <= 4.0 for s in self.pyramid):
+            raise ValueError(f"pyramid scales must be in (0, 4], got {self.pyramid}")
+        if self.max_side is not None and self.max_side < 32:
+            raise ValueError(f"max_side must be >= 32 px or None, got {self.max_side}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+class LTDetDetector:
+    """LookThrough's single-shot detector (LTDet) on ONNX Runtime; see the module doc for the graph contract.
+
+    Args:
+        model: the ``.onnx`` file.
+        config: :class:`LTDetConfig`.
+        providers: ONNX Runtime execution providers, best first.
+        preprocess: the graph's input record (default :data:`LTDET_PREPROCESS`; a bundle passes its own).
+
+    Raises:
+        ModelFileError: missing / unreadable file, or a graph without LTDet's input and outputs.
+    """
+
+    OUTPUTS = ("scores", "boxes", "landmarks")
+
+    def __init__(self, model: str | Path, config: LTDetConfig = LTDetConfig(),
+                 providers: Sequence[str] = ("CPUExecutionProvider",), preprocess: Preprocess | None = None):
+        if not isinstance(config, LTDetConfig):
+            raise TypeError(f"config must be an LTDetConfig, got {type(config).__name__}")
+        self.config = config
+        self.preprocess = preprocess or LTDET_PREPROCESS
+        if self.preprocess.crop != "frame" or self.preprocess.layout != "nchw" or self.preprocess.channels != 3:
+            raise ValueError(f"LTDet needs a 'frame' crop, NCHW, 3 channels; got {self.preprocess}")
+        self.path = _check_path(model, "LTDet ONNX detector")
+        self._sess = open_session(self.path, threads=config.threads, providers=providers, what="an LTDet detector")
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        names = [o.name for o in outs]
+        ok = len(ins) == 1 and len(ins[0].shape) == 4 and ins[0].type == "tensor(float)" and ins[0].shape[1] == 3
+        if not ok or sorted(names) != sorted(self.OUTPUTS):
+            raise ModelFileError(self.path, "is not an LTDet detector: expected input float (1, 3, H, W) and outputs "
+                                            f"{list(self.OUTPUTS)}, got inputs {[(i.name, i.shape, i.type) for i in ins]}, "
+                                            f"outputs {names}")
+        self._in = ins[0].name
+
+    def prepare(self) -> None:
+        """Warm up with one small blank frame."""
+        self._run(np.zeros((64, 64, 3), np.uint8))
+
+    def _run(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = bgr.shape[:2]
+        H, W = -(-h // 32) * 32, -(-w // 32) * 32
+        if (H, W) != (h, w):
+            bgr = cv2.copyMakeBorder(bgr, 0, H - h, 0, W - w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        x = self.preprocess.apply(bgr[None])
+        s, b, lm = self._sess.run(list(self.OUTPUTS), {self._in: x})
+        return s[0], b[0], lm[0]
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces in ``frame`` (uint8 BGR ``(H, W, 3)``; grey and BGRA accepted), highest score first."""
+        bgr = as_bgr(frame)
+        H, W = bgr.shape[:2]
+        cfg = self.config
+        base = 1.0
+        if cfg.max_side is not None and max(H, W) > cfg.max_side:
+            base = cfg.max_side / max(H, W)
+        B, L, S = [], [], []
+        for p in cfg.pyramid:
+            s = base * p
+            w, h = max(1, round(W * s)), max(1, round(H * s))
+            if min(w, h) < 16:
+                continue
+            img = bgr if (w, h) == (W, H) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+            sc, bx, lm = self._run(img)
+            k = sc >= cfg.score_threshold
+            if not k.any():
+                continue
+            sx, sy = W / w, H / h
+            B.append(bx[k] * np.array([sx, sy, sx, sy], np.float32))
+            L.append(lm[k] * np.array([sx, sy], np.float32))
+            S.append(sc[k])
+        if not B:
+            return []
+        b, lm, sc = np.concatenate(B), np.concatenate(L), np.concatenate(S)
+        side = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+        ok = side >= cfg.min_face_size
+        b, lm, sc = b[ok], lm[ok], sc[ok]
+        keep = nms(b, sc, cfg.nms_iou, cfg.nms_contain)
+        return _faces(b[keep], lm[keep], sc[keep], W, H)
+
+
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SCRFDConfig:
+    """Settings of :class:`SCRFDDetector` (insightface's defaults).
+
+    Attributes:
+        score_threshold: minimum face score; nms_iou: NMS IoU threshold.
+        input_size: letterbox side (px) for graphs with a dynamic input size; a fixed-size graph uses its own.
+        threads: ONNX Runtime intra-op threads (0 = default).
+    """
+
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    input_size: int = 640
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1] and nms_iou in (0, 1], got "
+                             f"{self.score_threshold}, {self.nms_iou}")
+        if self.input_size < 32 or self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32 >= 32, got {self.input_size}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+class SCRFDDetector:
+    """An insightface SCRFD ``.onnx`` file run with insightface's conventions (see the module doc).
+
+    Raises:
+        ModelFileError: missing / unreadable file, or outputs that are not SCRFD's (6, 9, 10 or 15 of them,
+            last axes 1 / 4 / 10).
+    """
+
+    def __init__(self, model: str | Path, config: SCRFDConfig = SCRFDConfig(),
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+        if not isinstance(config, SCRFDConfig):
+            raise TypeError(f"config must be an SCRFDConfig, got {type(config).__name__}")
+        self.config = config
+        self.path = _check_path(model, "SCRFD detector")
+        self._sess = open_session(self.path, threads=config.threads, providers=providers, what="an SCRFD detector")
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        n = len(outs)
+
+        def sig() -> str:
+            return f"inputs {[(i.name, i.shape) for i in ins]}, outputs {[(o.name, o.shape) for o in outs]}"
+
+        if len(ins) != 1 or len(ins[0].shape) != 4 or ins[0].shape[1] != 3 or n not in (6, 9, 10, 15):
+            raise ModelFileError(self.path, f"is not an SCRFD detector (1 input (1, 3, H, W); 6/9/10/15 outputs): {sig()}")
+        self.fmc = 3 if n in (6, 9) else 5
+        self.strides = (8, 16, 32) if self.fmc == 3 else (8, 16, 32, 64, 128)
+        self.num_anchors = 2 if self.fmc == 3 else 1
+        self.has_kps = n in (9, 15)
+        lasts = [o.shape[-1] for o in outs]
+        want = [1] * self.fmc + [4] * self.fmc + ([10] * self.fmc if self.has_kps else [])
+        if any(isinstance(a, int) and a != b for a, b in zip(lasts, want)):
+            raise ModelFileError(self.path, f"outputs are not SCRFD's (scores/boxes/kps last axes {want}): {sig()}")
+        self._in = ins[0].name
+        self._outs = [o.name for o in outs]
+        h, w = ins[0].shape[2:]
+        self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else (config.input_size, config.input_size)
+
+    def prepare(self) -> None:
+        self.detect(np.zeros((64, 64, 3), np.uint8))
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces in ``frame`` (uint8 BGR), highest score first (insightface's ``detect`` without ``max_num``)."""
+        bgr = as_bgr(frame)
+        H, W = bgr.shape[:2]
+        ih, iw = self.input_hw
+        if H / W > ih / iw:
+            nh, nw = ih, max(1, int(ih * W / H))
+        else:
+            nw, nh = iw, max(1, int(iw * H / W))
+        scale = nh / H
+        canvas = np.zeros((ih, iw, 3), np.uint8)
+        canvas[:nh, :nw] = cv2.resize(bgr, (nw, nh))
+        blob = ((canvas[..., ::-1].astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
+        outs = self._sess.run(self._outs, {self._in: np.ascontiguousarray(blob)})
+        outs = [o[0] if o.ndim == 3 else o for o in outs]
+        B, K, S = [], [], []
+        for i, st in enumerate(self.strides):
+            sc = outs[i].reshape(-1)
+            gh, gw = ih // st, iw // st
+            c = (np.stack(np.mgrid[:gh, :gw][::-1], -1).astype(np.float32) * st).reshape(-1, 2)
+            if self.num_anchors > 1:
+                c = np.repeat(c, self.num_anchors, axis=0)
+            if len(sc) != len(c):
+                raise ModelFileError(self.path, f"stride {st}: {len(sc)} scores for a {gh}x{gw} grid x "
+                                                f"{self.num_anchors} anchors ({len(c)} expected)")
+            k = sc >= self.config.score_threshold
+            if not k.any():
+                continue
+            d = outs[i + self.fmc].reshape(-1, 4)[k] * st
+            cc = c[k]
+            B.append(np.concatenate([cc - d[:, :2], cc + d[:, 2:]], 1))
+            if self.has_kps:
+                kp = outs[i + 2 * self.fmc].reshape(-1, 5, 2)[k] * st
+                K.append(cc[:, None] + kp)
+            S.append(sc[k])
+        if not B:
+            return []
+        b, s = np.concatenate(B) / scale, np.concatenate(S)
+        if self.has_kps:
+            kps = np.concatenate(K) / scale
+        else:  # no keypoints in the file: the ArcFace template's proportions inside the box
+            u = np.array([[0.31, 0.40], [0.69, 0.40], [0.50, 0.58], [0.35, 0.78], [0.65, 0.78]], np.float32)
+            kps = b[:, None, :2] + u[None] * (b[:, None, 2:] - b[:, None, :2])
+        keep = nms(b, s, self.config.nms_iou)
+        return _faces(b[keep], kps[keep], s[keep], W, H)
