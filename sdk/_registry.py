@@ -1,7 +1,8 @@
 """Registry of stage implementations: ``(stage, kind) -> StageKind``; :func:`build_stage` makes the stage object.
 
 A bundle manifest names a ``kind`` per stage. The built-in kinds are declared beside their code (``KINDS`` in
-``sdk/detect.py``, ``segment.py``, ``complete.py``, ``embed.py``, ``embed_onnx.py``); other packages add theirs
+``sdk/detect.py``, ``detect_onnx.py``, ``segment.py``, ``complete.py``, ``embed.py``, ``embed_onnx.py``,
+``embed_arcface.py``); other packages add theirs
 with :func:`register`. The Recognizer never names a kind.
 
 :func:`build_stage` also settles the stage's :class:`~sdk.preprocess.Preprocess` record: the manifest's
@@ -38,9 +39,9 @@ def _builtin() -> None:
     global _BUILTIN_LOADED
     if _BUILTIN_LOADED:
         return
-    from sdk import complete, detect, embed, embed_onnx, segment
+    from sdk import complete, detect, detect_onnx, embed, embed_arcface, embed_onnx, segment
 
-    for module in (detect, segment, complete, embed, embed_onnx):
+    for module in (detect, detect_onnx, segment, complete, embed, embed_onnx, embed_arcface):
         for k in module.KINDS:
             _KINDS.setdefault((k.stage, k.kind), k)  # an explicit register() of the same kind wins
     _BUILTIN_LOADED = True

@@ -30,16 +30,21 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from sdk.backends.ort import open_session
-from sdk.errors import ModelFileError
+from sdk.backends import BackendConfig, open_backend
+from sdk.errors import BundleError, ModelFileError
 from sdk.frame import as_bgr
 from sdk.preprocess import Preprocess
+from sdk.stages import StageKind, config_from, file_of
 from sdk.types import Face
 
-__all__ = ["LTDetConfig", "LTDetDetector", "SCRFDConfig", "SCRFDDetector", "LTDET_PREPROCESS", "nms"]
+__all__ = ["LTDetConfig", "LTDetDetector", "SCRFDConfig", "SCRFDDetector", "LTDET_PREPROCESS", "SCRFD_PREPROCESS",
+           "nms", "KINDS"]
 
 #: How LTDet wants its input (written into the bundle manifest as the stage's ``preprocess``).
 LTDET_PREPROCESS = Preprocess(crop="frame", colour="rgb", dtype="float32", scale=1.0 / 127.5, offset=-1.0,
+                              layout="nchw")
+#: insightface's SCRFD convention: RGB ``(x - 127.5) / 128`` on the letterboxed frame, NCHW.
+SCRFD_PREPROCESS = Preprocess(crop="frame", colour="rgb", dtype="float32", scale=1.0 / 128.0, offset=-127.5 / 128.0,
                               layout="nchw")
 
 
@@ -140,9 +145,10 @@ class LTDetDetector:
     """
 
     OUTPUTS = ("scores", "boxes", "landmarks")
+    kind = "ltdet"
 
     def __init__(self, model: str | Path, config: LTDetConfig = LTDetConfig(),
-                 providers: Sequence[str] = ("CPUExecutionProvider",), preprocess: Preprocess | None = None):
+                 providers: Sequence[str] = (), preprocess: Preprocess | None = None):
         if not isinstance(config, LTDetConfig):
             raise TypeError(f"config must be an LTDetConfig, got {type(config).__name__}")
         self.config = config
@@ -150,19 +156,21 @@ class LTDetDetector:
         if self.preprocess.crop != "frame" or self.preprocess.layout != "nchw" or self.preprocess.channels != 3:
             raise ValueError(f"LTDet needs a 'frame' crop, NCHW, 3 channels; got {self.preprocess}")
         self.path = _check_path(model, "LTDet ONNX detector")
-        self._sess = open_session(self.path, threads=config.threads, providers=providers, what="an LTDet detector")
-        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        self._sess = open_backend(self.path, BackendConfig(threads=config.threads, providers=tuple(providers)),
+                                  what="an LTDet detector")
+        ins, outs = self._sess.inputs, self._sess.outputs
         names = [o.name for o in outs]
-        ok = len(ins) == 1 and len(ins[0].shape) == 4 and ins[0].type == "tensor(float)" and ins[0].shape[1] == 3
+        ok = len(ins) == 1 and len(ins[0].shape) == 4 and ins[0].dtype == "float32" and ins[0].shape[1] == 3
         if not ok or sorted(names) != sorted(self.OUTPUTS):
             raise ModelFileError(self.path, "is not an LTDet detector: expected input float (1, 3, H, W) and outputs "
-                                            f"{list(self.OUTPUTS)}, got inputs {[(i.name, i.shape, i.type) for i in ins]}, "
+                                            f"{list(self.OUTPUTS)}, got inputs {[str(i) for i in ins]}, "
                                             f"outputs {names}")
         self._in = ins[0].name
 
-    def prepare(self) -> None:
-        """Warm up with one small blank frame."""
+    def prepare(self) -> "LTDetDetector":
+        """Warm up with one small blank frame; returns self."""
         self._run(np.zeros((64, 64, 3), np.uint8))
+        return self
 
     def _run(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = bgr.shape[:2]
@@ -240,14 +248,18 @@ class SCRFDDetector:
             last axes 1 / 4 / 10).
     """
 
+    kind = "scrfd"
+    preprocess = SCRFD_PREPROCESS
+
     def __init__(self, model: str | Path, config: SCRFDConfig = SCRFDConfig(),
-                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+                 providers: Sequence[str] = ()):
         if not isinstance(config, SCRFDConfig):
             raise TypeError(f"config must be an SCRFDConfig, got {type(config).__name__}")
         self.config = config
         self.path = _check_path(model, "SCRFD detector")
-        self._sess = open_session(self.path, threads=config.threads, providers=providers, what="an SCRFD detector")
-        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        self._sess = open_backend(self.path, BackendConfig(threads=config.threads, providers=tuple(providers)),
+                                  what="an SCRFD detector")
+        ins, outs = self._sess.inputs, self._sess.outputs
         n = len(outs)
 
         def sig() -> str:
@@ -268,8 +280,10 @@ class SCRFDDetector:
         h, w = ins[0].shape[2:]
         self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else (config.input_size, config.input_size)
 
-    def prepare(self) -> None:
+    def prepare(self) -> "SCRFDDetector":
+        """Warm up with one small blank frame; returns self."""
         self.detect(np.zeros((64, 64, 3), np.uint8))
+        return self
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in ``frame`` (uint8 BGR), highest score first (insightface's ``detect`` without ``max_num``)."""
@@ -283,8 +297,7 @@ class SCRFDDetector:
         scale = nh / H
         canvas = np.zeros((ih, iw, 3), np.uint8)
         canvas[:nh, :nw] = cv2.resize(bgr, (nw, nh))
-        blob = ((canvas[..., ::-1].astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
-        outs = self._sess.run(self._outs, {self._in: np.ascontiguousarray(blob)})
+        outs = self._sess.run(self._outs, {self._in: self.preprocess.apply(canvas[None])})
         outs = [o[0] if o.ndim == 3 else o for o in outs]
         B, K, S = [], [], []
         for i, st in enumerate(self.strides):
@@ -316,3 +329,36 @@ class SCRFDDetector:
             kps = b[:, None, :2] + u[None] * (b[:, None, 2:] - b[:, None, :2])
         keep = nms(b, s, self.config.nms_iou)
         return _faces(b[keep], kps[keep], s[keep], W, H)
+
+
+# ------------------------------------------------------------------------------------------------ bundle kinds
+def _providers(values: dict) -> tuple[str, ...]:
+    p = values.pop("providers", None) or ()
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+def _build_ltdet(spec, preprocess: Preprocess, values: dict) -> LTDetDetector:
+    """Files: ``model``. Config: :class:`LTDetConfig` fields (+ ``providers``)."""
+    where = f"stage {spec.name!r} ({spec.kind})"
+    providers = _providers(values)
+    try:
+        return LTDetDetector(file_of(spec, "model"), config_from(LTDetConfig, values, where), providers=providers,
+                             preprocess=preprocess)
+    except ValueError as e:
+        if isinstance(e, (BundleError, ModelFileError)):
+            raise
+        raise BundleError(f"{where}: {e}") from None
+
+
+def _build_scrfd(spec, preprocess: Preprocess, values: dict) -> SCRFDDetector:
+    """Files: ``model`` (an insightface SCRFD file). Config: :class:`SCRFDConfig` fields (+ ``providers``)."""
+    where = f"stage {spec.name!r} ({spec.kind})"
+    if preprocess != SCRFD_PREPROCESS:
+        raise BundleError(f"{where}: SCRFD files read {SCRFD_PREPROCESS.to_dict()}; the manifest's preprocess record "
+                          f"says {preprocess.to_dict()}")
+    providers = _providers(values)
+    return SCRFDDetector(file_of(spec, "model"), config_from(SCRFDConfig, values, where), providers=providers)
+
+
+KINDS = (StageKind("detect", "ltdet", _build_ltdet, lambda values: LTDET_PREPROCESS),
+         StageKind("detect", "scrfd", _build_scrfd, lambda values: SCRFD_PREPROCESS))

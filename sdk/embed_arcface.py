@@ -9,15 +9,22 @@ fixed batch of 1 is run one crop at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
-from sdk.embed_generic import OnnxEmbedder
-from sdk.errors import ModelFileError
+from sdk.embed import EmbedConfig
+from sdk.embed_onnx import OnnxEmbedder
+from sdk.errors import BundleError, ModelFileError
+from sdk.preprocess import Preprocess, pm1
+from sdk.stages import StageKind, config_from, file_of
 
-__all__ = ["ArcFaceOnnxEmbedder"]
+__all__ = ["ArcFaceOnnxEmbedder", "ARCFACE_PREPROCESS", "KINDS"]
+
+#: insightface's recogniser input: 112x112 ArcFace crop, RGB, ``(x - 127.5) / 127.5``, NCHW float32.
+ARCFACE_PREPROCESS = pm1("arcface112", colour="rgb", layout="nchw")
 
 
 class ArcFaceOnnxEmbedder(OnnxEmbedder):
@@ -25,56 +32,61 @@ class ArcFaceOnnxEmbedder(OnnxEmbedder):
 
     Args:
         model_path: the ``.onnx`` file.
-        dim: expected embedding width (checked when the graph's is static; 0 takes the graph's).
-        threads, providers, batch_size: as :class:`sdk.embed_generic.OnnxEmbedder`.
+        config: :class:`~sdk.embed.EmbedConfig`; ``dim`` is taken from the graph when it is static and the
+            config does not set it (``dim_from_graph=True``).
+        dim_from_graph: use the graph's output width instead of ``config.dim`` (default: yes, unless ``dim`` is
+            passed as a keyword).
 
     ``model_id = "onnx:<sha256[:16]>:arcface112"``: galleries built with one file refuse another.
     """
 
-    def __init__(self, model_path: str | Path, *, dim: int = 0, threads: int = 0,
-                 providers: Sequence[str] | None = None, batch_size: int = 32):
-        self._want_dim = int(dim)
-        super().__init__(model_path, None, crop="arcface112", dim=max(int(dim), 1), threads=threads,
-                         providers=providers, batch_size=batch_size)
+    kind = "arcface_onnx"
 
-    def _check_io(self) -> None:
-        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
-        if len(ins) != 1 or len(outs) < 1:
-            raise ModelFileError(self.model_path, f"expected 1 input and an output, got {len(ins)} inputs, "
-                                                  f"{len(outs)} outputs")
-        i, o = ins[0], outs[0]
-        shp = list(i.shape)
-        if i.type != "tensor(float)" or len(shp) != 4 or shp[1:] != [3, 112, 112]:
-            raise ModelFileError(self.model_path, f"input {i.name!r} is {i.type} {shp}; expected float [N, 3, 112, 112] "
-                                                  "(insightface ArcFace: NCHW RGB, (x - 127.5) / 127.5)")
-        oshp = list(o.shape)
-        if o.type != "tensor(float)" or len(oshp) != 2:
-            raise ModelFileError(self.model_path, f"output {o.name!r} is {o.type} {oshp}; expected float [N, D]")
-        if isinstance(oshp[1], int):
-            if self._want_dim and oshp[1] != self._want_dim:
-                raise ModelFileError(self.model_path, f"output width {oshp[1]}, the bundle says {self._want_dim}")
-            self.dim = oshp[1]
-        self._fixed_batch = isinstance(shp[0], int)
-        if self._fixed_batch:
-            self.batch_size = int(shp[0])
-        self._in, self._out = i.name, o.name
+    def __init__(self, model_path: str | Path, config: EmbedConfig = EmbedConfig(), *,
+                 dim_from_graph: bool | None = None, **overrides: Any):
+        # default: the graph's width, unless the caller states one (then it is checked against the graph)
+        self._dim_from_graph = ("dim" not in overrides) if dim_from_graph is None else bool(dim_from_graph)
+        config = dataclasses.replace(config, **overrides) if overrides else config
+        super().__init__(model_path, None, config, preprocess=ARCFACE_PREPROCESS)
 
-    def descriptors(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, D) float32 raw outputs for uint8 **RGB** 112x112 crops."""
-        if not len(crops):
+    def _check_io(self) -> tuple[str, str]:
+        outs = self.backend.outputs
+        width = outs[0].shape[1] if outs and len(outs[0].shape) == 2 and isinstance(outs[0].shape[1], int) else None
+        if width is not None and self._dim_from_graph:
+            self.dim = int(width)
+        elif width is not None and width != self.dim:
+            raise ModelFileError(self.model_path, f"output width {width}, the bundle / caller says {self.dim}")
+        names = super()._check_io()
+        batch = self.backend.inputs[0].shape[0]
+        self._fixed_batch = int(batch) if isinstance(batch, int) else None
+        return names
+
+    def descriptors(self, crops: np.ndarray) -> np.ndarray:
+        """(N, dim) float32 raw outputs for uint8 **BGR** 112x112 crops (a fixed-batch graph's last call padded)."""
+        if self._fixed_batch is None:
+            return super().descriptors(crops)
+        x = self.check_crops(crops)
+        if not len(x):
             return np.zeros((0, self.dim), np.float32)
-        for k, c in enumerate(crops):
-            if not isinstance(c, np.ndarray) or c.dtype != np.uint8 or c.shape != (112, 112, 3):
-                got = f"{c.dtype} {c.shape}" if isinstance(c, np.ndarray) else type(c).__name__
-                raise ValueError(f"crop {k}: this embedder needs 112x112x3 RGB uint8 crops, got {got}")
-        x = (np.stack(crops).astype(np.float32) - 127.5) / 127.5
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        out = []
-        for s in range(0, len(x), self.batch_size):
-            part = x[s:s + self.batch_size]
-            if self._fixed_batch and len(part) != self.batch_size:  # pad a fixed-batch graph's last call
-                pad = np.zeros((self.batch_size - len(part),) + part.shape[1:], np.float32)
-                out.append(self._sess.run([self._out], {self._in: np.concatenate([part, pad])})[0][:len(part)])
-            else:
-                out.append(self._sess.run([self._out], {self._in: part})[0])
+        b, out = self._fixed_batch, []
+        for s in range(0, len(x), b):
+            part = x[s:s + b]
+            pad = b - len(part)
+            if pad:
+                part = np.concatenate([part, np.zeros((pad,) + part.shape[1:], np.uint8)])
+            out.append(self.backend.run([self._out], {self._in: self.preprocess.apply(part)})[0][:b - pad])
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _build(spec, preprocess: Preprocess, values: dict) -> ArcFaceOnnxEmbedder:
+    """Files: ``model``. Config: :class:`~sdk.embed.EmbedConfig` fields; ``dim`` given = checked against the graph."""
+    where = f"stage {spec.name!r} ({spec.kind})"
+    if preprocess != ARCFACE_PREPROCESS:
+        raise BundleError(f"{where}: insightface recognisers read {ARCFACE_PREPROCESS.to_dict()}; the manifest's "
+                          f"preprocess record says {preprocess.to_dict()}")
+    given_dim = "dim" in values
+    return ArcFaceOnnxEmbedder(file_of(spec, "model"), config_from(EmbedConfig, values, where),
+                               dim_from_graph=not given_dim)
+
+
+KINDS = (StageKind("embed", "arcface_onnx", _build, lambda values: ARCFACE_PREPROCESS),)

@@ -47,7 +47,9 @@ class RecognizerConfig:
         top_k: candidates kept per face in :attr:`Match.candidates`.
         min_face_size: smallest face the detector looks for, in frame pixels.
         max_side: frames with a longer side are downscaled (for detection only) to this many pixels.
-        min_det_score: faces the detector scores below this are dropped.
+        min_det_score: faces the detector scores below this are dropped (``None``: the bundle's
+            ``match.min_det_score``, 0.9 when it has none -- MTCNN's operating point; detectors with another
+            score scale, such as LTDet, state theirs in the bundle).
         verify_hashes: check every model file's SHA-256 against the manifest when loading.
     """
 
@@ -55,7 +57,7 @@ class RecognizerConfig:
     top_k: int = 5
     min_face_size: int | None = None
     max_side: int | None = None
-    min_det_score: float = 0.9
+    min_det_score: float | None = None
     verify_hashes: bool = True
 
 
@@ -111,6 +113,9 @@ class Recognizer:
         self.stages: dict[str, Stage] = {"detect": detector, **face_stages}
         self._face_stages = face_stages
         self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
+        #: detector score below which faces are dropped (config, else the bundle's ``match.min_det_score``, else 0.9)
+        self.min_det_score = float(config.min_det_score if config.min_det_score is not None
+                                   else self.bundle.match.get("min_det_score", 0.9))
         self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
         log.info("Recognizer ready: bundle %s (%s mode), %r", self.bundle.name, self.bundle.mode, self.gallery)
 
@@ -151,7 +156,7 @@ class Recognizer:
 
     def _detect(self, bgr: np.ndarray, timings: dict[str, float] | None = None) -> list[Face]:
         with timed(timings, "detect"):
-            return [f for f in self.detector.detect(bgr) if f.score >= self.config.min_det_score]
+            return [f for f in self.detector.detect(bgr) if f.score >= self.min_det_score]
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in a BGR uint8 frame (validated), best score first, below ``min_det_score`` dropped."""
