@@ -11,7 +11,13 @@ The bundle copies a base manifest (default: the built-in ``default``: same segme
 
     "detect": {"kind": "ltdet", "files": {"model": {"path": "detector.onnx", "bytes": N, "sha256": H}},
                "config": {"score_threshold": T, "nms_iou": 0.4, "pyramid": [1.0, 0.25], "max_side": 1280,
-                          "threads": 0}}
+                          "threads": 0},
+               "preprocess": {"crop": "frame", "colour": "rgb", "dtype": "float32", "scale": 1/127.5,
+                              "offset": -1.0, "layout": "nchw"}}
+
+and ``"format_version": 2`` (:func:`export._preprocess.set_stage_preprocess`). The ``preprocess`` record is the
+checkpoint's (the one the net was trained with; older checkpoints: :data:`sdk.detect_onnx.LTDET_PREPROCESS`, what
+they were trained with): the graph takes the float input, the SDK normalises the frame by it.
 
 CLI::
 
@@ -79,9 +85,14 @@ def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
 
 
 def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str | None = None,
-                 config: dict | None = None, description: str | None = None) -> Path:
-    """Write ``detector.onnx`` and a manifest (base bundle's stages, detect replaced) into ``out``."""
+                 config: dict | None = None, description: str | None = None, preprocess=None) -> Path:
+    """Write ``detector.onnx`` and a manifest (base bundle's stages, detect replaced) into ``out``.
+
+    ``preprocess``: the graph's :class:`sdk.preprocess.Preprocess` record (default
+    :data:`sdk.detect_onnx.LTDET_PREPROCESS`), written into the detect stage (manifest format version 2)."""
+    from export._preprocess import set_stage_preprocess
     from sdk.bundle import BUILTIN_DIR
+    from sdk.detect_onnx import LTDET_PREPROCESS
 
     out.mkdir(parents=True, exist_ok=True)
     base_dir = Path(base) if Path(base).is_dir() else BUILTIN_DIR / base
@@ -100,6 +111,7 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
     raw["stages"]["detect"] = {"kind": "ltdet", "files": {"model": {
         "path": "detector.onnx", "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}},
         "config": cfg}
+    set_stage_preprocess(raw, "detect", preprocess or LTDET_PREPROCESS)
     raw["name"] = name or f"{raw.get('name', base)}+ltdet"
     if description:
         raw["description"] = description
@@ -110,22 +122,27 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx_detector", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder (model.safetensors + net_config.json)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="detector run folder (its detector.* or ckpt/last.*; older: model.safetensors + "
+                        "net_config.json) or checkpoint")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--bundle-from", default="default", help="base bundle (built-in name or folder)")
     p.add_argument("--name", default=None, help="bundle name in the manifest")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detection threshold written to the manifest")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |ORT - torch| on scores")
     args = p.parse_args(argv)
-    from trainer.detector.train import load_checkpoint
+    from sdk.preprocess import Preprocess
+    from trainer.detector.checkpoint import load_detector
 
-    net = load_checkpoint(args.checkpoint)
+    net, meta = load_detector(args.checkpoint)
+    pre = (meta.get("preprocess") or {}).get("model")
     data = export_onnx_bytes(net)
     diff = parity(net, data)
     print(json.dumps({"parity_max_abs_diff": diff, "megabytes": round(len(data) / 1e6, 3)}))
     if diff["scores"] > args.tolerance:
         raise SystemExit(f"ONNX Runtime differs from torch by {diff['scores']:.2e} on scores (> {args.tolerance})")
-    write_bundle(data, args.out, args.bundle_from, args.name, {"score_threshold": args.score_threshold})
+    write_bundle(data, args.out, args.bundle_from, args.name, {"score_threshold": args.score_threshold},
+                 preprocess=Preprocess.from_dict(pre) if pre else None)
     print(f"bundle written: {args.out}")
     return 0
 

@@ -20,7 +20,8 @@ last; the three carry the same ``save_id``, so a save interrupted between two re
 Older layouts still load (read-only adapters, ``Checkpoint.legacy`` says which): a segmenter run folder
 (``model.safetensors`` + ``config.json`` [+ ``optim.safetensors``]), an inpainter run folder
 (``generator.safetensors`` [+ ``critics.safetensors``] + ``config.json`` [+ ``optim_g`` / ``optim_d``]), a student
-training checkpoint (``student.`` / ``loss.`` / ``head.`` / ``opt.`` keys + its JSON) and a bare state dict
+training checkpoint (``student.`` / ``loss.`` / ``head.`` / ``opt.`` keys + its JSON), a detector run folder
+(``last.safetensors`` with ``model.`` / ``opt.`` keys and a ``step`` + ``net_config.json``) and a bare state dict
 (``student.safetensors``, inpainter snapshots, ``DlibResNet.save_safetensors``).
 """
 from __future__ import annotations
@@ -381,8 +382,21 @@ def _legacy_folder(folder: Path) -> Checkpoint:
                 "models": {"generator": cfg.get("model", {})}, "config": cfg.get("train"),
                 "optimizers": {"opt_g": None, "opt_d": None}}
         return Checkpoint(folder, meta, weights, optim, "inpainter-v1")
+    if (folder / "last.safetensors").is_file() and (folder / "net_config.json").is_file():  # detector, version 1
+        from safetensors import safe_open
+
+        t = load_file(str(folder / "last.safetensors"))
+        with safe_open(str(folder / "last.safetensors"), framework="pt") as f:
+            step = int((f.metadata() or {}).get("step") or 0)
+        optim = {k: v for k, v in t.items() if k.startswith("opt.")}  # "opt.<pid>.<key>", 0-d stored as 1-d
+        shapes = {k: [] for k in optim if k.endswith(".step")}
+        meta = {"kind": "detector", "modules": ["model"], "step": step,
+                "models": {"model": json.loads((folder / "net_config.json").read_text())},
+                "optimizers": {"opt": {"param_groups": None, "shapes": shapes}}}
+        return Checkpoint(folder, meta, {k: v for k, v in t.items() if k.startswith("model.")}, optim, "detector-v1")
     raise FileNotFoundError(f"no checkpoint in {folder}: no ckpt/last.json (this format), model.safetensors or "
-                            "generator.safetensors + config.json (older segmenter / inpainter runs)")
+                            "generator.safetensors + config.json (older segmenter / inpainter runs), "
+                            "last.safetensors + net_config.json (older detector runs)")
 
 
 def _legacy_file(path: Path, module: str) -> Checkpoint:

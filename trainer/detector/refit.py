@@ -8,6 +8,11 @@ size) and pulled towards the current weights (``--ridge``). Forward passes only:
 
     python -m trainer.detector.refit --checkpoint out/detector/v1 --data ../shared/data \
         --templates ../shared/data/mask_templates --scenes 400
+
+Reads any detector checkpoint (:func:`trainer.detector.checkpoint.load_detector`: a run folder's ``detector.*``
+or ``ckpt/last.*``, or an older run's ``model.safetensors`` + ``net_config.json``) and writes the refit net as
+``<out>/detector.{safetensors,json}`` (weights only, :mod:`trainer.checkpoints` format; ``--out`` defaults to the
+checkpoint's run folder) and ``<out>/refit.json``.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ log = logging.getLogger("trainer.detector.refit")
 
 def collect(net, renderer, anchors, scenes: int, batch: int, seed: int):
     """Per (level, slot): lists of (features (n, C), anchor sizes (n,), box targets (n, 4), lmk targets (n, 10))."""
+    from trainer.detector.data import to_input
     from trainer.detector.targets import match
-    from trainer.detector.train import to_input
 
     cfg = net.cfg
     out: dict[tuple[int, int], list] = {}
@@ -83,18 +88,20 @@ def ridge_refit(net, data: dict, ridge: float = 1.0, min_samples: int = 50) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.detector.occlusion import OccluderSampler
-    from trainer.detector.scenes import SceneConfig, SceneRenderer
+    from trainer.checkpoints import write_json
+    from trainer.detector.checkpoint import FINAL, load_detector, save_net
+    from trainer.detector.data import load_train_labels, scene_renderer
     from trainer.detector.targets import make_anchors
-    from trainer.detector.train import DetTrainConfig, load_checkpoint, load_train_labels, save_model
 
     p = argparse.ArgumentParser(prog="python -m trainer.detector.refit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or .safetensors (net_config.json beside)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="detector run folder or checkpoint (older: .safetensors with net_config.json beside)")
     p.add_argument("--out", type=Path, default=None, help="run folder to write (default: the checkpoint's folder)")
     p.add_argument("--data", default="../shared/data", help="as for training ('astronaut' works too)")
     p.add_argument("--templates", default="", help="MaskTheFace templates folder")
     p.add_argument("--cache", default="out/detector/labels_lfw_celeba.npz")
+    p.add_argument("--per-identity", type=int, default=2, help="images per identity (as for training)")
     p.add_argument("--scenes", type=int, default=400)
     p.add_argument("--crop", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
@@ -102,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=5)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    net = load_checkpoint(args.checkpoint)
-    cfg = DetTrainConfig(data=args.data, templates=args.templates, cache=args.cache, crop=args.crop)
-    labels, table = load_train_labels(cfg)
-    rend = SceneRenderer(labels, SceneConfig(height=args.crop, width=args.crop), OccluderSampler("train", args.templates or None),
-                         image_loader=(lambda q: table[str(q)]) if table else None)
+    net, meta = load_detector(args.checkpoint)
+    labels, table = load_train_labels(args.data, args.cache, args.per_identity)
+    rend = scene_renderer(labels, table, args.crop, args.templates)
     anchors = make_anchors(args.crop, args.crop, net.cfg.strides, net.cfg.anchors)
     rep = ridge_refit(net, collect(net, rend, anchors, args.scenes, args.batch, args.seed), args.ridge)
-    out = args.out or (args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent)
-    save_model(net, Path(out), {"refit": rep})
-    (Path(out) / "refit.json").write_text(json.dumps(rep, indent=1))
+    ck = args.checkpoint
+    out = Path(args.out or (ck if ck.is_dir() else ck.parent.parent if ck.parent.name == "ckpt" else ck.parent))
+    keep = {k: meta[k] for k in ("config", "step") if k in meta}
+    save_net(net, out / FINAL, {**keep, "refit": rep, "refit_of": str(ck)})
+    write_json(out / "refit.json", rep)
     print(json.dumps(rep, indent=1))
     return 0
 

@@ -44,7 +44,8 @@ def background_pool(split: str) -> tuple[np.ndarray, ...]:
     names = TRAIN_BACKGROUNDS if split == "train" else EVAL_BACKGROUNDS
     out = []
     for n in names:
-        a = np.asarray(getattr(sd, n)())
+        # binary_blobs draws from an unseeded RNG by default: seed it, so scenes are the same in every process
+        a = np.asarray(sd.binary_blobs(rng=0) if n == "binary_blobs" else getattr(sd, n)())
         if a.dtype == bool:
             a = a.astype(np.uint8) * 255
         elif a.dtype != np.uint8:
