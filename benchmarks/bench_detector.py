@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 def frames() -> dict[str, np.ndarray]:
     from trainer.detector.scenes import SceneConfig, SceneRenderer
-    from trainer.detector.train import astronaut_labels
+    from trainer.detector.data import astronaut_labels
 
     ls, table = astronaut_labels()
     out = {}

@@ -172,3 +172,26 @@ def test_nms_iou_and_containment():
     assert sorted(keep.tolist()) == [0, 2, 3]  # the part has the higher score: processed first, kept
     s2 = np.array([0.9, 0.8, 0.6, 0.7])
     assert sorted(nms(b, s2, 0.4, contain=0.7).tolist()) == [0, 3]
+
+
+def test_ltdet_exporter_writes_the_shipped_manifest(tmp_path):
+    """``export.onnx_detector.write_bundle`` on the shipped ``ltdet-v1`` graph reproduces its manifest: format version 2,
+    the detect stage with its file digest, config and the ``LTDET_PREPROCESS`` record; the graph itself is unchanged
+    (its sha256 is the manifest's)."""
+    import hashlib
+
+    from export.onnx_detector import write_bundle
+    from sdk.bundle import BUILTIN_DIR
+    from sdk.detect_onnx import LTDET_PREPROCESS
+
+    shipped = BUILTIN_DIR / "ltdet-v1"
+    man = json.loads((shipped / "manifest.json").read_text())
+    data = (shipped / "detector.onnx").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == man["stages"]["detect"]["files"]["model"]["sha256"]
+    out = write_bundle(data, tmp_path / "ltdet", "default", "ltdet-v1",
+                       {"score_threshold": man["stages"]["detect"]["config"]["score_threshold"]}, man["description"])
+    got = json.loads((out / "manifest.json").read_text())
+    assert got["format_version"] == man["format_version"] == 2
+    assert got["stages"]["detect"] == man["stages"]["detect"]
+    assert got["stages"]["detect"]["preprocess"] == LTDET_PREPROCESS.to_dict()
+    assert got["stages"]["segment"] == man["stages"]["segment"] and got["stages"]["embed"] == man["stages"]["embed"]

@@ -112,31 +112,165 @@ def test_scene_labels_follow_the_faces():
     assert n >= 6
 
 
+def _tiny_cfg(out, **kw):
+    """A 128x128, 2-scenes-a-step run on the astronaut (seconds), checkpoint every 2 steps, no bars."""
+    from trainer.detector.train import DetTrainConfig
+
+    base = dict(data="astronaut", out=str(out), steps=4, batch_size=2, crop=128, workers=0, save_every=2, threads=1,
+                progress=False)
+    return DetTrainConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
 def test_tiny_training_run_resumes_and_exports(tmp_path, astronaut_bgr):
     from export.onnx_detector import export_onnx_bytes, parity, write_bundle
-    from trainer.detector.train import DetTrainConfig, load_checkpoint, train
+    from sdk.detect_onnx import LTDET_PREPROCESS
+    from trainer.checkpoints import load_checkpoint
+    from trainer.detector.checkpoint import load_detector
+    from trainer.detector.train import train
 
-    cfg = DetTrainConfig(data="astronaut", out=str(tmp_path / "run"), steps=2, batch_size=2, crop=128, workers=0,
-                         save_every=1, threads=1)
-    r = train(cfg)
+    run = tmp_path / "run"
+    r = train(_tiny_cfg(run, steps=2, save_every=1))
     assert r["steps"] == 2 and np.isfinite(r["final"]["loss"])
-    r = train(DetTrainConfig(**{**cfg.__dict__, "steps": 3, "refit_scenes": 4}))  # resumes at step 2, then refits
-    rows = list(csv.DictReader(open(tmp_path / "run" / "steps.csv")))
+    r = train(_tiny_cfg(run, steps=3, save_every=1, refit_scenes=4))  # resumes at step 2, then refits
+    assert r["steps"] == 3
+    rows = list(csv.DictReader(open(run / "steps.csv")))
     assert [int(x["step"]) for x in rows] == [1, 2, 3]
-    assert (tmp_path / "run" / "loss.png").is_file()
-    refit = json.loads((tmp_path / "run" / "refit.json").read_text())
+    assert list(rows[0]) == ["step", "loss", "cls", "box", "lmk", "npos", "lr", "seconds"]
+    assert (run / "loss.png").is_file()
+    refit = json.loads((run / "refit.json").read_text())
     assert refit and all("samples" in v for v in refit.values())
-    net = load_checkpoint(tmp_path / "run")
+    # one checkpoint format: training state in ckpt/last (weights + AdamW + RNG), the refit net in detector.*
+    last = load_checkpoint(run)
+    assert last.kind == "detector" and last.step == 3 and "rng.torch" in last.optim
+    assert last.meta["preprocess"]["model"] == LTDET_PREPROCESS.to_dict() and last.meta["config"]["steps"] == 3
+    net, meta = load_detector(run)
+    assert meta["refit"] == refit and meta["step"] == 3 and not (run / "detector.optim.safetensors").exists()
+    changed = any(not torch.equal(v, last.weights["model." + k]) for k, v in net.state_dict().items())
+    assert changed == any(not v.get("skipped") for v in refit.values())  # the refit (if any slot had the samples)
     data = export_onnx_bytes(net)
     d = parity(net, data, sizes=((128, 160),))
     assert d["scores"] < 1e-4 and d["boxes"] < 1e-2 and d["landmarks"] < 1e-2
     b = write_bundle(data, tmp_path / "bundle", "baseline", "tiny")
     man = json.loads((b / "manifest.json").read_text())
     assert man["stages"]["detect"]["kind"] == "ltdet" and man["stages"]["embed"]["kind"] == "dlib_resnet_onnx"
+    assert man["format_version"] == 2 and man["stages"]["detect"]["preprocess"] == LTDET_PREPROCESS.to_dict()
     import sdk
 
     rec = sdk.Recognizer(str(b))  # loads (sizes + sha256 checked) and runs; the 3-step net finds anything
     assert isinstance(rec.detect(astronaut_bgr), list)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path, kill_and_resume, same_checkpoints):
+    """4 steps straight == killed before step 4 (checkpoint at 2) + resumed: identical weights, AdamW state, log and
+    final net; the scene stream does not depend on the worker count."""
+    import dataclasses
+
+    from trainer.checkpoints import load_checkpoint
+    from trainer.detector.train import DetectorPlugin, train
+
+    cfg = _tiny_cfg(tmp_path / "straight")
+    train(cfg)
+    kill_and_resume(DetectorPlugin, 3, lambda resume: train(
+        dataclasses.replace(cfg, out=str(tmp_path / "killed"), resume=resume)))
+    same_checkpoints(tmp_path / "straight", tmp_path / "killed")
+
+    def logged(run):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run / "steps.csv"))]
+
+    assert [r["step"] for r in logged(tmp_path / "killed")] == ["1", "2", "3", "4"]
+    assert logged(tmp_path / "killed") == logged(tmp_path / "straight")
+    a, b = load_checkpoint(tmp_path / "straight/detector"), load_checkpoint(tmp_path / "killed/detector")
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    train(dataclasses.replace(cfg, out=str(tmp_path / "workers"), workers=2))
+    same_checkpoints(tmp_path / "straight", tmp_path / "workers")
+
+
+def _write_v1_run(run, src) -> None:
+    """``src``'s ckpt/last written as the detector branch's first layout: ``last.safetensors`` (``model.`` and
+    ``opt.<i>.<key>`` keys, 0-d as 1-d, ``step`` metadata), ``model.safetensors`` (bare) + ``net_config.json``."""
+    from safetensors.torch import save_file
+
+    from trainer.checkpoints import load_checkpoint
+
+    ck = load_checkpoint(src)
+    run.mkdir()
+    save_file({**ck.weights, **{k: v for k, v in ck.optim.items() if k.startswith("opt.")}},
+              str(run / "last.safetensors"), {"step": str(ck.step)})
+    save_file({k[len("model."):]: v for k, v in ck.weights.items()}, str(run / "model.safetensors"), {"extra": "{}"})
+    (run / "net_config.json").write_text(json.dumps(ck.meta["models"]["model"]))
+
+
+@pytest.mark.slow
+def test_older_run_folders_load_and_resume(tmp_path, same_checkpoints):
+    """A run folder of the first layout (out/detector/v1, the shipped model's) exports, and resumes to the same
+    weights and AdamW state as a run that never stopped (the detector's steps draw no random numbers)."""
+    import dataclasses
+
+    from export.onnx_detector import main as export_main
+    from trainer.checkpoints import load_checkpoint
+    from trainer.detector.checkpoint import load_detector
+    from trainer.detector.train import train
+
+    cfg = _tiny_cfg(tmp_path / "half", steps=2)
+    train(cfg)
+    train(dataclasses.replace(cfg, out=str(tmp_path / "straight"), steps=4))
+    old = tmp_path / "old"
+    _write_v1_run(old, tmp_path / "half")
+    ck = load_checkpoint(old)
+    assert ck.legacy == "detector-v1" and ck.step == 2 and ck.kind == "detector"
+    net, meta = load_detector(old)
+    half = load_checkpoint(tmp_path / "half")
+    assert meta["legacy"] == "detector-v1" and meta["preprocess"]["model"]["colour"] == "rgb"
+    assert all(torch.equal(v, half.weights["model." + k]) for k, v in net.state_dict().items())
+    assert export_main(["--checkpoint", str(old / "model.safetensors"), "--out", str(tmp_path / "bundle")]) == 0
+    man = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert man["format_version"] == 2 and man["stages"]["detect"]["preprocess"]["scale"] == pytest.approx(1 / 127.5)
+    train(dataclasses.replace(cfg, out=str(old), steps=4))  # continues the old run in the new format
+    same_checkpoints(tmp_path / "straight", old)
+    with pytest.raises(FileNotFoundError, match="no detector checkpoint"):
+        load_detector(tmp_path / "bundle")
+
+
+def test_wrong_checkpoints_are_clear_errors(tmp_path):
+    from trainer.checkpoints import CheckpointError, save_checkpoint
+    from trainer.detector.checkpoint import load_detector
+
+    save_checkpoint(tmp_path / "seg" / "ckpt" / "last", {"model": torch.nn.Linear(2, 2)}, {"kind": "segmenter"})
+    with pytest.raises(CheckpointError, match="'segmenter' checkpoint, not a detector"):
+        load_detector(tmp_path / "seg")
+    with pytest.raises(FileNotFoundError):
+        load_detector(tmp_path / "nothing.safetensors")
+
+
+def test_input_is_the_preprocess_record():
+    """The trainer's input is :data:`LTDET_PREPROCESS` applied as the SDK applies it, bit for bit."""
+    from sdk.detect_onnx import LTDET_PREPROCESS
+    from trainer.detector.data import to_input
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    t = to_input(x)
+    assert t.shape == (2, 3, 64, 96) and t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), LTDET_PREPROCESS.apply(x))
+    np.testing.assert_array_equal(t.numpy(), x[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
+
+
+def test_shipped_recipe_and_flags_parse():
+    """The shipped model's recorded config (reports/detector/training) still loads with --config; the flags work."""
+    import argparse
+
+    from trainer._config_cli import dataclass_from_args
+    from trainer.detector.train import DetTrainConfig, add_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    p = add_parser(sub)
+    args = p.parse_args(["--config", str(ROOT / "reports/detector/training/train_config.json"), "--refit-scenes", "400",
+                         "--no-resume", "--no-progress", "--max-minutes", "30"])
+    cfg = dataclass_from_args(args, DetTrainConfig)
+    assert (cfg.steps, cfg.batch_size, cfg.crop, cfg.freeze, cfg.save_every) == (500, 8, 160, 11, 25)
+    assert cfg.refit_scenes == 400 and not cfg.resume and not cfg.progress and cfg.max_minutes == 30
+    assert DetTrainConfig().resume  # rerunning a command continues its run, as before
 
 
 def test_trainer_cli_help():
