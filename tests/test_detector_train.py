@@ -112,6 +112,18 @@ def test_scene_labels_follow_the_faces():
     assert n >= 6
 
 
+@pytest.mark.slow
+def test_scene_backgrounds_are_the_same_in_every_process():
+    """The background pool is a pure function of its split (scikit-image's binary_blobs is random unless seeded), so
+    scene ``i`` -- and a resumed run in a new process -- is the same everywhere."""
+    from trainer.detector.scenes import background_pool
+
+    first = background_pool("train")
+    background_pool.cache_clear()
+    again = background_pool("train")
+    assert len(first) == len(again) and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
 def _tiny_cfg(out, **kw):
     """A 128x128, 2-scenes-a-step run on the astronaut (seconds), checkpoint every 2 steps, no bars."""
     from trainer.detector.train import DetTrainConfig
