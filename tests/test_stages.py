@@ -50,8 +50,8 @@ def test_every_builtin_stage_satisfies_its_protocol(recognizer):
 
 
 def test_kinds_are_declared_beside_their_code():
-    assert _registry.kinds("embed") == ["dlib_resnet", "dlib_resnet_onnx", "onnx_embedder"]
-    assert _registry.kinds("detect") == ["mtcnn"] and _registry.kinds("segment") == ["onnx_segmenter"]
+    assert _registry.kinds("embed") == ["arcface_onnx", "dlib_resnet", "dlib_resnet_onnx", "onnx_embedder"]
+    assert _registry.kinds("detect") == ["ltdet", "mtcnn", "scrfd"] and _registry.kinds("segment") == ["onnx_segmenter"]
     assert _registry.kinds("complete") == ["onnx_inpainter"]
     with pytest.raises(BundleError, match="unknown kind 'magic'.*onnx_embedder"):
         _registry.lookup("embed", "magic")
