@@ -135,13 +135,16 @@ def resolve_path(p: str, root: Path) -> Path:
     if not isinstance(p, str) or not p or "\x00" in p:
         raise BundleError(f"model file path must be a non-empty string without NUL bytes, got {p!r:.80}")
     if p.startswith("pkg:"):
-        return _package_dir(p) / p[4:].partition("/")[2]
+        rel = p[4:].partition("/")[2]
+        dirs = _package_dirs(p)
+        return next((d / rel for d in dirs if (d / rel).exists()), dirs[0] / rel)
     path = Path(p)
     return path if path.is_absolute() else root / path
 
 
-def _package_dir(p: str) -> Path:
-    """Folder of the allowed package named by ``pkg:<package>/...``, found without importing anything."""
+def _package_dirs(p: str) -> list[Path]:
+    """Folders of the allowed package named by ``pkg:<package>/...`` (several for editable installs and namespace
+    packages), found without importing anything."""
     pkg = p[4:].partition("/")[0]
     if pkg not in ALLOWED_PACKAGES:
         raise BundleError(f"model file {p!r:.120}: package {pkg!r:.60} is not an allowed model package "
@@ -149,14 +152,14 @@ def _package_dir(p: str) -> Path:
     spec = importlib.util.find_spec(pkg)  # a top-level name: finds the folder, runs none of its code
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(p, f"Python package {pkg!r} is not installed (run `make setup`)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return [Path(d) for d in spec.submodule_search_locations]
 
 
 def allowed_roots(p: str, root: Path) -> tuple[Path, ...]:
     """Folders the manifest path ``p`` of the bundle in ``root`` may resolve into: its package's folder for
     ``pkg:`` paths; else the bundle folder, ``sdk/models`` and ``$LOOKTHROUGH_TRUSTED_MODEL_DIRS``."""
     if p.startswith("pkg:"):
-        return (_package_dir(p),)
+        return tuple(_package_dirs(p))
     extra = [Path(d) for d in os.environ.get(TRUSTED_DIRS_ENV, "").split(os.pathsep) if d.strip()]
     return (root, BUILTIN_DIR, *extra)
 

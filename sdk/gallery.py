@@ -91,6 +91,9 @@ class _Snapshot:
     def n(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:
+        return f"_Snapshot({self.n} rows, {len(self.counts)} identities, ann={self.ann is not None})"
+
 
 def create_private_file(path: Path) -> bool:
     """Create ``path`` empty with mode 0600 if it does not exist; returns True when this call created it."""

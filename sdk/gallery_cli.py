@@ -103,11 +103,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from sdk.errors import GalleryError
     from sdk.gallery_admin import integrity_check
 
-    with _open(args) as g:
-        problems = integrity_check(g)
-        n = len(g)
+    try:
+        with _open(args) as g:
+            problems = integrity_check(g)
+            n = len(g)
+    except GalleryError as e:  # a file that does not even open is the check's finding, not an error of it
+        if "no such file" in str(e) or "is encrypted" in str(e) or "wrong key" in str(e):
+            raise
+        problems, n = [str(e)], 0
     for p in problems:
         print(f"problem: {p}")
     print(f"{'FAILED' if problems else 'ok'}: {n} embeddings checked ({len(problems)} problems)")
