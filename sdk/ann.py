@@ -151,6 +151,10 @@ class HnswIndex:
         """Fraction of entries whose rows were removed."""
         return len(self._dead) / max(1, len(self._labels))
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the per-query candidate list size (recall / latency trade-off) without rebuilding."""
+        self.params = HnswParams(self.params.m, self.params.ef_construction, ef_search)
+
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         """Append ``vectors`` ((K, dim) float32) under ``labels`` ((K,) int64)."""
         labels = np.asarray(labels, np.int64).reshape(-1)

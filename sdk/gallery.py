@@ -356,8 +356,10 @@ class Gallery:
         for nm in set(names):
             if not isinstance(nm, str) or not nm.strip():
                 raise GalleryError("name must be a non-empty string")
-            if len(nm) > MAX_NAME_CHARS or "\x00" in nm:
-                raise GalleryError(f"name must be at most {MAX_NAME_CHARS} characters without NUL, got {len(nm)} characters")
+            if len(nm) > MAX_NAME_CHARS:
+                raise GalleryError(f"name must be at most {MAX_NAME_CHARS} characters, got {len(nm)}")
+            if "\x00" in nm:
+                raise GalleryError(f"name {nm!r:.80} contains a NUL character")
         srcs = list(sources) if sources is not None else [None] * len(emb)
         if len(srcs) != len(emb):
             raise GalleryError(f"{len(srcs)} sources for {len(emb)} embeddings")
