@@ -61,10 +61,11 @@ class TemplateCipher:
             raise GalleryError("gallery key must be a non-empty string")
         if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
             raise GalleryError(f"gallery key salt must be {SALT_BYTES} bytes")
+        aesgcm = _aesgcm()  # a clear GalleryError when cryptography is missing
         from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
         key = Scrypt(salt=salt, length=32, n=2 ** 14, r=8, p=1).derive(passphrase)
-        self._aead = _aesgcm()(key)
+        self._aead = aesgcm(key)
         self.salt = salt
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
