@@ -165,36 +165,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gallery", help="list / remove / export / import / backup / restore / check a gallery file",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gsub = p.add_subparsers(dest="gallery_cmd", required=True, metavar="ACTION")
-    s = gsub.add_parser("list", parents=[base], help="enrolled identities with counts and dates")
-    s.add_argument("--json", action="store_true", help="JSON instead of a table")
-    s.set_defaults(fn=cmd_list)
-    s = gsub.add_parser("remove", parents=[base], help="remove identities (all their embeddings)")
-    s.add_argument("names", nargs="+", help="identity names")
-    s.add_argument("--missing-ok", action="store_true", help="exit 0 even if a name is not enrolled")
-    s.set_defaults(fn=cmd_remove)
-    s = gsub.add_parser("export", parents=[base], help="write all templates to a JSON-lines file")
-    s.add_argument("out", help="output file (.jsonl), created with mode 0600")
-    s.add_argument("--force", action="store_true", help="overwrite an existing file")
-    s.set_defaults(fn=cmd_export)
-    s = gsub.add_parser("import", parents=[base], help="add the templates of an export (one transaction)")
-    s.add_argument("file", help="a file written by `gallery export`")
-    s.add_argument("--skip-existing", action="store_true", help="leave out names the gallery already has")
-    s.set_defaults(fn=cmd_import)
-    s = gsub.add_parser("backup", parents=[base], help="consistent copy of the gallery, safe while it is in use")
-    s.add_argument("out", help="backup file to write (mode 0600)")
-    s.add_argument("--force", action="store_true", help="overwrite an existing file")
-    s.set_defaults(fn=cmd_backup)
-    s = gsub.add_parser("restore", parents=[base], help="replace the gallery by a backup (checked first)")
-    s.add_argument("backup", help="a file written by `gallery backup`")
-    s.add_argument("--force", action="store_true", help="replace a gallery of another embedding model")
-    s.set_defaults(fn=cmd_restore)
-    s = gsub.add_parser("check", parents=[base], help="SQLite integrity check + every template readable")
-    s.set_defaults(fn=cmd_check)
-    s = gsub.add_parser("encrypt", parents=[base], help="encrypt the stored templates with $LOOKTHROUGH_GALLERY_KEY")
-    s.set_defaults(fn=cmd_encrypt)
-    s = gsub.add_parser("decrypt", parents=[base], help="store the templates in plain again (needs the key)")
-    s.set_defaults(fn=cmd_decrypt)
-    s = gsub.add_parser("index", parents=[base], help="search index: exact (default), hnsw or auto (recorded in the file)")
-    s.add_argument("kind", choices=INDEX_KINDS)
-    s.set_defaults(fn=cmd_index)
-
+    force = ("--force", {"action": "store_true", "help": "overwrite an existing file"})
+    actions = [  # name, help, command, arguments
+        ("list", "enrolled identities with counts and dates", cmd_list,
+         [("--json", {"action": "store_true", "help": "JSON instead of a table"})]),
+        ("remove", "remove identities (all their embeddings)", cmd_remove,
+         [("names", {"nargs": "+", "help": "identity names"}),
+          ("--missing-ok", {"action": "store_true", "help": "exit 0 even if a name is not enrolled"})]),
+        ("export", "write all templates to a JSON-lines file", cmd_export,
+         [("out", {"help": "output file (.jsonl), created with mode 0600"}), force]),
+        ("import", "add the templates of an export (one transaction)", cmd_import,
+         [("file", {"help": "a file written by `gallery export`"}),
+          ("--skip-existing", {"action": "store_true", "help": "leave out names the gallery already has"})]),
+        ("backup", "consistent copy of the gallery, safe while it is in use", cmd_backup,
+         [("out", {"help": "backup file to write (mode 0600)"}), force]),
+        ("restore", "replace the gallery by a backup (checked first)", cmd_restore,
+         [("backup", {"help": "a file written by `gallery backup`"}),
+          ("--force", {"action": "store_true", "help": "replace a gallery of another embedding model"})]),
+        ("check", "SQLite integrity check + every template readable", cmd_check, []),
+        ("encrypt", "encrypt the stored templates with $LOOKTHROUGH_GALLERY_KEY", cmd_encrypt, []),
+        ("decrypt", "store the templates in plain again (needs the key)", cmd_decrypt, []),
+        ("index", "search index: exact (default), hnsw or auto (recorded in the file)", cmd_index,
+         [("kind", {"choices": INDEX_KINDS})]),
+    ]
+    for name, help_text, fn, arguments in actions:
+        s = gsub.add_parser(name, parents=[base], help=help_text)
+        for flag, kwargs in arguments:
+            s.add_argument(flag, **kwargs)
+        s.set_defaults(fn=fn)

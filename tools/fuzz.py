@@ -29,6 +29,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _report import emit  # noqa: E402 - benchmarks/_report.py: one JSON writer for every report
 
 log = logging.getLogger("fuzz")
 
@@ -190,12 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus:
         args.corpus.parent.mkdir(parents=True, exist_ok=True)
         args.corpus.write_text(json.dumps({"seed": args.seed, "cases": corpus}, indent=1) + "\n")
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    emit(report, args.out)
     print(f"{report['cases']} cases, {report['crashes']} crashes, {report['hangs']} hangs in {report['seconds']} s; "
           f"outcomes {report['outcomes']}", file=sys.stderr)
     return 0 if report["crashes"] == 0 and report["hangs"] == 0 else 1

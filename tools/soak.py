@@ -35,6 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _report import emit  # noqa: E402 - benchmarks/_report.py: one JSON writer for every report
+
 log = logging.getLogger("soak")
 W, H = 640, 480
 
@@ -242,12 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return identify_worker(args)
     report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    emit(report, args.out)
     log.info("RSS %+.2f%%, threads %d -> %d, fds %d -> %d, events complete: %s -> %s",
              report["rss_mb"]["growth_pct"], report["threads"]["after_warmup"], report["threads"]["end"],
              report["fds"]["after_warmup"], report["fds"]["end"], report["events"]["complete"],
