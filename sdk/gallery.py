@@ -158,6 +158,9 @@ class Gallery:
             self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
             self._close_quietly()
+            if "locked" in str(e) or "busy" in str(e):
+                raise GalleryError(f"gallery {target}: locked by another process for over "
+                                   f"{BUSY_TIMEOUT_MS / 1000:.0f} s ({e})") from None
             raise GalleryError(f"gallery {target}: not a LookThrough gallery file ({e})") from None
         except BaseException:
             self._close_quietly()
