@@ -162,6 +162,19 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def reduce_corpus(cases: list[dict]) -> list[dict]:
+    """The first case of every :func:`fuzz_cases.signature`, in order."""
+    from fuzz_cases import signature
+
+    seen, out = set(), []
+    for c in cases:
+        sig = signature(c["spec"], {"outcome": c["outcome"], "message": c.get("message", "")})
+        if sig not in seen:
+            seen.add(sig)
+            out.append(c)
+    return out
+
+
 def replay(spec: dict) -> dict:
     """Run one spec in this process (to debug a reported crash)."""
     from fuzz_cases import make_env, run_case
@@ -179,12 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, help="write the interesting cases here (the regression corpus)")
     p.add_argument("--corpus-max-s", type=float, default=0.5, help="only cases faster than this go to the corpus")
     p.add_argument("--replay", help="run one case spec (JSON) in this process and print its outcome")
+    p.add_argument("--reduce-corpus", type=Path, help="rewrite a corpus file keeping the first case per signature")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.replay:
         print(json.dumps(replay(json.loads(args.replay)), indent=2))
+        return 0
+    if args.reduce_corpus:
+        doc = json.loads(args.reduce_corpus.read_text())
+        doc["cases"] = reduce_corpus(doc["cases"])
+        args.reduce_corpus.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{args.reduce_corpus}: {len(doc['cases'])} cases", file=sys.stderr)
         return 0
     report = run(args)
     corpus = report.pop("corpus")

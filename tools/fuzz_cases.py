@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import io
 import json
-import re
 import shutil
 import struct
 import zlib
@@ -610,12 +609,19 @@ def run_case(spec: dict, env: Env) -> dict:
 
 
 def signature(spec: dict, result: dict) -> str:
-    """What makes a case 'interesting' for the corpus: target, sub-kind, outcome and the message's shape."""
-    sub = {"identify": lambda s: s["frame"]["kind"] + ":" + s["frame"].get("dtype", s["frame"].get("what", "")),
-           "enroll": lambda s: ",".join(i.get("file", i["kind"]) for i in s["images"]) or "none",
-           "verify": lambda s: s["a"].get("file", s["a"]["kind"]) + "/" + s["b"].get("file", s["b"]["kind"]),
-           "identify_faces": lambda s: s["bad"], "cli": lambda s: " ".join(s["argv"][:2]),
-           "bundle": lambda s: s["mutation"], "gallery": lambda s: s["what"] + ":" + s["arg"]}[spec["target"]](spec)
-    shape = re.sub(r"\d+", "#", re.sub(r"(/[^\s'\"]+)+", "PATH", result["message"]))[:60]
-    return f"{spec['target']}|{sub}|{result['outcome']}|{shape}"
-
+    """What makes a case 'interesting' for the corpus: its target, the kind of input and the outcome."""
+    t = spec["target"]
+    if t == "identify":
+        sub = spec["frame"]["kind"] + ":" + spec["frame"].get("dtype", spec["frame"].get("what", ""))
+    elif t == "enroll":
+        first = spec["images"][0].get("file", spec["images"][0]["kind"]) if spec["images"] else "none"
+        sub = ("name_ok" if spec["name"] in ("ok", "unicode") else "name_" + spec["name"]) + ":" + first
+    elif t == "verify":
+        sub = spec["a"].get("file", spec["a"]["kind"])
+    elif t == "cli":
+        sub = " ".join(spec["argv"][:2] if spec["argv"][:1] == ["gallery"] else spec["argv"][:1])
+    elif t == "gallery":
+        sub = spec["what"] + (":" + spec["arg"] if spec["what"] in ("add", "search", "remove") else "")
+    else:
+        sub = spec.get("bad", spec.get("mutation", ""))
+    return f"{t}|{sub}|{result['outcome']}"
