@@ -5,7 +5,10 @@ across a 640x480 scene, masked part of the time, the camera man now and then, em
 process consumes it for ``--minutes`` at ``--fps`` (a camera's pace: it sleeps when ahead) and writes one JSON
 event per frame; this process samples the worker's resident memory (VmRSS), thread count and open file handles
 from ``/proc`` every ``--sample-s`` seconds. Pass criteria: RSS growth after warm-up < ``--max-rss-growth`` (5%),
-no thread or file-handle growth, every event present and well-formed, worker exit code 0.
+no thread or file-handle growth, every event present and well-formed, worker exit code 0. Warm-up = the worker's
+first pass over the source (identify mode: every scene of the 40-second loop and one enrollment seen once; at least
+60 s): ONNX Runtime's arenas and the allocator grow to their high-water mark on the first frame of each kind
+(1 face, 2 faces, masked, none) and stay there; growth after that is what a leak looks like.
 
 Workers (``--mode``):
 
@@ -40,6 +43,8 @@ from _report import emit  # noqa: E402 - benchmarks/_report.py: one JSON writer 
 
 log = logging.getLogger("soak")
 W, H = 640, 480
+#: Length of the rendered scene (astronaut, masked astronaut, astronaut + camera man, empty), in seconds.
+SCENE_S = 40.0
 
 
 # -- the source --------------------------------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def render_source(path: Path, seconds: float, fps: float) -> int:
     n = int(seconds * fps)
     for i in range(n):
         frame = background.copy()
-        phase = (i / fps) % 40  # a 40-second scene, repeated
+        phase = (i / fps) % SCENE_S  # the scene, repeated
         if phase < 30:
             x = int(40 + (W - 220) * (0.5 + 0.5 * np.sin(i / fps / 3)))
             img = masked if 10 <= phase < 20 else face
@@ -93,9 +98,10 @@ def identify_worker(args: argparse.Namespace) -> int:
         while time.monotonic() < end:
             t0 = time.monotonic()
             ok, frame = cap.read()
-            if not ok:  # loop the file
+            if not ok:  # loop the file; the first wrap ends the warm-up (every scene of the source seen once)
                 cap.release()
                 cap = cv2.VideoCapture(str(args.source))
+                ev.write(json.dumps({"event": "loop", "after_frame": i, "t": round(time.time(), 3)}) + "\n")
                 continue
             matches = rec.identify(frame)
             ev.write(json.dumps({"frame": i, "t": round(time.time(), 3), "faces": len(matches),
@@ -170,7 +176,7 @@ def plot(samples: list[dict], path: Path, warm_t: float) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lookthrough-soak-"))
-    video_s = args.minutes * 60 if args.mode == "stream" else min(120.0, args.minutes * 60)
+    video_s = args.minutes * 60 if args.mode == "stream" else SCENE_S  # identify: one scene cycle, looped
     source = Path(args.source) if args.source else work / "source.avi"
     if not args.source:
         n = render_source(source, video_s, args.fps)
@@ -194,6 +200,11 @@ def run(args: argparse.Namespace) -> dict:
     if proc.poll() is None:
         proc.kill()
     code = proc.wait()
+    loops = []
+    if events.exists():  # the worker's first pass over the source ends the warm-up (identify mode)
+        loops = [e["t"] for e in map(json.loads, events.read_text().splitlines()) if e.get("event") == "loop"]
+    if loops:
+        warm_s = max(60.0, loops[0] - t_start)
     after = [s for s in samples if s["t"] >= t_start + warm_s]
     if len(after) < 6:
         raise RuntimeError(f"only {len(after)} samples after warm-up: run longer (--minutes) or sample faster")
@@ -201,7 +212,8 @@ def run(args: argparse.Namespace) -> dict:
     rss0, rss1 = float(np.median([s["rss_mb"] for s in base])), float(np.median([s["rss_mb"] for s in last]))
     report = {
         "tool": "tools/soak.py", "command": "python tools/soak.py " + " ".join(args.argv), "mode": args.mode,
-        "minutes": args.minutes, "fps_target": args.fps, "worker_exit_code": code, "warmup_s": warm_s,
+        "minutes": args.minutes, "fps_target": args.fps, "worker_exit_code": code, "warmup_s": round(warm_s, 1),
+        "warmup": "first pass over the source" if loops else "max(60 s, 10% of the run)",
         "rss_mb": {"after_warmup": round(rss0, 1), "end": round(rss1, 1), "max": round(max(s["rss_mb"] for s in samples), 1),
                    "growth_pct": round(100 * (rss1 - rss0) / rss0, 2)},
         "threads": {"after_warmup": base[0]["threads"], "end": last[-1]["threads"], "max": max(s["threads"] for s in after)},
