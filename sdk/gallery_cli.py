@@ -19,7 +19,7 @@ import json
 import time
 from datetime import datetime
 
-from sdk.ann import INDEX_KINDS
+from sdk.ann import INDEX_KINDS, HnswParams
 
 
 def _open(args: argparse.Namespace, **kwargs):
@@ -148,9 +148,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    params = HnswParams(args.m, args.ef_construction, args.ef_search)
     with _open(args) as g:
         t0 = time.perf_counter()
-        g.set_index(args.kind)
+        g.set_index(args.kind, params)
         print(f"{args.gallery}: index {args.kind} (active now: {g.index_active}, {len(g)} embeddings, "
               f"{time.perf_counter() - t0:.1f} s)")
     return 0
@@ -186,7 +187,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("encrypt", "encrypt the stored templates with $LOOKTHROUGH_GALLERY_KEY", cmd_encrypt, []),
         ("decrypt", "store the templates in plain again (needs the key)", cmd_decrypt, []),
         ("index", "search index: exact (default), hnsw or auto (recorded in the file)", cmd_index,
-         [("kind", {"choices": INDEX_KINDS})]),
+         [("kind", {"choices": INDEX_KINDS}),
+          ("--m", {"type": int, "default": HnswParams.m, "help": "HNSW neighbours per node (default %(default)s)"}),
+          ("--ef-construction", {"type": int, "default": HnswParams.ef_construction,
+                                 "help": "HNSW build candidate list (default %(default)s)"}),
+          ("--ef-search", {"type": int, "default": HnswParams.ef_search,
+                           "help": "HNSW query candidate list: raise it for galleries near 1M (default %(default)s; "
+                                   "see the README's recall table)"})]),
     ]
     for name, help_text, fn, arguments in actions:
         s = gsub.add_parser(name, parents=[base], help=help_text)

@@ -166,3 +166,14 @@ def test_cli_encrypt_decrypt(people, tmp_path):
     assert r.returncode == 0 and "decrypted 5" in r.stdout
     with Gallery(path, "model-A", 16, key=None) as g:
         np.testing.assert_array_equal(g.matrix, matrix)
+
+
+def test_cli_index(people):
+    pytest.importorskip("faiss")
+    path, _ = people
+    r = cli("gallery", "index", "--gallery", str(path), "hnsw", "--ef-search", "64")
+    assert r.returncode == 0 and "active now: hnsw" in r.stdout, r.stderr
+    with Gallery(path, "model-A", 16, key=None) as g:  # recorded in the file
+        assert g.index == "hnsw" and g._snap.ann.params.ef_search == 64
+    r = cli("gallery", "index", "--gallery", str(path), "hnsw", "--ef-search", "0")
+    assert r.returncode == 2 and "ef_search" in r.stderr

@@ -6,14 +6,14 @@ process consumes it for ``--minutes`` at ``--fps`` (a camera's pace: it sleeps w
 event per frame; this process samples the worker's resident memory (VmRSS), thread count and open file handles
 from ``/proc`` every ``--sample-s`` seconds. Pass criteria: RSS growth after warm-up < ``--max-rss-growth`` (5%),
 no thread or file-handle growth, every event present and well-formed, worker exit code 0. Warm-up = the worker's
-first pass over the source (identify mode: every scene of the 40-second loop and one enrollment seen once; at least
-60 s): ONNX Runtime's arenas and the allocator grow to their high-water mark on the first frame of each kind
+first pass over the source (identify mode: every scene of the 40-second loop and both kinds of enrollment seen
+once; at least 60 s): ONNX Runtime's arenas and the allocator grow to their high-water mark on the first frame of each kind
 (1 face, 2 faces, masked, none) and stay there; growth after that is what a leak looks like.
 
 Workers (``--mode``):
 
 * ``identify`` (default): ``Recognizer(gallery=DB).identify(frame)`` per frame (the SDK's public API, frame by
-  frame), plus an enroll / remove of a visitor every 300 frames (gallery writes under load). Events:
+  frame), plus two enroll / remove cycles of a visitor every 300 frames (gallery writes under load). Events:
   ``{"frame", "t", "faces", "identities"}``, then ``{"event": "end", "frames": N}``.
 * ``stream``: the documented stream CLI, ``python -m sdk stream SOURCE --gallery DB --events FILE.jsonl`` (issue
   #10); the source video is rendered for the whole duration. Events: whatever the stream writes; checked to be
@@ -107,8 +107,8 @@ def identify_worker(args: argparse.Namespace) -> int:
             ev.write(json.dumps({"frame": i, "t": round(time.time(), 3), "faces": len(matches),
                                  "identities": [m.identity for m in matches]}) + "\n")
             ev.flush()
-            if i % 300 == 150:  # gallery writes under load: a visitor comes and goes
-                rec.enroll("visitor", np.ascontiguousarray(astro[:, ::-1]) if i % 600 == 150 else astro)
+            if i % 300 in (60, 120):  # gallery writes under load: a visitor (mirrored, then not) comes and goes
+                rec.enroll("visitor", np.ascontiguousarray(astro[:, ::-1]) if i % 300 == 60 else astro)
                 rec.gallery.remove("visitor")
             i += 1
             time.sleep(max(0.0, period - (time.monotonic() - t0)))
