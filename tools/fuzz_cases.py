@@ -386,7 +386,9 @@ def run_cli(spec, env, rng):
     argv = [subst.get(a, a) for a in spec["argv"]]
     if argv[:1] == ["bench"]:
         argv += ["--frames", "1", "--gallery-size", "10"]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    # in the scratch folder: relative paths the arguments make up (e.g. `--gallery -1`) must not land in the caller's cwd
+    with contextlib.chdir(env.scratch), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         try:
             main(argv)
         except SystemExit as e:  # argparse usage errors (2) and explicit exits are answers, not crashes
