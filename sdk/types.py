@@ -74,3 +74,35 @@ class Match:
             "candidates": [(n, round(float(s), 4)) for n, s in self.candidates],
             "completed": bool(self.completed),
         }
+
+
+def check_faces(faces: object, frame_shape: tuple[int, ...] | None = None) -> list[Face]:
+    """Validate faces handed in from outside (a tracker, another detector) before any work is done on them.
+
+    Returns them as a list. Raises ``TypeError`` when ``faces`` is not a sequence of :class:`Face`, and
+    ``ValueError`` (naming the face) when a box is not 4 finite numbers with ``x2 > x1`` and ``y2 > y1``,
+    landmarks are not (5, 2) finite numbers, or a coordinate lies absurdly far outside the frame
+    (more than 8 frame sizes).
+    """
+    if isinstance(faces, (Face, str, bytes, np.ndarray)) or not hasattr(faces, "__iter__"):
+        raise TypeError(f"faces must be a sequence of sdk.Face, got {type(faces).__name__}")
+    out = list(faces)
+    limit = 8.0 * max(frame_shape[:2]) if frame_shape else 1e6
+    for i, f in enumerate(out):
+        if not isinstance(f, Face):
+            raise TypeError(f"faces[{i}] must be an sdk.Face, got {type(f).__name__}")
+        try:
+            box = np.asarray(f.box, np.float64)
+            lms = np.asarray(f.landmarks, np.float64)
+            score = float(f.score)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"faces[{i}]: box, landmarks and score must be numbers ({e})") from None
+        if box.shape != (4,) or lms.shape != (5, 2):
+            raise ValueError(f"faces[{i}]: box must have shape (4,) and landmarks (5, 2), got {box.shape} and {lms.shape}")
+        if not (np.all(np.isfinite(box)) and np.all(np.isfinite(lms)) and np.isfinite(score)):
+            raise ValueError(f"faces[{i}]: box, landmarks and score must be finite")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"faces[{i}]: box {box.tolist()} is empty (needs x2 > x1 and y2 > y1)")
+        if np.abs(box).max() > limit or np.abs(lms).max() > limit:
+            raise ValueError(f"faces[{i}]: coordinates lie more than {limit:.0f} px outside the frame")
+    return out
