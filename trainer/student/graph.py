@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk.nets.graphs import EmbedderGraph
 from trainer.student.models import student_arch
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "CHIP", "crop_of", "export_onnx_bytes", "ort_session",
@@ -23,23 +24,6 @@ INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptor"
 OPSET = 17
 CHIP = 150
-
-
-def _wrapper(net):
-    import torch
-    from torch import nn
-
-    class UInt8NHWC(nn.Module):
-        """uint8 NHWC RGB chips -> raw descriptors (the DlibResNet subtracts its means and divides by 256)."""
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, chips):
-            return self.net(chips.permute(0, 3, 1, 2).to(torch.float32))
-
-    return UInt8NHWC(net).eval()
 
 
 def crop_of(net) -> tuple[str, int]:
@@ -54,7 +38,7 @@ def export_onnx_bytes(net) -> bytes:
     import torch
 
     net = copy.deepcopy(net).float().eval()
-    model = _wrapper(net)
+    model = EmbedderGraph(net).eval()  # uint8 NHWC RGB chips in: the graph the SDK's torch backend runs too
     side = crop_of(net)[1]
     dummy = torch.zeros((2, side, side, 3), dtype=torch.uint8)
     buf = io.BytesIO()
