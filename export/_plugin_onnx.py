@@ -143,11 +143,11 @@ def node_attributes(node: Any) -> dict:
             else a.s.decode() for a in node.attribute}
 
 
-def export_format(cfg: Any, fam: Any, loaded: Any, graph: Any) -> Any:
-    """The ``trt-onnx`` format for :func:`export.exporter.export`: the graph file, its parity check and sidecar."""
+def export_format(cfg: Any, fam: Any, loaded: Any, graph: Any) -> tuple[dict[str, Path], list, dict]:
+    """The ``trt-onnx`` format for :func:`export.exporter.export`: writes the graph file and its sidecar; returns
+    ``(files by role, parity results, the export record)``."""
     from export._bundle import export_record, write_sidecar
     from export._onnx import OPSET
-    from export.exporter import ExportResult
 
     import onnx
 
@@ -156,19 +156,22 @@ def export_format(cfg: Any, fam: Any, loaded: Any, graph: Any) -> Any:
     nodes = custom_nodes(model)
     parity = [p for p in (_parity(model, fam, graph),) if p is not None]
     record = export_record("trt-onnx", fam.name, loaded.weights, cfg.checkpoint, parity=parity, opset=OPSET,
-                           plugin={"name": OP_TYPE, "version": PLUGIN_VERSION, "namespace": DOMAIN,
-                                   "library": "liblookthrough_trt_plugin.so (kernels/contextual_attention/trt_plugin)",
-                                   "nodes": [node_attributes(n) for n in nodes]},
                            dynamic_batch=bool(cfg.dynamic_batch))
     if not parity:
         record["parity_skipped"] = "onnxruntime-extensions is not installed (pip install onnxruntime-extensions)"
-    record.update(stage=fam.stage, kind=fam.kind, preprocess=fam.graph_preprocess(loaded).to_dict(),
-                  inputs=list(INPUTS), outputs=[OUTPUT])
-    sidecar = write_sidecar(path, record)
+    from export._bundle import file_record
+
+    sidecar_doc = {"format": "lookthrough.trt_onnx", "format_version": 1, "file": file_record(path, path.parent),
+                   "stage": fam.stage, "kind": fam.kind, "family": fam.name,
+                   "preprocess": fam.graph_preprocess(loaded).to_dict(), "inputs": list(INPUTS), "outputs": [OUTPUT],
+                   "plugin": {"name": OP_TYPE, "version": PLUGIN_VERSION, "namespace": DOMAIN,
+                              "library": "liblookthrough_trt_plugin.so (kernels/contextual_attention/trt_plugin)",
+                              "nodes": [node_attributes(n) for n in nodes]},
+                   "export": record}
+    sidecar = write_sidecar(path, sidecar_doc)
     log.info("wrote %s (%.2f MB): contextual attention as %s::%s (%d node%s) + %s", path, path.stat().st_size / 1e6,
              DOMAIN, OP_TYPE, len(nodes), "" if len(nodes) == 1 else "s", sidecar.name)
-    return ExportResult("trt-onnx", fam.name, None, {"model": path, "sidecar": sidecar}, path.stat().st_size,
-                        parity, record)
+    return {"model": path, "sidecar": sidecar}, parity, record
 
 
 #: op type the parity check gives the plugin node inside ONNX Runtime (its own name: no clash with other PyOps)

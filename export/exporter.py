@@ -120,7 +120,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         FileNotFoundError, trainer.checkpoints.CheckpointError: the checkpoint cannot be read.
         export._parity.ParityError: an artifact disagrees with torch beyond the tolerance (no manifest is written).
     """
-    from export._onnx import OPSET, ort_runner, to_fp16_weights, trace_onnx
+    from export._onnx import OPSET, ort_runner, to_fp16_weights
     from export._parity import check, tolerance_for
 
     fam = family(cfg.family)
@@ -129,10 +129,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.format == "trt-onnx":
         from export._plugin_onnx import export_format
 
-        return export_format(cfg, fam, loaded, graph)
+        files, parity, record = export_format(cfg, fam, loaded, graph)
+        return ExportResult(cfg.format, fam.name, None, files, files["model"].stat().st_size, parity, record)
 
-    blob32 = trace_onnx(graph, fam.example_inputs(graph), fam.inputs, fam.outputs, fam.batch_axis,
-                        **fam.trace_options())
+    blob32 = fam.onnx_bytes(loaded.net)
     blob = to_fp16_weights(blob32) if cfg.fp16_weights else blob32
     feeds = fam.parity_feeds(graph)
     tol = tolerance_for(fam.name, cfg.weights)

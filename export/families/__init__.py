@@ -133,6 +133,14 @@ class Family:
     def check_base(self, manifest: dict, base: str) -> None:
         """Raise ``ValueError`` when the base bundle cannot take this stage (default: anything goes)."""
 
+    def onnx_bytes(self, net: Any) -> bytes:
+        """The ``onnx`` format's graph of ``net`` (float32 weights) as bytes."""
+        from export._onnx import trace_onnx
+
+        graph = self.graph(net)
+        return trace_onnx(graph, self.example_inputs(graph), self.inputs, self.outputs, self.batch_axis,
+                          **self.trace_options())
+
     def torch_reference(self, graph: Any):
         """``feeds -> outputs``: the graph in torch, float32 on the CPU (the parity reference)."""
         import torch

@@ -67,6 +67,11 @@ def graph_feeds(crops: np.ndarray, holes: np.ndarray) -> dict[str, np.ndarray]:
     return {"image": to_model_input(crops), "mask": np.ascontiguousarray(holes[:, None], dtype=np.float32)}
 
 
+def torch_completed(generator: Any, crops: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """(N, 3, 112, 112) float32 in [-1, 1]: the torch generator on uint8 BGR crops + holes (the SDK's preprocessing)."""
+    return FAMILY.torch_reference(FAMILY.graph(generator))(graph_feeds(crops, holes))[0]
+
+
 class InpainterFamily(Family):
     name = "inpainter"
     stage = "complete"
