@@ -74,6 +74,8 @@ class ExportConfig:
             raise ValueError("--segment-from is an embedder option (the bundle keeps another bundle's segmenter)")
         if self.format == "onnx-fp16":
             self.fp16_weights = True
+        elif self.format == "onnx" and self.fp16_weights:
+            self.format = "onnx-fp16"  # --fp16-weights on onnx is the table's onnx-fp16 row
 
     @property
     def weights(self) -> str:
