@@ -117,7 +117,8 @@ def test_recognizer_on_the_torch_backend_matches_onnx_runtime(torch_bundles, ast
     for name in ("detect",):
         for f in manifest["stages"][name]["files"].values():
             assert f["path"].startswith("pkg:")
-    manifest["stages"]["complete"]["config"]["min_occlusion"] = 0.0  # complete every face (random weights)
+    manifest["stages"]["complete"]["config"]["min_occlusion"] = 0.0  # complete every face, all of it (random weights)
+    manifest["stages"]["segment"]["config"]["threshold"] = 0.0
     (tmp_path / "all").mkdir()
     (tmp_path / "all" / "manifest.json").write_text(json.dumps(manifest))
 
