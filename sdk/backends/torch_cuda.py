@@ -85,6 +85,9 @@ class TorchBackend:
         self.outputs = tuple(TensorInfo(t.name, t.dtype, tuple(t.shape)) for t in outs)
         self.graph = graph.to(self.torch_device, dtype=self.dtype).eval()
         self.kernel_layers = 0
+        for m in self.graph.modules():  # eager torch: F.fold (same numbers as the ONNX-friendly padded sums, faster)
+            if type(m).__name__ == "ContextualAttention" and hasattr(m, "export_friendly"):
+                m.export_friendly = False
         if meta.get("graph") == "inpainter" and self.torch_device.type == "cuda":
             from sdk import _cuda_ops
 
