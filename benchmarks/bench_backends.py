@@ -218,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         batch_frames[b] = (frame, faces)
     stream_frames = [frame_with_faces(args.faces_per_frame, tile, seed=s) for s in range(8)]
 
-    report: dict = {"benchmark": "bench_backends", "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    command = " ".join(["benchmarks/bench_backends.py", *(sys.argv[1:] if argv is None else argv)])
+    built = "built: segmenter w24 + inpainter w12 (random weights) + dlib ResNet, torch format"
+    report: dict = {"benchmark": "bench_backends", "command": command,
                     "machine": {**machine(device), "torch_threads": torch.get_num_threads(),
-                                "load_average": list(os.getloadavg())}, "bundle": str(args.bundle or "built: segmenter w24 + inpainter w12 "
-                                                                              "(random weights) + dlib ResNet"),
-                    "bundle_build_s": build_s, "rows": {}}
+                                "load_average": list(os.getloadavg())},
+                    "bundle": str(args.bundle or built), "bundle_build_s": build_s, "rows": {}}
     for name, kw in configs(device, not args.no_graphs).items():
         log.info("%s ...", name)
         rec = sdk.Recognizer(bundle, config=sdk.RecognizerConfig(**kw))

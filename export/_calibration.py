@@ -101,7 +101,7 @@ def calibration_batches(faces: np.ndarray, inputs: list, preprocess: dict, batch
 def quantize_qdq(onnx_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]]) -> Path:
     """Explicit INT8 quantization: Q/DQ nodes with entropy-calibrated activation scales (ONNX Runtime's static
     quantizer, symmetric activations and per-channel symmetric weights as TensorRT requires). The graph must be
-    runnable by ONNX Runtime (not the plugin graph of ``export.trt_onnx``: use ``--int8-mode calibrator`` there)."""
+    runnable by ONNX Runtime (not the plugin graph of the ``trt-onnx`` format: use ``--int8-mode calibrator`` there)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 

@@ -52,7 +52,8 @@ def tolerance_for(family: str, weights: str = "float32") -> Tolerance:
     try:
         return TOLERANCES[(family, weights)]
     except KeyError:
-        raise KeyError(f"no parity tolerance for {family!r} with {weights} weights; rows: {sorted(TOLERANCES)}") from None
+        raise KeyError(f"no parity tolerance for {family!r} with {weights} weights; "
+                       f"rows: {sorted(TOLERANCES)}") from None
 
 
 class ParityError(RuntimeError):

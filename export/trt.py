@@ -5,7 +5,7 @@ containers). Without TensorRT the command fails with one line saying so and how 
 Runtime instead. What it does:
 
 * parses the ONNX graph (a bundle stage's model, or ``--onnx``; for the inpainter with the fused CUDA attention use
-  ``export.trt_onnx``'s graph and ``--plugin liblookthrough_trt_plugin.so``, which is registered first);
+  the ``trt-onnx`` format's graph (:mod:`export._plugin_onnx`) and ``--plugin liblookthrough_trt_plugin.so``, which is registered first);
 * one optimisation profile for the batch axis (``--batch MIN,OPT,MAX``; other axes must be static);
 * precision: ``--fp16``; ``--int8`` with entropy calibration over a folder of aligned face crops (``--calib``),
   either as explicit quantization (``--int8-mode qdq``, the default: Q/DQ nodes with entropy-calibrated scales
@@ -501,7 +501,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dla", type=int, default=None, metavar="CORE", help="build for Jetson DLA core CORE "
                                                                         "(GPU fallback; needs --fp16 or --int8)")
     p.add_argument("--plugin", type=Path, help="TensorRT plugin library to register first "
-                                              "(liblookthrough_trt_plugin.so for export.trt_onnx graphs)")
+                                              "(liblookthrough_trt_plugin.so for trt-onnx graphs)")
     p.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit in MB (default 2048)")
     p.add_argument("--no-parity", action="store_true", help="skip the engine vs ONNX Runtime check after the build")
     return p

@@ -1,6 +1,6 @@
 """Face completion stage (``kind: "onnx_inpainter"``): occluded pixels of an aligned crop -> plausible face pixels.
 
-The ONNX graph (written by ``export/onnx_inpainter.py`` from ``trainer.models.inpainter.Generator``) takes
+The graph (``python -m export onnx --family inpainter``: :class:`sdk.nets.graphs.InpainterGraph`) takes
 ``"image"`` -- the 112x112 ArcFace crop (:data:`sdk.align.ARCFACE_CROP`) in the convention of the stage's
 :class:`~sdk.preprocess.Preprocess` record; the built-in one, :data:`DEFAULT_PREPROCESS`, is float32 NCHW **BGR**
 in [-1, 1] (``x / 127.5 - 1``, as ``trainer.inpainter_train.to_tensor`` trains it) -- and ``"mask"``

@@ -1,7 +1,7 @@
 """Occlusion segmenter stage (``kind: "onnx_segmenter"``): aligned face crops -> occlusion map M + probability.
 
-The graph (written by ``export/onnx_segmenter.py``) takes one input of aligned crops (the built-in one:
-``"crops"``, uint8 NHWC **BGR** ``(N, 112, 112, 3)``, the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`;
+The graph (``python -m export onnx --family segmenter``: :class:`sdk.nets.graphs.SegmenterGraph`) takes one input
+of aligned crops (the built-in one: ``"crops"``, uint8 NHWC **BGR** ``(N, 112, 112, 3)``, the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`;
 normalisation inside the graph) and returns ``"mask_prob"`` ``(N, 1, h, w)`` and ``"occluded_prob"`` ``(N,)``,
 both float32 in [0, 1]. The input convention is the stage's :class:`~sdk.preprocess.Preprocess` record; the
 graph runs on a :class:`~sdk.backends.Backend` (ONNX Runtime by default; the same graph on torch or TensorRT when the

@@ -8,7 +8,7 @@ pixels composited back. The manifest's record is the float one (the SDK normalis
 Default base bundle: ``default`` (MTCNN + occlusion segmenter + dlib ResNet); the base must have a segment stage,
 whose holes the inpainter fills. Parity inputs (:func:`parity_inputs`): the astronaut's ArcFace crop and its mirror
 image under a surgical-mask-shaped hole, plus noise crops under random rectangles. ``trt-onnx`` is this family's
-alone (the attention as one TensorRT plugin node, :mod:`export.trt_onnx`).
+alone (the attention as one TensorRT plugin node, :mod:`export._plugin_onnx`).
 """
 from __future__ import annotations
 

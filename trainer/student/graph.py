@@ -3,7 +3,7 @@
 :func:`export_onnx_bytes` wraps a student so the graph takes what the SDK hands an embedder -- uint8 RGB crops,
 NHWC, input ``"chips"`` -- and returns the raw descriptors ``"descriptor"`` (opset 17, TorchScript exporter,
 dynamic batch).  The trainer embeds the dlib teacher / student through it (bit-compatible with torch to ~1e-6 and
-~5x faster on CPU than eager torch); ``export.onnx_embedder`` writes the same bytes into bundles.
+~5x faster on CPU than eager torch); ``python -m export onnx --family embedder`` writes the same bytes into bundles.
 """
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def student_meta(student) -> dict[str, str]:
 def save_student(student, path: str | Path, config: dict | None = None) -> Path:
     """The student's weights only (no optimiser, no loss), for export / evaluation / ``--init``: a weights-only
     checkpoint ``<path>`` (.safetensors) + ``<path>.json`` (module ``"student"``; ``dlib``: DlibResNet's state
-    dict, the input of ``python -m export.onnx_embedder``; other archs: the wrapped network's state dict,
+    dict, the input of ``python -m export onnx --family embedder``; other archs: the wrapped network's state dict,
     insightface key names after the ``student.`` prefix).  ``config``: the training config to record."""
     from trainer.checkpoints import save_checkpoint
     from trainer.preprocess import student_preprocess
