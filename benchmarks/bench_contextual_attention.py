@@ -158,7 +158,7 @@ def bench_inpainter(device, args) -> dict:
     """faces/s of the whole inpainter: torch layer vs the kernel on the device, ONNX Runtime on the CPU."""
     import torch
 
-    from export.onnx_inpainter import export_onnx_bytes
+    from export.families.inpainter import FAMILY
     from sdk.backends.ort import open_session
     from trainer.models.inpainter import Generator, InpainterConfig, load_checkpoint
 
@@ -167,7 +167,7 @@ def bench_inpainter(device, args) -> dict:
     else:
         torch.manual_seed(0)
         gen = Generator(InpainterConfig(width=12)).eval()
-    sess = open_session(export_onnx_bytes(gen), threads=0, what="the inpainter")
+    sess = open_session(FAMILY.onnx_bytes(gen), threads=0, what="the inpainter")
     cuda = device.type == "cuda"
     gen = gen.to(device).eval()
     rows = []

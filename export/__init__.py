@@ -1,9 +1,23 @@
-"""Exporters from trainer checkpoints to model bundles (ONNX for ONNX Runtime; TensorRT engines later).
+"""Exporters: trainer checkpoints -> model bundles (ONNX, torch weights), TensorRT engines, Triton repositories.
 
-* :mod:`export.onnx_embedder` -- a student checkpoint (``trainer/student/``) -> ``student.onnx`` (uint8 NHWC
-  RGB chips in, raw 128-d descriptor out, preprocessing inside the graph) -> a bundle folder whose embed stage is
-  ``kind: "onnx_embedder"`` (read by :class:`sdk.embed_generic.OnnxEmbedder`).
-  ``python -m export.onnx_embedder --checkpoint out/student/student.safetensors --out bundles/student_v1``.
+Organised by format, from one table (:mod:`export._formats`; ``python -m export formats`` prints it):
 
-Bundle format: see ``sdk/bundle.py``.
+* ``cli.py`` / ``__main__.py`` -- ``python -m export FORMAT ...``, the one command;
+* ``exporter.py`` -- the one exporter of the checkpoint formats (``onnx``, ``onnx-fp16``, ``torch``, ``trt-onnx``);
+* ``families/`` -- one small adapter per model family (segmenter, embedder, inpainter): how its checkpoint loads,
+  which graph wraps it, its parity inputs, its bundle stage;
+* ``_bundle.py`` (the one manifest / sidecar writer and the metadata every artifact carries), ``_parity.py`` (the
+  one parity check and its tolerances), ``_onnx.py`` (tracing, float16 weights), ``_plugin_onnx.py`` (the
+  inpainter graph with the TensorRT plugin node);
+* ``trt.py`` (bundle -> TensorRT engines), ``triton.py`` (bundle -> Triton model repository);
+* ``onnx_segmenter.py``, ``onnx_embedder.py``, ``onnx_inpainter.py``, ``trt_onnx.py`` -- the older command names,
+  kept as aliases of ``python -m export onnx|trt-onnx --family ...``.
+
+Bundle format: ``sdk/bundle.py``; the export record every stage carries: ``export/_bundle.py``.
 """
+from __future__ import annotations
+
+#: who wrote an artifact (the ``export`` record of every manifest stage / sidecar)
+EXPORTER = "lookthrough-export"
+#: 2: one exporter from one table, every artifact with its metadata (1: the per-family exporters)
+EXPORTER_VERSION = "2.0"

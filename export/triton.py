@@ -195,9 +195,14 @@ def write_repository(bundle: str | Path, out: str | Path, *, prefix: str | None 
                        "config": st.get("config") or {}})
     if not models:
         raise BundleError(f"bundle {bundle!s} has no ONNX stage (segment / complete / embed) to serve")
+    from export._bundle import export_record
+
+    mpath = find_manifest(bundle)
     pipeline = {"format": "lookthrough.triton_pipeline", "format_version": 1, "bundle": manifest.get("name"),
                 "client_side": ["detect (MTCNN) + align (sdk.Recognizer.detect)", "match against the gallery"],
-                "models": models, "match": manifest.get("match")}
+                "models": models, "match": manifest.get("match"),
+                "export": export_record("triton", "bundle", mpath, bundle, max_batch=int(max_batch),
+                                        instances=int(instances), kind=kind, tensorrt=bool(tensorrt))}
     (out / "lookthrough_pipeline.json").write_text(json.dumps(pipeline, indent=2) + "\n")
     (out / "README.md").write_text(_readme(pipeline))
     return pipeline

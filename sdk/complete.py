@@ -1,13 +1,14 @@
 """Face completion stage (``kind: "onnx_inpainter"``): occluded pixels of an aligned crop -> plausible face pixels.
 
-The ONNX graph (written by ``export/onnx_inpainter.py`` from ``trainer.models.inpainter.Generator``) takes
+The graph (``python -m export onnx --family inpainter``: :class:`sdk.nets.graphs.InpainterGraph`) takes
 ``"image"`` -- the 112x112 ArcFace crop (:data:`sdk.align.ARCFACE_CROP`) in the convention of the stage's
 :class:`~sdk.preprocess.Preprocess` record; the built-in one, :data:`DEFAULT_PREPROCESS`, is float32 NCHW **BGR**
 in [-1, 1] (``x / 127.5 - 1``, as ``trainer.inpainter_train.to_tensor`` trains it) -- and ``"mask"``
 ``(N, 1, 112, 112)`` float32 {0, 1} with 1 = hole (in the image's layout), and returns ``"completed"``, an image
 in the same convention (``image * (1 - mask) + generated * mask``), turned back into uint8 BGR by
-:meth:`Preprocess.invert <sdk.preprocess.Preprocess.invert>`. The graph runs on a :class:`~sdk.backends.Backend`;
-no torch.
+:meth:`Preprocess.invert <sdk.preprocess.Preprocess.invert>`. The graph runs on a :class:`~sdk.backends.Backend`
+(ONNX Runtime by default; the same graph on torch -- with the fused CUDA attention -- or TensorRT when the bundle
+has their files); no torch here.
 
 Stage protocol (:class:`sdk.stages.Completer`)::
 
@@ -30,10 +31,10 @@ import cv2
 import numpy as np
 
 from sdk.align import TEMPLATES
-from sdk.backends import open_backend
+from sdk.backends import ModelFiles, open_backend
 from sdk.errors import BundleError, ModelFileError
 from sdk.preprocess import Preprocess, pm1
-from sdk.stages import FaceBatch, FaceStage, RunConfig, StageKind, config_from, expect_input, file_of
+from sdk.stages import FaceBatch, FaceStage, RunConfig, StageKind, config_from, expect_input, model_files
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ class OnnxInpainter:
     """Face inpainter on aligned BGR crops, run by a backend.
 
     Args:
-        model: path of the ``.onnx`` file.
+        model: path of the ``.onnx`` file, or the stage's :class:`~sdk.backends.ModelFiles` (ONNX, torch weights,
+            TensorRT engine: the backend picks, :mod:`sdk.backends.select`).
         config: :class:`CompleteConfig`; keyword ``overrides`` (``threads=2``, ``dilate=0``) replace fields.
         preprocess: the graph's image convention (default :data:`DEFAULT_PREPROCESS`); its ``crop`` names the
             crop. Must be a float record (the mask is blended in float inside the graph).
@@ -162,9 +164,10 @@ class OnnxInpainter:
 
     kind = "onnx_inpainter"
 
-    def __init__(self, model: str | Path, config: CompleteConfig = CompleteConfig(), *,
+    def __init__(self, model: str | Path | ModelFiles, config: CompleteConfig = CompleteConfig(), *,
                  preprocess: Preprocess = DEFAULT_PREPROCESS, **overrides: Any):
-        self.path = Path(model)
+        files = ModelFiles.of(model)
+        self.path = Path(files.label)
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         if preprocess.crop not in TEMPLATES:
             raise BundleError(f"complete stage: crop {preprocess.crop!r} is not a face crop; known: {sorted(TEMPLATES)}")
@@ -174,7 +177,7 @@ class OnnxInpainter:
         self.crop_spec = TEMPLATES[preprocess.crop]
         if not self.path.is_file():
             raise ModelFileError(self.path, "not found (face inpainter ONNX model)")
-        self.backend = open_backend(self.path, self.config.backend, what="a face inpainter ONNX model")
+        self.backend = open_backend(files, self.config.backend, what="a face inpainter model")
         h, w = self.crop_spec.height, self.crop_spec.width
         mask_shape = {"nchw": ("N", 1, h, w), "nhwc": ("N", h, w, 1), "nwhc": ("N", w, h, 1)}[preprocess.layout]
         names = {i.name: i for i in self.backend.inputs}
@@ -329,7 +332,7 @@ def _legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
 
 def _build(spec, preprocess: Preprocess, values: dict) -> OnnxInpainter:
     cfg = config_from(CompleteConfig, values, f"stage {spec.name!r} ({spec.kind})")
-    return OnnxInpainter(file_of(spec, "model"), cfg, preprocess=preprocess)
+    return OnnxInpainter(model_files(spec), cfg, preprocess=preprocess)
 
 
 KINDS = (StageKind("complete", "onnx_inpainter", _build, _legacy_preprocess),)

@@ -23,12 +23,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdk.backends import open_backend
+from sdk.backends import ModelFiles, open_backend
 from sdk.embed import (DLIB_PREPROCESS, ChipEmbedder, ChipGeometry, EmbedConfig, check_dlib_preprocess,
                        dlib_legacy_preprocess, make_model_id)
 from sdk.errors import BundleError, ModelFileError
 from sdk.preprocess import Preprocess, legacy_input, raw_uint8
-from sdk.stages import StageKind, config_from, expect_input, file_of
+from sdk.stages import StageKind, config_from, expect_input, file_of, model_files
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class OnnxEmbedder(ChipEmbedder):
     """Embedder protocol (:class:`sdk.stages.Embedder`) over a graph ``crops -> (N, dim)`` on a backend.
 
     Args:
-        model_path: the ``.onnx`` file (with ``graph``: the file the graph was built from; it names the model
-            in ids and errors).
+        model_path: the ``.onnx`` file, or the stage's :class:`~sdk.backends.ModelFiles` (ONNX, torch weights,
+            TensorRT engine: the backend picks); with ``graph``: the file the graph was built from. The ONNX file
+            names the model in ids and errors.
         shape_predictor_path: dlib's 5-point shape predictor (``dlib150`` crops with ``chip_landmarks="dlib5"``).
         config: :class:`~sdk.embed.EmbedConfig`; keyword ``overrides`` (``threads=1``) replace fields.
         preprocess: the graph's input record; default: uint8 NHWC RGB on ``crop`` (what ``export/`` writes).
@@ -52,7 +53,7 @@ class OnnxEmbedder(ChipEmbedder):
     #: :func:`sdk.embed.make_model_id` family of the weights
     id_family = "onnx"
 
-    def __init__(self, model_path: str | Path, shape_predictor_path: str | Path | None = None,
+    def __init__(self, model_path: str | Path | ModelFiles, shape_predictor_path: str | Path | None = None,
                  config: EmbedConfig = EmbedConfig(), *, preprocess: Preprocess | None = None,
                  crop: str = "dlib150", graph: bytes | None = None, **overrides: Any):
         config = dataclasses.replace(config, **overrides) if overrides else config
@@ -62,10 +63,11 @@ class OnnxEmbedder(ChipEmbedder):
         preprocess = preprocess if preprocess is not None else raw_uint8(crop, "rgb", "nhwc")
         super().__init__(ChipGeometry(preprocess.crop, config.chip_landmarks, shape_predictor_path), preprocess,
                          config)
-        self.model_path = Path(model_path)
+        files = ModelFiles.of(model_path)
+        self.model_path = Path(files.label)
         t0 = time.perf_counter()
-        self.backend = open_backend(graph if graph is not None else self.model_path, config.backend,
-                                    name=self.model_path, what=f"{'the' if graph else 'an'} ONNX embedder graph")
+        self.backend = open_backend(ModelFiles(onnx=graph) if graph is not None else files, config.backend,
+                                    name=self.model_path, what=f"{'the' if graph else 'an'} embedder graph")
         self.session_s = time.perf_counter() - t0
         self._in, self._out = self._check_io()
         self.providers = self.backend.providers
@@ -148,7 +150,7 @@ def _legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
 
 def _build_onnx(spec, preprocess: Preprocess, values: dict) -> OnnxEmbedder:
     cfg = config_from(EmbedConfig, values, f"stage {spec.name!r} ({spec.kind})")
-    return OnnxEmbedder(file_of(spec, "model"), file_of(spec, "shape_predictor", required=False), cfg,
+    return OnnxEmbedder(model_files(spec), file_of(spec, "shape_predictor", required=False), cfg,
                         preprocess=preprocess)
 
 

@@ -28,3 +28,9 @@ class NoFaceError(LookThroughError, ValueError):
 
     The message names the image.
     """
+
+
+class BackendUnavailableError(LookThroughError, RuntimeError):
+    """An inference engine or device a model was asked to run on is not usable here (not installed, no CUDA
+    device, an engine file without its manifest). The message is one line: what is missing and how to run the
+    same bundle on an engine that is (ONNX Runtime on the CPU always is)."""

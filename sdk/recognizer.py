@@ -10,6 +10,13 @@ a face: with a ``complete`` stage, faces the segmenter calls occluded are comple
 crop and pasted back into a *copy* of the frame before the embedder cuts its own chip from it, whether the
 face is being enrolled or identified (the caller's frame is never modified).
 
+Engines: every model stage runs on a :class:`~sdk.backends.Backend` chosen per stage from the bundle's files and
+the device (:mod:`sdk.backends.select`): ``RecognizerConfig(backend="auto", device="auto")`` is ONNX Runtime on the
+CPU unless a CUDA device is visible and the bundle has TensorRT engines or torch weights; ``backend="torch"`` /
+``"tensorrt"`` / ``"ort"`` forces one (stages without that engine's file keep ONNX Runtime, logged; a bundle with no
+such file at all is refused). ``Recognizer("engine.plan")`` loads the bundle the engine's sidecar names with that
+stage on TensorRT.
+
 Thread safety: a Recognizer keeps no per-call state. Per-stage timings are returned to the caller who asks
 (``identify(frame, timings=d)`` fills the dict ``d``); stages and backends are safe to share between threads.
 The gallery's own locking is the gallery's business (:mod:`sdk.gallery`).
@@ -51,6 +58,11 @@ class RecognizerConfig:
             ``match.min_det_score``, 0.9 when it has none -- MTCNN's operating point; detectors with another
             score scale, such as LTDet, state theirs in the bundle).
         verify_hashes: check every model file's SHA-256 against the manifest when loading.
+        backend: ``"auto"`` (per stage, from the bundle's files and the device), ``"ort"`` (ONNX Runtime),
+            ``"torch"`` (the bundle's torch weights: fp16, batched, CUDA graphs) or ``"tensorrt"`` (its engines).
+        device: ``"auto"`` (CUDA when a device is visible), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: torch backend: ``"auto"`` (fp16 on CUDA, fp32 on the CPU), ``"fp32"`` or ``"fp16"``.
+        cuda_graphs: torch backend on CUDA: replay captured CUDA graphs per batch bucket.
     """
 
     threshold: float | None = None
@@ -59,6 +71,17 @@ class RecognizerConfig:
     max_side: int | None = None
     min_det_score: float | None = None
     verify_hashes: bool = True
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        from sdk.backends.base import BackendConfig
+        from sdk.backends.select import engine_name
+
+        object.__setattr__(self, "backend", engine_name(self.backend))
+        BackendConfig(device=self.device, precision=self.precision)  # ValueError naming a bad device / precision
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,8 @@ class Recognizer:
     """Recognise (possibly masked) faces against an enrolled gallery.
 
     Args:
-        model: built-in bundle name (``"default"`` when ``None``), a bundle folder, or its ``manifest.json``.
+        model: built-in bundle name (``"default"`` when ``None``), a bundle folder, its ``manifest.json``, or a
+            TensorRT engine (``engine.plan``, whose ``engine.plan.json`` names the bundle and stage it belongs to).
         gallery: SQLite gallery file (created if missing) or ``None`` for an in-memory gallery.
         config: run-time options.
 
@@ -95,13 +119,15 @@ class Recognizer:
         self.config = config
         self.bundle: Bundle = load_bundle(model, verify_hash=config.verify_hashes)
         det_opts = {k: v for k, v in (("min_face_size", config.min_face_size), ("max_side", config.max_side)) if v is not None}
+        det_opts.update(_detect_run_options(config))
         detector = _registry.build_stage(self.bundle.stages["detect"], det_opts)
+        run_opts = _face_run_options(self.bundle, config)
         face_stages: dict[str, FaceStage] = {}
         for name in FACE_STAGES:
             spec = self.bundle.stages.get(name)
             if spec is None:
                 continue
-            stage = _registry.build_stage(spec)
+            stage = _registry.build_stage(spec, run_opts.get(name))
             try:
                 stage.connect(face_stages)  # type: ignore[union-attr]
             except BundleError as e:
@@ -120,6 +146,16 @@ class Recognizer:
         log.info("Recognizer ready: bundle %s (%s mode), %r", self.bundle.name, self.bundle.mode, self.gallery)
 
     # -- stages -----------------------------------------------------------------------------------------
+    @property
+    def engines(self) -> dict[str, str]:
+        """What runs each model stage, e.g. ``{"segment": "torch on cuda (torch-cuda:0-fp16)", ...}``."""
+        out = {}
+        for name, stage in self.stages.items():
+            b = getattr(stage, "backend", None)
+            out[name] = (f"{b.engine} on {b.device} ({', '.join(b.providers)})" if b is not None
+                         else type(stage).__name__)
+        return out
+
     @property
     def detector(self) -> Detector:
         return self.stages["detect"]  # type: ignore[return-value]
@@ -284,3 +320,53 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# engine -> the manifest file role that holds its model
+_ENGINE_ROLES = {"onnxruntime": "model", "torch": "torch", "tensorrt": "tensorrt"}
+
+
+def _face_run_options(bundle: Bundle, config: RecognizerConfig) -> dict[str, dict]:
+    """Per face stage, the run options the config sets: the forced engine (when the stage has its file; stages
+    without keep ONNX Runtime, with a warning), the device, precision and CUDA graphs.
+
+    Raises:
+        BundleError: ``backend`` forces an engine no stage of the bundle has a file for.
+    """
+    forced = config.backend if config.backend != "auto" else None
+    specs = {n: s for n, s in bundle.stages.items() if n in FACE_STAGES and s is not None}
+    if forced is not None and not any(_ENGINE_ROLES[forced] in s.files for s in specs.values()):
+        from sdk.backends.select import EXPORT_HINT
+
+        raise BundleError(f"bundle {bundle.name}: backend={config.backend!r}, but no stage has a {forced} model file; "
+                          f"add them with: {EXPORT_HINT[forced]}, or use backend='auto'")
+    out: dict[str, dict] = {}
+    for name, spec in specs.items():
+        opts: dict = {}
+        engine = bundle.engines.get(name) or forced
+        if engine is not None and _ENGINE_ROLES[engine] in spec.files:
+            opts["engine"] = engine
+        elif engine is not None:
+            log.warning("bundle %s: stage %r has no %s model file; it runs on the engine 'auto' picks", bundle.name,
+                        name, engine)
+        if config.device != "auto":
+            opts["device"] = config.device
+        if config.precision != "auto":
+            opts["precision"] = config.precision
+        if config.cuda_graphs:
+            opts["cuda_graphs"] = True
+        out[name] = opts
+    return out
+
+
+def _detect_run_options(config: RecognizerConfig) -> dict:
+    """The detector's ONNX Runtime providers for ``config.device``: CUDA's when the device is CUDA and this onnxruntime
+    has that provider (the detector's graphs are ONNX only), else none (the CPU)."""
+    if config.device == "cpu":
+        return {}
+    from sdk.backends.select import cuda_visible, ort_cuda_providers
+
+    if config.device == "auto" and not cuda_visible():
+        return {}
+    cuda = ort_cuda_providers()
+    return {"providers": cuda} if cuda else {}

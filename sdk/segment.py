@@ -1,10 +1,11 @@
 """Occlusion segmenter stage (``kind: "onnx_segmenter"``): aligned face crops -> occlusion map M + probability.
 
-The graph (written by ``export/onnx_segmenter.py``) takes one input of aligned crops (the built-in one:
-``"crops"``, uint8 NHWC **BGR** ``(N, 112, 112, 3)``, the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`;
+The graph (``python -m export onnx --family segmenter``: :class:`sdk.nets.graphs.SegmenterGraph`) takes one input
+of aligned crops (the built-in one: ``"crops"``, uint8 NHWC **BGR** ``(N, 112, 112, 3)``, the 112x112 ArcFace crop of :data:`sdk.align.ARCFACE_CROP`;
 normalisation inside the graph) and returns ``"mask_prob"`` ``(N, 1, h, w)`` and ``"occluded_prob"`` ``(N,)``,
 both float32 in [0, 1]. The input convention is the stage's :class:`~sdk.preprocess.Preprocess` record; the
-graph runs on a :class:`~sdk.backends.Backend` (ONNX Runtime). No torch.
+graph runs on a :class:`~sdk.backends.Backend` (ONNX Runtime by default; the same graph on torch or TensorRT when the
+bundle has their files). No torch here.
 
 Stage protocol (:class:`sdk.stages.Segmenter`)::
 
@@ -23,11 +24,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sdk.align import TEMPLATES, similarity_to_template, warp
-from sdk.backends import open_backend
+from sdk.backends import ModelFiles, open_backend
 from sdk.errors import BundleError, ModelFileError
 from sdk.preprocess import Preprocess, legacy_input, raw_uint8
 from sdk.stages import (FaceBatch, FaceStage, OcclusionRegions, RunConfig, StageKind, config_from, expect_input,
-                        file_of)
+                        model_files)
 from sdk.types import Face
 
 INPUT_NAME = "crops"
@@ -57,7 +58,8 @@ class OnnxSegmenter:
     """Occlusion segmenter on a backend.
 
     Args:
-        model: path of the ``.onnx`` file.
+        model: path of the ``.onnx`` file, or the stage's :class:`~sdk.backends.ModelFiles` (ONNX, torch weights,
+            TensorRT engine: the backend picks, :mod:`sdk.backends.select`).
         config: :class:`SegmentConfig`; keyword ``overrides`` (``threads=1``, ``threshold=0.6``) replace fields.
         preprocess: the graph's input record (default :data:`DEFAULT_PREPROCESS`); its ``crop`` names the crop.
 
@@ -68,9 +70,10 @@ class OnnxSegmenter:
 
     kind = "onnx_segmenter"
 
-    def __init__(self, model: str | Path, config: SegmentConfig = SegmentConfig(), *,
+    def __init__(self, model: str | Path | ModelFiles, config: SegmentConfig = SegmentConfig(), *,
                  preprocess: Preprocess = DEFAULT_PREPROCESS, **overrides: Any):
-        self.path = Path(model)
+        files = ModelFiles.of(model)
+        self.path = Path(files.label)
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         if preprocess.crop not in TEMPLATES:
             raise BundleError(f"segment stage: crop {preprocess.crop!r} is not a face crop; known: {sorted(TEMPLATES)}")
@@ -78,7 +81,7 @@ class OnnxSegmenter:
         self.crop_spec = TEMPLATES[preprocess.crop]
         if not self.path.is_file():
             raise ModelFileError(self.path, "not found (occlusion segmenter ONNX model)")
-        self.backend = open_backend(self.path, self.config.backend, what="an occlusion segmenter ONNX model")
+        self.backend = open_backend(files, self.config.backend, what="an occlusion segmenter model")
         outs = {o.name for o in self.backend.outputs}
         if len(self.backend.inputs) != 1 or not set(OUTPUTS) <= outs:
             raise ModelFileError(self.path, f"not an occlusion segmenter: expected one input and outputs "
@@ -157,7 +160,7 @@ def _legacy_preprocess(values: Mapping[str, Any]) -> Preprocess:
 
 def _build(spec, preprocess: Preprocess, values: dict) -> OnnxSegmenter:
     cfg = config_from(SegmentConfig, values, f"stage {spec.name!r} ({spec.kind})")
-    return OnnxSegmenter(file_of(spec, "model"), cfg, preprocess=preprocess)
+    return OnnxSegmenter(model_files(spec), cfg, preprocess=preprocess)
 
 
 KINDS = (StageKind("segment", "onnx_segmenter", _build, _legacy_preprocess),)

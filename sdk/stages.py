@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 import numpy as np
 
 from sdk.align import CropSpec
-from sdk.backends import Backend, BackendConfig, TensorInfo
+from sdk.backends import Backend, BackendConfig, ModelFiles, TensorInfo
 from sdk.errors import BundleError, ModelFileError
 from sdk.preprocess import Preprocess
 from sdk.types import Face
@@ -205,29 +205,39 @@ PROTOCOLS: dict[str, type] = {"detect": Detector, "segment": Segmenter, "complet
 # ---------------------------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
 class RunConfig:
-    """How a stage runs its graph (the fields every ONNX stage config has; manifest ``config`` keys).
+    """How a stage runs its graph (the fields every model stage config has; manifest ``config`` keys, overridden by
+    :class:`sdk.recognizer.RecognizerConfig`'s ``backend`` / ``device`` / ``precision`` / ``cuda_graphs``).
 
     Attributes:
         threads: intra-op CPU threads (0 = the engine's default).
-        providers: execution providers, best first (empty = CPU).
+        providers: ONNX Runtime execution providers, best first (empty = chosen from ``device``).
         batch_size: faces per engine call (bounds memory on large batches).
-        engine: inference engine (:func:`sdk.backends.engines`).
+        engine: ``"auto"`` (from the stage's files and the device, :mod:`sdk.backends.select`), ``"onnxruntime"`` /
+            ``"ort"``, ``"torch"``, ``"tensorrt"`` / ``"trt"`` (:func:`sdk.backends.engines`).
+        device: ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        precision: torch backend: ``"auto"`` (fp16 on CUDA), ``"fp32"``, ``"fp16"``.
+        cuda_graphs: torch backend on CUDA: replay captured CUDA graphs.
     """
 
     threads: int = 1
     providers: tuple[str, ...] = ()
     batch_size: int = 32
-    engine: str = "onnxruntime"
+    engine: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple([self.providers] if isinstance(self.providers, str)
                                                     else self.providers or ()))
         if int(self.threads) < 0 or int(self.batch_size) < 1:
             raise ValueError(f"threads must be >= 0 and batch_size >= 1, got {self.threads}, {self.batch_size}")
+        _ = self.backend  # validates device and precision
 
     @property
     def backend(self) -> BackendConfig:
-        return BackendConfig(engine=self.engine, threads=int(self.threads), providers=self.providers)
+        return BackendConfig(engine=self.engine, threads=int(self.threads), providers=self.providers,
+                             device=self.device, precision=self.precision, cuda_graphs=bool(self.cuda_graphs))
 
 
 def config_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
@@ -289,6 +299,23 @@ def file_of(spec: "StageSpec", role: str, required: bool = True) -> Path | None:
         raise BundleError(f"stage {spec.name!r} ({spec.kind}) needs a file with role {role!r} "
                           f"(has {sorted(spec.files)})")
     return None
+
+
+#: manifest file roles that hold the same model for different engines (``model`` is the ONNX graph)
+ENGINE_ROLES = {"model": "onnx", "torch": "torch", "tensorrt": "tensorrt"}
+
+
+def model_files(spec: "StageSpec") -> ModelFiles:
+    """The stage's model in every form its bundle has (file roles ``model``, ``torch``, ``tensorrt``).
+
+    Raises:
+        BundleError: the stage has none of them.
+    """
+    found = {field: spec.files[role].path for role, field in ENGINE_ROLES.items() if role in spec.files}
+    if not found:
+        raise BundleError(f"stage {spec.name!r} ({spec.kind}) needs a model file (role 'model', 'torch' or "
+                          f"'tensorrt'), has {sorted(spec.files)}")
+    return ModelFiles(**found)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,42 @@ def inpainter_run_dir(torch, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def segmenter_run_dir(torch, tmp_path_factory):
+    """A trainer run folder (``ckpt/last.*``) of a width-8 occlusion segmenter, random weights."""
+    from trainer.checkpoints import save_checkpoint
+    from trainer.models.segmenter import OcclusionSegmenter, SegmenterConfig
+
+    out = tmp_path_factory.mktemp("segmenter_run")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = OcclusionSegmenter(SegmenterConfig(width=8)).eval()
+    save_checkpoint(out / "ckpt" / "last", {"model": net},
+                    {"kind": "segmenter", "models": {"model": net.config.to_dict()}, "step": 5})
+    return out
+
+
+@pytest.fixture(scope="session")
+def student_weights(torch, tmp_path_factory):
+    """A weights-only student file (``save_student``): an untrained 64-d MobileFaceNet on 112x112 ArcFace crops."""
+    from trainer.student.models import new_student, save_student
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = new_student("mobilefacenet", 64).eval()
+    return save_student(net, tmp_path_factory.mktemp("student") / "student.safetensors")
+
+
+#: family -> the fixture holding its tiny checkpoint
+FAMILY_CHECKPOINTS = {"segmenter": "segmenter_run_dir", "embedder": "student_weights", "inpainter": "inpainter_run_dir"}
+
+
+@pytest.fixture
+def family_checkpoint(request):
+    """``family_checkpoint(name)`` -> the tiny checkpoint of that family (see :data:`FAMILY_CHECKPOINTS`)."""
+    return lambda family: request.getfixturevalue(FAMILY_CHECKPOINTS[family])
+
+
 # ------------------------------------------------------------------------------------------------ slow tests
 #: Tests outside the trainer's files that take seconds each (subprocess CLIs, naive kernel references, evaluation
 #: end to end), marked ``slow`` here so that ``pytest -m "not slow"`` is a quick loop over the whole suite while

@@ -1,7 +1,8 @@
 """Complete stage: inpainter ONNX export -> bundle, OnnxInpainter runtime, paste-back geometry, Recognizer wiring.
 
 Fast (no ../shared data, no trained weights): a width-4 Generator with random weights is saved as a run folder
-and exported by ``export.onnx_inpainter.export`` into a bundle built from the built-in ``default`` bundle.
+and exported by the one exporter (``python -m export onnx --family inpainter``) into a bundle built from the built-in
+``default`` bundle.
 Faces are 112x112 ArcFace crops of scikit-image's astronaut (BGR).
 """
 from __future__ import annotations
@@ -24,11 +25,10 @@ S = ARCFACE_CROP.width
 
 @pytest.fixture(scope="module")
 def exported(inpainter_run_dir, tmp_path_factory):
-    from export.onnx_inpainter import export
+    from export.exporter import ExportConfig, export
 
     out = tmp_path_factory.mktemp("bundles") / "inpainter_test"
-    summary = export(inpainter_run_dir, out, bundle_from="default", verbose=False)
-    return out, summary
+    return out, export(ExportConfig("onnx", "inpainter", inpainter_run_dir, out, base="default"))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def inpainter(exported):
 @pytest.fixture(scope="module")
 def crops_holes(astronaut_bgr):
     """(4, 112, 112, 3) uint8 BGR crops (astronaut, mirrored, 2 noise) and (4, 112, 112) uint8 {0, 1} holes."""
-    from export.onnx_inpainter import parity_inputs
+    from export.families.inpainter import parity_inputs
 
     crops, holes = parity_inputs(n_random=2, seed=1)
     assert crops.shape == (4, S, S, 3) and holes.shape == (4, S, S)
@@ -53,15 +53,16 @@ def test_export_summary_and_bundle(exported):
     from sdk.bundle import find_manifest, load_bundle
     from sdk.embed import file_digest
 
-    out, summary = exported
-    assert summary["max_abs_diff"] <= 1e-3 and summary["mode"] == "deocclusion"
+    out, result = exported
+    assert result.parity[0].worst_abs <= 1e-3 and result.mode == "deocclusion"
     b = load_bundle(out)  # checks bytes + sha256 of every file
     assert b.mode == "deocclusion" and b.name == "inpainter_test"
     spec = b.stages["complete"]
     assert spec.kind == "onnx_inpainter"
-    assert spec.config == {"crop": "arcface112", "input": "bgr", "threads": 1, "min_occlusion": 0.5, "dilate": 1}
+    assert spec.config == {"threads": 1, "min_occlusion": 0.5, "dilate": 1}  # crop / colour: the preprocess record's
+    assert spec.preprocess.crop == "arcface112" and spec.preprocess.colour == "bgr"
     ref = spec.files["model"]
-    assert ref.path == out / "inpainter.onnx" and ref.bytes == summary["onnx_bytes"] == ref.path.stat().st_size
+    assert ref.path == out / "inpainter.onnx" and ref.bytes == result.onnx_bytes == ref.path.stat().st_size
     assert ref.sha256 == file_digest(ref.path)
     # the other stages are the default bundle's: same files (relative path rewritten), bytes and sha256
     default = load_bundle("default")
@@ -93,7 +94,7 @@ def test_sdk_preprocessing_matches_trainer(crops_holes, torch):
 
 
 def test_complete_output_known_pixels_and_holes(inpainter, inpainter_run_dir, crops_holes):
-    from export.onnx_inpainter import torch_completed
+    from export.families.inpainter import torch_completed
     from sdk.complete import from_model_output
     from trainer.models.inpainter import load_checkpoint
 

@@ -234,16 +234,16 @@ def test_chip_completer_predicted_masks(inpainter_run_dir, astronaut_bgr):
 def test_mobilefacenet_student_exports_to_a_working_bundle(torch, tmp_path, astronaut_bgr):
     """A from-scratch student (112x112 ArcFace crops) -> ONNX bundle -> Recognizer, end to end."""
     import sdk
-    from export.onnx_embedder import export
+    from export.exporter import ExportConfig, export
     from trainer.student.models import new_student, save_student
 
     net = new_student("mobilefacenet", 64).eval()
     ckpt = save_student(net, tmp_path / "student.safetensors")
-    r = export(ckpt, tmp_path / "bundle", name="mfn-test", verbose=False)
-    assert r["max_abs_diff"] < 1e-3
+    r = export(ExportConfig("onnx", "embedder", ckpt, tmp_path / "bundle", name="mfn-test"))
+    assert r.parity[0].worst_abs < 1e-3
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     cfg = manifest["stages"]["embed"]["config"]
-    assert cfg["crop"] == "arcface112" and cfg["dim"] == 64
+    assert cfg["dim"] == 64 and "crop" not in cfg  # the crop is the preprocess record's
     # the graph's input record: uint8 RGB NHWC ArcFace crops (the student's normalisation is inside the graph)
     assert manifest["stages"]["embed"]["preprocess"] == {"crop": "arcface112", "colour": "rgb", "dtype": "uint8",
                                                          "scale": 1.0, "offset": 0.0, "layout": "nhwc"}

@@ -30,6 +30,7 @@ def test_repository_for_a_bundle_with_segmenter_and_embedder(tmp_path):
     assert model.graph.input[0].name == emb["input"][0]["name"]
     saved = json.loads((tmp_path / "lookthrough_pipeline.json").read_text())
     assert saved["models"][1]["model"] == "student_v1_embed" and "Client flow" in (tmp_path / "README.md").read_text()
+    assert saved["export"]["format"] == "triton" and len(saved["export"]["source"]["sha256"]) == 64  # its metadata
 
 
 def test_inpainter_cpu_instances_and_tensorrt_accelerator(tmp_path):

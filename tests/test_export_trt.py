@@ -52,6 +52,15 @@ def test_without_tensorrt_the_error_is_one_line():
         trt_export.require_tensorrt()
 
 
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
+def test_without_tensorrt_a_bundle_of_engines_fails_in_one_line_too(tmp_path):
+    """``python -m export trt --bundle B --out DIR`` (every stage): the same one line, and nothing half-written."""
+    r = subprocess.run([sys.executable, "-m", "export", "trt", "--bundle", "default", "--fp16",
+                        "--out", str(tmp_path / "default_trt")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "TensorRT is not installed" in r.stderr
+    assert not (tmp_path / "default_trt" / "manifest.json").exists()
+
+
 def test_stage_lookup_in_bundles():
     src = trt_export.stage_from_bundle("default", "segment")
     assert src.onnx.name == "segmenter.onnx" and src.onnx.is_file() and src.kind == "onnx_segmenter"

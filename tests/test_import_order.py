@@ -3,7 +3,8 @@
 Reads every module's imports from its syntax tree, function-level ones included (``import`` / ``from ... import``
 anywhere, and ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name), so a lazy import
 cannot hide a dependency.  Also: the runtime (``kernels/``, ``sdk/``) never imports torch (the optional GPU
-modules in :data:`LAZY_TORCH` only inside functions), and a module over
+modules in :data:`LAZY_TORCH` only inside functions; the torch network definitions of :data:`TORCH_PACKAGES` at
+module level, but every other runtime module imports them only inside functions), and a module over
 :data:`MAX_LINES` lines says why at its top (``size:`` and the reason, in its first 15 lines, as
 ``python3 ../shared/tools/import_cycles.py`` expects).  ``tests/`` may import
 anything and is not checked.
@@ -29,8 +30,14 @@ RUNTIME_FORBIDDEN = {"torch", "torchvision"}
 #: only inside functions, never at module level, so ``import sdk`` and the CPU / ONNX Runtime path stay torch-free
 LAZY_TORCH = {
     "sdk._cuda_ops": "CUDA contextual attention on torch tensors already on the device",
+    "sdk.backends.select": "asks torch whether it sees a GPU, only for a model that has torch weights",
+    "sdk.backends.tensorrt": "TensorRT engines' device buffers are torch CUDA tensors when torch is present",
 }
 LAZY_TORCH_PREFIXES = ("sdk.backends.torch",)
+#: runtime packages that *are* torch code (the model families' networks, rebuilt by the torch backend from bundle
+#: weights; the trainer imports them from here): torch at module level is theirs, and the rest of the runtime may
+#: import them only inside functions
+TORCH_PACKAGES = ("sdk.nets",)
 MAX_LINES = 600
 
 
@@ -112,7 +119,7 @@ def _layer(module: str) -> int | None:
 
 def test_the_graph_is_not_empty():
     """The walk found the code (a broken walk would make every other test here pass vacuously)."""
-    assert {"sdk.recognizer", "trainer.student.loop", "export.onnx_embedder"} <= set(MODULES)
+    assert {"sdk.recognizer", "trainer.student.loop", "export.onnx_embedder", "export.exporter"} <= set(MODULES)
     assert "trainer.checkpoints" in EDGES["trainer.loops.skeleton"]
     assert "sdk.models.dlib_arch" in EDGES["trainer.models.dlib_resnet"]
 
@@ -191,6 +198,10 @@ def _lazy_torch(module: str) -> bool:
     return module in LAZY_TORCH or module.startswith(LAZY_TORCH_PREFIXES)
 
 
+def _torch_package(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in TORCH_PACKAGES)
+
+
 def _module_level_imports(path: Path) -> set[str]:
     """Top-level package names imported by statements that run at import time (not inside a def / lambda)."""
     found: set[str] = set()
@@ -212,7 +223,47 @@ def _module_level_imports(path: Path) -> set[str]:
 def test_runtime_never_imports_torch():
     bad = [f"{m} imports {sorted(EXTERNAL[m] & RUNTIME_FORBIDDEN)}" for m in sorted(EXTERNAL)
            if _layer(m) is not None and _layer(m) <= LAYERS["sdk"] and EXTERNAL[m] & RUNTIME_FORBIDDEN
-           and not _lazy_torch(m)]
+           and not _lazy_torch(m) and not _torch_package(m)]
+    assert not bad, "\n".join(bad)
+
+
+def _module_level_internal(path: Path, module: str) -> set[str]:
+    """Dotted names of the modules imported by statements that run at import time (absolute and relative)."""
+    found: set[str] = set()
+    is_pkg = path.name == "__init__.py"
+
+    def walk(nodes):
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = module.split(".") if is_pkg else module.split(".")[:-1]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([base] if base else []))
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)
+            walk(ast.iter_child_nodes(node))
+
+    walk(ast.parse(path.read_text(encoding="utf-8")).body)
+    return found
+
+
+def test_torch_networks_are_imported_lazily_by_the_runtime():
+    """``sdk.nets`` modules import torch at module level; no other runtime module may import them at import time
+    (``import sdk``, the CPU / ONNX Runtime path never load torch)."""
+    nets = [m for m in MODULES if _torch_package(m) and MODULES[m].suffix == ".py"]
+    assert "sdk.nets.graphs" in nets and "sdk.nets.segmenter" in nets
+    assert "torch" not in _module_level_imports(MODULES["sdk.nets"])  # the package itself stays torch-free
+    bad = []
+    for m in MODULES:
+        if _layer(m) == LAYERS["sdk"] and not _torch_package(m) and MODULES[m].suffix == ".py":
+            hit = sorted(n for n in _module_level_internal(MODULES[m], m) if _torch_package(n) and n != "sdk.nets")
+            if hit:
+                bad.append(f"{m} imports {hit} at module level")
     assert not bad, "\n".join(bad)
 
 
@@ -223,7 +274,7 @@ def test_optional_gpu_modules_import_torch_only_lazily():
     assert not bad, "\n".join(bad)
     # and nothing in the CPU runtime pulls them in at import time
     for m in MODULES:
-        if _layer(m) == LAYERS["sdk"] and not _lazy_torch(m) and MODULES[m].suffix == ".py":
+        if _layer(m) == LAYERS["sdk"] and not _lazy_torch(m) and not _torch_package(m) and MODULES[m].suffix == ".py":
             top = _module_level_imports(MODULES[m])
             assert "torch" not in top, m
 

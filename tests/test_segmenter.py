@@ -106,7 +106,8 @@ def test_killed_run_resumes_exactly(torch, trained, astro_faces, tmp_path, kill_
 
 @pytest.mark.slow
 def test_onnx_export_parity_and_bundle_in_recognizer(torch, trained, astronaut_bgr, tmp_path):
-    from export.onnx_segmenter import export_onnx_bytes, torch_outputs, write_bundle
+    from export.exporter import ExportConfig, export
+    from export.families.segmenter import FAMILY
     from sdk.occluders import draw_surgical_mask
     from sdk.recognizer import Recognizer
     from sdk.segment import OnnxSegmenter
@@ -114,10 +115,12 @@ def test_onnx_export_parity_and_bundle_in_recognizer(torch, trained, astronaut_b
 
     out, _, _ = trained
     net, _ = load_checkpoint(out)
-    bundle = write_bundle(export_onnx_bytes(net), tmp_path / "bundle", name="seg_test")
+    result = export(ExportConfig("onnx", "segmenter", out, tmp_path / "bundle", name="seg_test"))
+    bundle = result.bundle
+    assert result.parity[0].passed and result.record["source"]["sha256"]
     seg = OnnxSegmenter(bundle / "segmenter.onnx").prepare()
     crops = np.stack([align(astronaut_bgr, ASTRO_LM), align(astronaut_bgr[:, ::-1].copy(), ASTRO_LM)])
-    m_ref, p_ref = torch_outputs(net, crops)
+    m_ref, p_ref = FAMILY.torch_reference(FAMILY.graph(net))({"crops": crops})
     masks, probs = seg.segment(crops)
     assert masks.shape == (2, 112, 112) and masks.dtype == np.float32 and probs.shape == (2,)
     np.testing.assert_allclose(masks, m_ref[:, 0], atol=1e-4)

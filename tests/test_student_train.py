@@ -176,20 +176,20 @@ def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_pat
 @pytest.mark.slow
 def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer):
     """The untrained student (= the dlib port) exported to a bundle embeds like the baseline recognizer."""
-    from export.onnx_embedder import export
+    from export.exporter import ExportConfig, export
     from sdk.bundle import load_bundle
     from sdk.embed_onnx import OnnxEmbedder
     from sdk.errors import ModelFileError
     from sdk.recognizer import Recognizer
     from trainer.models.dlib_resnet import default_dat_path
 
-    r = export(default_dat_path(), tmp_path / "bundle", verbose=False)
+    r = export(ExportConfig("onnx", "embedder", default_dat_path(), tmp_path / "bundle"))
     pre = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["stages"]["embed"]["preprocess"]
     assert pre == {"crop": "dlib150", "colour": "rgb", "dtype": "uint8", "scale": 1.0, "offset": 0.0, "layout": "nhwc"}
-    assert r["max_abs_diff"] < 1e-4
+    assert r.parity[0].worst_abs < 1e-4
     b = load_bundle(tmp_path / "bundle")
     emb = b.stages["embed"]
-    assert emb.kind == "onnx_embedder" and emb.config["crop"] == "dlib150" and emb.files["model"].path.name == "student.onnx"
+    assert emb.kind == "onnx_embedder" and emb.preprocess.crop == "dlib150" and emb.files["model"].path.name == "student.onnx"
     assert b.stages["detect"].files["pnet"].path == load_bundle("baseline").stages["detect"].files["pnet"].path
     rec = Recognizer(tmp_path / "bundle")
     got = rec.embed_largest(astronaut_bgr)
@@ -218,14 +218,16 @@ def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, reco
     import onnx
     from onnx import TensorProto
 
-    from export.onnx_embedder import INPUT_NAME, OUTPUT_NAME, export
+    from export.exporter import ExportConfig, export
+    from export.families.embedder import FAMILY
     from sdk.bundle import load_bundle
     from sdk.recognizer import Recognizer
     from trainer.models.dlib_resnet import default_dat_path
 
-    r = export(default_dat_path(), tmp_path / "b16", verbose=False, fp16_weights=True, segment_from="default")
-    assert r["onnx_bytes"] < 0.55 * r["fp32_onnx_bytes"]
-    assert r["max_cos_dist"] < 5e-3 and r["vs_fp32_onnx_max_cos_dist"] < 5e-3 and r["max_abs_diff"] < 2e-2
+    (INPUT_NAME,), (OUTPUT_NAME,) = FAMILY.inputs, FAMILY.outputs
+    r = export(ExportConfig("onnx-fp16", "embedder", default_dat_path(), tmp_path / "b16", segment_from="default"))
+    assert r.onnx_bytes < 0.55 * r.fp32_onnx_bytes
+    assert r.parity[0].worst_cos < 5e-3 and r.parity[0].worst_abs < 2e-2
     path = tmp_path / "b16" / "student.onnx"
     m = onnx.load(str(path))
     big = [t for t in m.graph.initializer if len(t.dims) >= 2 and t.dims[0] >= 32]

@@ -2,6 +2,8 @@
 lookthrough::ContextualAttention node (the TensorRT plugin's op)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -70,7 +72,9 @@ def test_the_node_replaced_by_the_reference_reproduces_torch(trt_model, generato
     import onnx
     import onnxruntime as ort
 
-    from export import onnx_inpainter, trt_onnx
+    from export import trt_onnx
+    from export._parity import tolerance_for
+    from export.families.inpainter import parity_inputs, torch_completed
 
     model = onnx.ModelProto()
     model.CopyFrom(trt_model)
@@ -94,14 +98,14 @@ def test_the_node_replaced_by_the_reference_reproduces_torch(trt_model, generato
     so = ort.SessionOptions()
     so.register_custom_ops_library(ox.get_library_path())
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    crops, holes = onnx_inpainter.parity_inputs(n_random=2, seed=1)
-    want = onnx_inpainter.torch_completed(generator, crops, holes)
+    crops, holes = parity_inputs(n_random=2, seed=1)
+    want = torch_completed(generator, crops, holes)
     from sdk.complete import to_model_input
 
     (got,) = sess.run(["completed"], {"image": to_model_input(crops),
                                        "mask": np.ascontiguousarray(holes[:, None], dtype=np.float32)})
     assert calls and calls[0][0] == len(crops)  # the node ran, on the whole batch
-    assert np.abs(got - want).max() <= onnx_inpainter.TOL_FP32
+    assert np.abs(got - want).max() <= tolerance_for("inpainter").max_abs
 
 
 def test_cli_writes_the_graph(inpainter_run_dir, tmp_path):
@@ -110,5 +114,11 @@ def test_cli_writes_the_graph(inpainter_run_dir, tmp_path):
     from export import trt_onnx
 
     out = tmp_path / "inpainter_trt.onnx"
-    assert trt_onnx.main(["--generator", str(inpainter_run_dir), "--out", str(out)]) == 0
+    assert trt_onnx.main(["--generator", str(inpainter_run_dir), "--out", str(out)]) == 0  # the older name
     assert len(trt_onnx.custom_nodes(onnx.load(str(out)))) == 1
+    side = json.loads((tmp_path / "inpainter_trt.onnx.json").read_text())  # every artifact carries its metadata
+    assert side["export"]["format"] == "trt-onnx" and side["plugin"]["name"] == "ContextualAttention"
+    assert side["preprocess"]["layout"] == "nchw" and len(side["export"]["source"]["sha256"]) == 64
+    assert side["file"]["bytes"] == out.stat().st_size and side["export"]["opset"] == 17
+    if side["export"]["parity"]:  # onnxruntime-extensions installed: the graph ran with the node computed by torch
+        assert side["export"]["parity"][0]["passed"]

@@ -11,10 +11,14 @@
 #   3. packs logs, checkpoints and eval JSON into $OUT (at most 8 files, each < 16 MB).
 #
 # JOB=kernels runs step 1 only (no PACK needed, ~5 min on an H200: `JOB=kernels bash tools/device_job.sh`).
+# JOB=pipeline builds the core, runs tests/test_backends.py (its gpu / tensorrt tests: the torch CUDA backend vs ONNX
+# Runtime per family, fp16, CUDA graphs, the fused attention in the inpainter) and benchmarks/bench_backends.py (the
+# whole pipeline on the torch CUDA backend vs ONNX Runtime on the CPU: faces/s at batch 1, 8, 32 and frames/s of 4
+# simulated 1080p streams; BB_ARGS: extra arguments), then packs pipeline.tgz (no PACK needed, ~6 min).
 #
 # Inputs (a git-ignored folder carried to the machine, made by `python trainer/main.py pack-faces ...`):
 #   PACK/celeba_faces.npz, PACK/dlib_face_recognition_resnet_model_v1.dat, PACK/mask_templates/
-# Knobs: JOB (all | kernels), MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY,
+# Knobs: JOB (all | kernels | pipeline), MINUTES (training wall time per run), DEVICE (cuda | cpu), STEPS, BATCH, WORKERS, PY,
 # CUDAARCHS, GREY_PROB (0.2: a fifth of the faces greyscale; the 2026-11-27 run used 0), EXTRA_ARGS (e.g. --resume),
 # CA_BENCH_ARGS (extra arguments of benchmarks/bench_contextual_attention.py).
 # Dry run here, without a GPU:
@@ -22,6 +26,8 @@
 #       SKIP_BUILD=1 bash tools/device_job.sh
 #   OUT=out/device_dry JOB=kernels NO_BUILD=1 PY=.venv/bin/python \
 #       CA_BENCH_ARGS="--device cpu --sizes 28 --batches 1 --repeats 2" bash tools/device_job.sh
+#   OUT=out/device_dry JOB=pipeline NO_BUILD=1 PY=.venv/bin/python \
+#       BB_ARGS="--device cpu --batches 1,8 --repeats 2 --stream-seconds 5" bash tools/device_job.sh
 set -uo pipefail
 OUT=${OUT:-out/device_job}
 JOB=${JOB:-all}
@@ -42,17 +48,37 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 { nvidia-smi 2>&1 || true; $PY -c "import sys, torch, numpy, cv2; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('numpy', numpy.__version__, 'cv2', cv2.__version__)"; nproc; } > "$OUT/env.txt" 2>&1
 log "env: $(tail -n 3 "$OUT/env.txt" | tr '\n' ' ')"
 
+build_core() {  # the C++/CUDA core for the card (NO_BUILD=1: keep the one installed); 1 on failure
+  if [ -z "${NO_BUILD:-}" ]; then
+    TB=$(date +%s)
+    CUDAARCHS=${CUDAARCHS:-90} $PY -m pip install --no-build-isolation --no-deps -e . > "$RUNS/build.log" 2>&1 \
+      || { echo "CUDA build failed" >> "$RUNS/build.log"; return 1; }
+    echo "build seconds: $(( $(date +%s) - TB ))" >> "$RUNS/build.log"
+  fi
+  $PY -c "from sdk import _native; print(_native.build_info()); print(_native.cuda_info())" >> "$RUNS/build.log" 2>&1
+}
+
+# ---- JOB=pipeline: backends (torch CUDA vs ONNX Runtime CPU), GPU tests + the whole-pipeline benchmark ------------
+if [ "$JOB" = "pipeline" ]; then
+  build_core; log "build rc=$?"
+  $PY -m pytest -q -p no:cacheprovider -rs tests/test_backends.py > "$RUNS/backend_tests.log" 2>&1
+  log "backend tests rc=$?: $(tail -n 1 "$RUNS/backend_tests.log")"
+  $PY benchmarks/bench_backends.py ${BB_ARGS:-} --out "$RUNS/bench_backends.json" > "$RUNS/bench_backends.log" 2>&1
+  log "bench_backends rc=$?"
+  cp "$OUT/env.txt" "$RUNS/env.txt"
+  tar czf "$OUT/pipeline.tgz" -C "$RUNS" $(cd "$RUNS" && ls env.txt build.log backend_tests.log bench_backends.json \
+      bench_backends.log 2>/dev/null)
+  ls -la "$OUT"
+  tail -n 12 "$RUNS/bench_backends.log" 2>/dev/null
+  log "done"
+  exit 0
+fi
+
 # ---- 1. build + GPU tests + kernel benchmarks (background; the trainings do not need the C++ core) ----------------
 # SKIP_BUILD=1 skips all of step 1 (training dry runs); NO_BUILD=1 skips only the build (kernel dry runs).
 (
   if [ -z "${SKIP_BUILD:-}" ]; then
-    if [ -z "${NO_BUILD:-}" ]; then
-      TB=$(date +%s)
-      CUDAARCHS=${CUDAARCHS:-90} $PY -m pip install --no-build-isolation --no-deps -e . > "$RUNS/build.log" 2>&1 \
-        || { echo "CUDA build failed" >> "$RUNS/build.log"; exit 1; }
-      echo "build seconds: $(( $(date +%s) - TB ))" >> "$RUNS/build.log"
-    fi
-    $PY -c "from sdk import _native; print(_native.build_info()); print(_native.cuda_info())" >> "$RUNS/build.log" 2>&1
+    build_core || exit 1
     $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_kernels_align.py \
       tests/test_contextual_attention_cuda.py > "$RUNS/gpu_tests.log" 2>&1
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels_align.py tests/test_kernels_contextual_attention.py \

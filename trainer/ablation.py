@@ -1,7 +1,7 @@
 """``python trainer/main.py ablation`` -- the student ablation of the relational-distillation paper, at our scale.
 
 Every row trains one student (:mod:`trainer.student`, dlib-initialised, the same data, seed, epochs and
-batches), exports it to an ONNX bundle (:mod:`export.onnx_embedder`) and evaluates it on LFW's 6,000 pairs with
+batches), exports it to an ONNX bundle (``python -m export onnx --family embedder``) and evaluates it on LFW's 6,000 pairs with
 the same masked images as the teacher (:mod:`trainer.evaluate`: same seed, so the same occluders on the same
 faces).  The teacher rows come from the same evaluation (embeddings cached).  Output: one folder per row
 (``<out>/<row>/``: training logs, ``student.safetensors``, ``bundle/``, ``lfw/report.json``) and the table
@@ -127,7 +127,7 @@ def evaluate_bundle(args: argparse.Namespace, model: str, out: Path, completion:
 
 def run_row(args: argparse.Namespace, name: str) -> dict:
     """Train (skipped when finished before), export, evaluate one row."""
-    from export.onnx_embedder import export
+    from export.exporter import ExportConfig, export
     from trainer.student.loop import train
 
     cfg = student_config(args, name)
@@ -143,8 +143,8 @@ def run_row(args: argparse.Namespace, name: str) -> dict:
     train_s = time.perf_counter() - t0
     bundle = out / "bundle"
     if not (bundle / "manifest.json").is_file():
-        export(out / "student.safetensors", bundle, name=f"ablation-{name}", verbose=False,
-               description=f"ablation row {name}: {row_for(name)[0].label}")
+        export(ExportConfig("onnx", "embedder", out / "student.safetensors", bundle, name=f"ablation-{name}",
+                            description=f"ablation row {name}: {row_for(name)[0].label}"))
     rep = evaluate_bundle(args, str(bundle), out / "lfw", completion=cfg.completion or None)
     return {"row": name, "label": row_for(name)[0].label + (" [completed inputs]" if cfg.completion else ""),
             "config": {k: getattr(cfg, k, None) for k in ("instance", "lambda_i", "lambda_p", "lambda_t", "ce_weight",

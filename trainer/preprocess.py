@@ -84,5 +84,5 @@ def apply_torch(pre: Preprocess, crops: "torch.Tensor", colour_in: str = "bgr") 
 
 def graph_input(pre: Preprocess) -> Preprocess:
     """The record of an exported graph that takes uint8 crops and applies ``pre`` inside itself: same crop and
-    colour order, ``uint8``, NHWC (what ``export.onnx_segmenter`` / ``export.onnx_embedder`` graphs take)."""
+    colour order, ``uint8``, NHWC (what the exported segmenter / embedder graphs take)."""
     return raw_uint8(pre.crop, colour=pre.colour, layout="nhwc")

@@ -18,7 +18,7 @@ fields a command line did not set.
 Teacher (``--teacher-onnx PATH``): instead of the dlib ResNet port, any ONNX face embedder
 (:class:`trainer.student.teacher.OnnxTeacher`):
 ``--teacher-crop dlib150|arcface112`` says which crops it sees, ``--teacher-input`` its input convention
-(``uint8_nhwc_rgb``: (N, H, W, 3) uint8 RGB as ``export.onnx_embedder`` writes; ``float_nchw_rgb_pm1``: (N, 3, H, W)
+(``uint8_nhwc_rgb``: (N, H, W, 3) uint8 RGB as ``python -m export onnx --family embedder`` writes; ``float_nchw_rgb_pm1``: (N, 3, H, W)
 float32 RGB ``(x / 255 - 0.5) / 0.5``, the insightface convention; :data:`trainer.student.config.TEACHER_INPUTS`).  Its clean-crop
 descriptors are computed by ONNX Runtime and cached under a key with the file's sha256 and the crop; the teacher
 width Dt is the graph's output width (the instance terms go through the learned projection, soft-instance centres
@@ -60,7 +60,7 @@ the teacher's relations on the *clean* versions of the same faces (relational de
   (``.safetensors`` weights + ``.json`` config + ``.optim.safetensors`` optimiser and RNG state: one checkpoint
   format, written atomically, no pickle -- :mod:`trainer.checkpoints`), ``ckpt/epoch<N>.*``,
   ``student.safetensors`` + ``student.json`` (the student's weights only; the input of
-  ``python -m export.onnx_embedder``; read any of them back with :func:`trainer.student.models.load_student_weights`),
+  ``python -m export onnx --family embedder``; read any of them back with :func:`trainer.student.models.load_student_weights`),
   ``summary.json``.
 
 Run: ``python trainer/main.py student --data ../shared/data/celeba_subset --templates ../shared/data/mask_templates

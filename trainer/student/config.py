@@ -143,7 +143,7 @@ PAIRWISE = ("none", "mse", "cosine", "margin_cosine")
 TEACHER_CROPS = {"dlib150": 150, "arcface112": 112}
 #: ONNX teacher input conventions (``StudentConfig.teacher_input``): what the graph's single input expects
 TEACHER_INPUTS = {
-    "uint8_nhwc_rgb": "(N, H, W, 3) uint8 RGB, preprocessing inside the graph (what export.onnx_embedder writes)",
+    "uint8_nhwc_rgb": "(N, H, W, 3) uint8 RGB, preprocessing inside the graph (what python -m export onnx --family embedder writes)",
     "float_nchw_rgb_pm1": "(N, 3, H, W) float32 RGB, (x / 255 - 0.5) / 0.5 in [-1, 1] (ArcFace / insightface)",
     "float_nchw_bgr_pm1": "(N, 3, H, W) float32 BGR, (x / 255 - 0.5) / 0.5 in [-1, 1]",
     "float_nchw_rgb_255": "(N, 3, H, W) float32 RGB in [0, 255] (this trainer's students, normalisation inside)",

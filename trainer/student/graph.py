@@ -3,7 +3,7 @@
 :func:`export_onnx_bytes` wraps a student so the graph takes what the SDK hands an embedder -- uint8 RGB crops,
 NHWC, input ``"chips"`` -- and returns the raw descriptors ``"descriptor"`` (opset 17, TorchScript exporter,
 dynamic batch).  The trainer embeds the dlib teacher / student through it (bit-compatible with torch to ~1e-6 and
-~5x faster on CPU than eager torch); ``export.onnx_embedder`` writes the same bytes into bundles.
+~5x faster on CPU than eager torch); ``python -m export onnx --family embedder`` writes the same bytes into bundles.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk.nets.graphs import EmbedderGraph
 from trainer.student.models import student_arch
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "CHIP", "crop_of", "export_onnx_bytes", "ort_session",
@@ -23,23 +24,6 @@ INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptor"
 OPSET = 17
 CHIP = 150
-
-
-def _wrapper(net):
-    import torch
-    from torch import nn
-
-    class UInt8NHWC(nn.Module):
-        """uint8 NHWC RGB chips -> raw descriptors (the DlibResNet subtracts its means and divides by 256)."""
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, chips):
-            return self.net(chips.permute(0, 3, 1, 2).to(torch.float32))
-
-    return UInt8NHWC(net).eval()
 
 
 def crop_of(net) -> tuple[str, int]:
@@ -54,7 +38,7 @@ def export_onnx_bytes(net) -> bytes:
     import torch
 
     net = copy.deepcopy(net).float().eval()
-    model = _wrapper(net)
+    model = EmbedderGraph(net).eval()  # uint8 NHWC RGB chips in: the graph the SDK's torch backend runs too
     side = crop_of(net)[1]
     dummy = torch.zeros((2, side, side, 3), dtype=torch.uint8)
     buf = io.BytesIO()

@@ -21,31 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+# ArcInput (the students' input normalisation inside the module) is defined with the networks in the runtime
+from sdk.nets.students import ArcInput
 from trainer.student.config import ARC_SIZE, ARCHS
 
 log = logging.getLogger("trainer.student")
 
 __all__ = ["ArcInput", "new_student", "student_arch", "student_cost", "student_crop", "to_input", "save_student",
            "load_student_weights", "student_meta"]
-
-
-class ArcInput(nn.Module):
-    """``net(x / 127.5 - 1)``: float RGB [0, 255] NCHW in, the wrapped network's output out.
-
-    Puts the insightface normalisation ``(x / 255 - 0.5) / 0.5`` (:func:`trainer.models.student.preprocess`) inside
-    the module, so the training loop feeds every student the same [0, 255] tensors and an exported graph takes
-    uint8-range RGB.  ``arch``, ``embedding_dim`` and ``input_size`` (112) describe the student; the wrapped network
-    is ``.net`` (its state dict keys carry a ``net.`` prefix here)."""
-
-    def __init__(self, net: nn.Module, arch: str):
-        super().__init__()
-        self.net, self.arch = net, arch
-        self.embedding_dim = int(net.embedding_dim)
-        self.input_size = int(getattr(net, "input_size", ARC_SIZE))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) float RGB in [0, 255] -> (N, embedding_dim) raw (un-normalised) embeddings."""
-        return self.net(x / 127.5 - 1.0)
 
 
 def new_student(arch: str, embedding_dim: int = 512) -> nn.Module:
@@ -106,7 +89,7 @@ def student_meta(student) -> dict[str, str]:
 def save_student(student, path: str | Path, config: dict | None = None) -> Path:
     """The student's weights only (no optimiser, no loss), for export / evaluation / ``--init``: a weights-only
     checkpoint ``<path>`` (.safetensors) + ``<path>.json`` (module ``"student"``; ``dlib``: DlibResNet's state
-    dict, the input of ``python -m export.onnx_embedder``; other archs: the wrapped network's state dict,
+    dict, the input of ``python -m export onnx --family embedder``; other archs: the wrapped network's state dict,
     insightface key names after the ``student.`` prefix).  ``config``: the training config to record."""
     from trainer.checkpoints import save_checkpoint
     from trainer.preprocess import student_preprocess

@@ -30,7 +30,7 @@ class OnnxTeacher:
         crop: ``"dlib150"`` (150x150 dlib chips) or ``"arcface112"`` (112x112 ArcFace crops): the crops the graph
             was trained on (:data:`TEACHER_CROPS`).
         input_kind: the graph's input convention, one of :data:`TEACHER_INPUTS` (``"uint8_nhwc_rgb"``: what
-            ``python -m export.onnx_embedder`` writes; ``"float_nchw_rgb_pm1"``: the ArcFace / insightface
+            ``python -m export onnx --family embedder`` writes; ``"float_nchw_rgb_pm1"``: the ArcFace / insightface
             convention ``(x / 255 - 0.5) / 0.5``, RGB, NCHW).
         threads: ONNX Runtime intra-op threads (0 = one per core).
         batch: images per ``session.run`` (a graph with a static batch dimension uses that instead).
