@@ -67,12 +67,36 @@ def checkpoint_weights(checkpoint: str | Path, module: str = "model") -> Path:
 
 
 def _rewrite_paths(stage: dict, src_dir: Path, out: Path) -> dict:
+    """``stage`` with its files made reachable from a bundle in ``out`` without leaving it (the SDK refuses bundle
+    paths that resolve outside the bundle folder, see :func:`sdk.bundle.check_location`): files that ship in the
+    SDK become ``pkg:sdk/models/...``, files already inside ``out`` become relative, and any other file is copied
+    into ``out`` (a hard link when the filesystem allows), so that the bundle folder is self-contained."""
+    import shutil
+
+    from sdk.bundle import BUILTIN_DIR, file_digest
+
     stage = copy.deepcopy(stage)
+    out_r, builtin = out.resolve(), BUILTIN_DIR.resolve()
     for role, f in (stage.get("files") or {}).items():
         f = {"path": f} if isinstance(f, str) else f
         p = str(f["path"])
-        if not p.startswith("pkg:") and not Path(p).is_absolute():
-            f["path"] = Path(os.path.relpath(src_dir.resolve() / p, out.resolve())).as_posix()
+        if not p.startswith("pkg:"):
+            src = Path(os.path.realpath(Path(p) if Path(p).is_absolute() else src_dir / p))
+            if src.is_relative_to(builtin):
+                f["path"] = "pkg:sdk/models/" + src.relative_to(builtin).as_posix()
+            elif src.is_relative_to(out_r):
+                f["path"] = src.relative_to(out_r).as_posix()
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                dst = out / src.name
+                if dst.exists() and not (dst.stat().st_size == src.stat().st_size and file_digest(dst) == file_digest(src)):
+                    dst = out / f"{role}_{src.name}"
+                if not dst.exists():
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+                f["path"] = dst.name
         stage["files"][role] = f
     return stage
 

@@ -99,10 +99,14 @@ def test_torch_backend_refuses_bad_feeds_and_files(torch_bundles, tmp_path):
         open_backend(files.torch, BackendConfig(engine="torch", device="cpu", precision="fp16"))
 
 
-def test_recognizer_on_the_torch_backend_matches_onnx_runtime(torch_bundles, astronaut_bgr, tmp_path):
+def test_recognizer_on_the_torch_backend_matches_onnx_runtime(torch_bundles, astronaut_bgr, tmp_path, monkeypatch):
     """One bundle with all three torch stages (segment + complete + embed); the masked astronaut is completed and
     embedded on torch (CPU) as on ONNX Runtime."""
     import sdk
+    from sdk.bundle import TRUSTED_DIRS_ENV
+
+    # the combined manifest points into the three exported folders: a shared model store, trusted explicitly
+    monkeypatch.setenv(TRUSTED_DIRS_ENV, str(torch_bundles["inpainter"].parent.resolve()))
     from sdk.occluders import draw_surgical_mask
 
     manifest = json.loads((torch_bundles["inpainter"] / "manifest.json").read_text())
