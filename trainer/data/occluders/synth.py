@@ -87,12 +87,14 @@ class OccluderSynthesizer:
         self._templates: dict[str, MaskSynthesizer] = {}
 
     def available(self) -> tuple[str, ...]:
-        """Families of the split that can be drawn with the configured data folders."""
+        """Families of the split that can be drawn with the configured data folders (a cutout family needs its
+        part's ``index.json``)."""
         cfg = self.config
         out = []
         for f in self.allowed:
             needs = FAMILIES[f].needs
-            if needs == "cutouts" and cfg.cutouts_dir is None:
+            if needs == "cutouts" and (cfg.cutouts_dir is None
+                                       or not (Path(cfg.cutouts_dir) / CUTOUT_PART[f] / "index.json").is_file()):
                 continue
             if needs == "templates" and cfg.templates_dir is None:
                 continue
