@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data.faces import DETECTED, align_images
     from trainer.data.facelist import DETECTED as LIST_DETECTED, lfw_pair_people, read_face_list
     from trainer.data.readers import read_lfw_pairs
-    from trainer.eval.overlap import TestSet, max_similarity, overlap_report, save
+    from trainer.eval.overlap import LfwTestSet, max_similarity, overlap_report, save
     from trainer.evaluate import Job, embed_condition
 
     bundle = load_bundle(args.model)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                Job(args.model, "unmasked", None, 0), args.workers, args.cache)
     ok = aligned.status == DETECTED
     names = np.array([Path(q).parent.name for q in paths])
-    test = TestSet(names[ok], test_emb[ok], [q for q, k in zip(paths, ok) if k])
+    test = LfwTestSet(names[ok], test_emb[ok], [q for q, k in zip(paths, ok) if k])
     entries = [e for e in read_face_list(args.faces) if e.status == LIST_DETECTED]
     train_emb = embed_entries(entries, emb, args.cache)
     lfw_train = {e.identity.split(":", 1)[1] for e in entries if e.source == "lfw-nonpair" and e.identity}

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TestSet:
+class LfwTestSet:
     """LFW test-pair images: ``names`` (N,), unit ``emb`` (N, D), ``paths``."""
 
     names: np.ndarray
@@ -56,12 +56,13 @@ def max_similarity(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.
 
 
 def impostor_threshold(emb: np.ndarray, labels: np.ndarray, far: float, chunk: int = 2048) -> tuple[float, int]:
-    """Smallest cosine t such that at most ``far`` of all pairs of rows with *different* labels score >= t.
-    Returns ``(t, number of impostor pairs)``; exact (top-k of every chunk of the upper triangle)."""
+    """Smallest cosine t such that at most ``far`` of all pairs of rows with *different* labels score >= t
+    (``floor(far * pairs)`` of them; ties with the next one are rejected). Returns ``(t, number of impostor pairs)``;
+    exact (the top of every chunk of the upper triangle is kept)."""
     n = len(emb)
     labels = np.asarray(labels)
     n_imp = int(n * (n - 1) // 2 - sum(c * (c - 1) // 2 for c in np.unique(labels, return_counts=True)[1]))
-    k = max(1, int(np.floor(far * n_imp)))
+    k = int(np.floor(far * n_imp)) + 1  # keep the k + 1 highest: the threshold sits just above the (k+1)-th
     top = np.empty(0, np.float32)
     for s in range(0, n, chunk):
         sim = emb[s:s + chunk] @ emb.T
@@ -99,7 +100,7 @@ def split_half_genuine(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def overlap_report(test: TestSet, train_emb: np.ndarray, train_ids: Sequence[str | None], train_sources: Sequence[str],
+def overlap_report(test: LfwTestSet, train_emb: np.ndarray, train_ids: Sequence[str | None], train_sources: Sequence[str],
                    train_names: dict[str, set[str]], pair_names: set[str], far: float = 1e-6,
                    dup_threshold: float = 0.98) -> dict:
     """The three checks of the module doc. ``train_names``: source -> person names used for training (LFW)."""

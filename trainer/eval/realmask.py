@@ -113,7 +113,7 @@ def measure_photos(files, detector, segmenter, sizes, bgs, seed: int, progress: 
         ``{"rows": {...}, "clean": [(crop112, landmarks112)]}`` (clean crops from ``without_mask`` photos).
     """
     from sdk.align import ARCFACE_112, similarity_to_template
-    from trainer.data.occluders.harvest import pad_for_detection
+    from trainer.data.occluders.harvest import limit_side, pad_for_detection
 
     rows, clean = {}, []
     for folder, items in files.items():
@@ -125,6 +125,7 @@ def measure_photos(files, detector, segmenter, sizes, bgs, seed: int, progress: 
             if img is None:
                 unreadable += 1
                 continue
+            img = limit_side(img)
             raw.append(len(detector.detect(img)) > 0)
             pimg, _ = pad_for_detection(img)
             faces = detector.detect(pimg)

@@ -48,6 +48,8 @@ INDEX = "index.json"
 PARTS = ("harvest", "validation")
 #: texels that must be covered for a cutout to count as a mask over the mouth (canonical rectangle)
 MOUTH_BOX = (-0.3, 1.0, 0.3, 1.3)
+#: photos are downscaled to this longer side before harvesting
+MAX_PHOTO_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -219,11 +221,22 @@ def harvest_photo(image: np.ndarray, detector, segmenter, min_eye_dist: float = 
     return rgba, facts
 
 
+def limit_side(image: np.ndarray, max_side: int = MAX_PHOTO_SIDE) -> np.ndarray:
+    """``image`` downscaled (INTER_AREA) so that its longer side is at most ``max_side`` px (some scraped photos are
+    9000 px wide; the SDK refuses frames over 8192 px)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    k = max_side / max(h, w)
+    return cv2.resize(image, (max(1, int(w * k)), max(1, int(h * k))), interpolation=cv2.INTER_AREA)
+
+
 def harvest_files(files: Sequence[tuple[Path, str]], out_dir: Path, part: str, detector, segmenter,
                   progress: bool = True, min_eye_dist: float = 24.0) -> HarvestStats:
     """Harvest every ``(path, sha1)`` in ``files`` into ``out_dir/<part>/`` and (re)write ``out_dir/<part>/index.json``.
 
-    Raises ValueError for an unknown ``part`` (``PARTS``).
+    Every outcome is appended to ``out_dir/<part>/progress.jsonl`` as it happens, so an interrupted run resumes
+    where it stopped (photos are matched by SHA-1). Raises ValueError for an unknown ``part`` (``PARTS``).
     """
     from tqdm import tqdm
 
@@ -231,24 +244,45 @@ def harvest_files(files: Sequence[tuple[Path, str]], out_dir: Path, part: str, d
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     dest = Path(out_dir) / part
     dest.mkdir(parents=True, exist_ok=True)
-    stats, index = HarvestStats(), []
-    for path, sha in tqdm(list(files), desc=f"harvest {part}", unit="photo", disable=not progress):
-        stats.photos += 1
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            stats.unreadable += 1
-            continue
-        rgba, facts = harvest_photo(img, detector, segmenter, min_eye_dist)
-        if rgba is None:
-            setattr(stats, facts["reason"], getattr(stats, facts["reason"]) + 1)
-            continue
-        name = f"{sha[:16]}.png"
-        cv2.imwrite(str(dest / name), rgba)
-        index.append(CutoutMeta(name, Path(path).name, sha, part, round(facts["yaw_deg"], 1),
-                                round(facts["pitch_deg"], 1), round(facts["eye_dist"], 1),
-                                round(facts["occluded_prob"], 4), round(facts["coverage"], 4),
-                                round(facts["mirrored_fill"], 4)))
-        stats.kept += 1
+    prog = dest / "progress.jsonl"
+    done: dict[str, dict] = {}
+    if prog.is_file():
+        for ln in prog.read_text().splitlines():
+            try:
+                r = json.loads(ln)
+                done[r["sha1"]] = r
+            except (ValueError, KeyError):
+                break
+    stats = HarvestStats()
+    index: list[CutoutMeta] = []
+    with open(prog, "a") as log_f:
+        for path, sha in tqdm(list(files), desc=f"harvest {part}", unit="photo", disable=not progress):
+            stats.photos += 1
+            if sha not in done:
+                img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if img is None:
+                    rec = {"sha1": sha, "outcome": "unreadable"}
+                else:
+                    rgba, facts = harvest_photo(limit_side(img), detector, segmenter, min_eye_dist)
+                    if rgba is None:
+                        rec = {"sha1": sha, "outcome": facts["reason"]}
+                    else:
+                        name = f"{sha[:16]}.png"
+                        cv2.imwrite(str(dest / name), rgba)
+                        meta = CutoutMeta(name, Path(path).name, sha, part, round(facts["yaw_deg"], 1),
+                                          round(facts["pitch_deg"], 1), round(facts["eye_dist"], 1),
+                                          round(facts["occluded_prob"], 4), round(facts["coverage"], 4),
+                                          round(facts["mirrored_fill"], 4))
+                        rec = {"sha1": sha, "outcome": "kept", "meta": asdict(meta)}
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+                done[sha] = rec
+            rec = done[sha]
+            if rec["outcome"] == "kept":
+                index.append(CutoutMeta(**rec["meta"]))
+                stats.kept += 1
+            else:
+                setattr(stats, rec["outcome"], getattr(stats, rec["outcome"]) + 1)
     (dest / INDEX).write_text(json.dumps({"grid": asdict(CUTOUT_GRID), "surface": "mask_surface()",
                                           "stats": asdict(stats), "cutouts": [asdict(c) for c in index]}, indent=0))
     log.info("harvest %s: %s", part, asdict(stats))
