@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             if seen[e.source] <= args.limit:
                 keep.append(e)
         entries = keep
-    det = build_stage(load_bundle(args.model).stages["detect"], {"max_side": None, "min_face_size": args.min_face_size})
+    det = build_stage(load_bundle(args.model).stages["detect"],
+                      {"max_side": None, "min_face_size": args.min_face_size, "threads": 1})
     entries = detect_entries(entries, det, args.pad, cache=args.out / "detections.jsonl")
     summary = write_face_list(entries, args.out)
     if args.pack:

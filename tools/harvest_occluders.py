@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.model)
     if bundle.stages.get("segment") is None:
         raise SystemExit(f"bundle {args.model!r} has no segment stage")
-    det = build_stage(bundle.stages["detect"])
+    det = build_stage(bundle.stages["detect"], {"threads": 1})  # one thread: ORT's spinning threads waste shared CPUs
     seg = build_stage(bundle.stages["segment"])
     files = split_files(args.data, args.part, "with_mask", args.split)
     if args.limit:

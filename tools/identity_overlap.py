@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.evaluate import Job, embed_condition
 
     bundle = load_bundle(args.model)
-    det = build_stage(bundle.stages["detect"], {"max_side": None})
+    det = build_stage(bundle.stages["detect"], {"max_side": None, "threads": 1})
     emb = build_stage(bundle.stages["embed"])
     pairs = read_lfw_pairs(args.lfw / "pairs.txt", args.lfw)
     paths = sorted({str(q.a) for q in pairs} | {str(q.b) for q in pairs})

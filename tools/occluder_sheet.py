@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data.occluders import FAMILIES, OccluderConfig, OccluderSynthesizer, is_heldout
     from trainer.data.occluders.surface import estimate_head_pose
 
-    det = build_stage(load_bundle("baseline").stages["detect"], {"max_side": None})
+    det = build_stage(load_bundle("baseline").stages["detect"], {"max_side": None, "threads": 1})
     faces = pick_faces(args.faces, args.per_folder, det)
     synth = OccluderSynthesizer(OccluderConfig(split="all", templates_dir=args.templates, cutouts_dir=args.cutouts))
     fams = ["(clean)"] + [f for f in FAMILIES if f in synth.available()]

@@ -25,6 +25,7 @@ pack (:mod:`trainer.data.pack` layout, 112x112 ArcFace crops; unlabelled faces h
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -106,7 +107,10 @@ def detect_entries(entries: Sequence[FaceEntry], detector, pad: float = 0.25, ca
     """
     from trainer.data.faces import pick_central_face
 
-    header = {"pad": pad, "detector": repr(getattr(detector, "config", None))}
+    cfg = getattr(detector, "config", None)
+    if dataclasses.is_dataclass(cfg) and hasattr(cfg, "threads"):
+        cfg = dataclasses.replace(cfg, threads=0)  # threads do not change what is found
+    header = {"pad": pad, "detector": repr(cfg)}
     done: dict[str, FaceEntry] = {}
     if cache is not None and cache.is_file():
         lines = cache.read_text().splitlines()

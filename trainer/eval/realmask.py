@@ -300,7 +300,7 @@ def run_real_mask(args: argparse.Namespace, argv: list[str] | None) -> int:
     t0 = time.perf_counter()
     split = args.split or DEFAULT_SPLIT
     bundle = load_bundle(args.model)
-    detector = build_stage(bundle.stages["detect"])
+    detector = build_stage(bundle.stages["detect"], {"threads": 1})
     segmenter = build_stage(bundle.stages["segment"]) if bundle.stages.get("segment") else None
     if segmenter is None:
         log.warning("bundle %s has no segment stage: segmenter rows are skipped (use --model default)", bundle.name)

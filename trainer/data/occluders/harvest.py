@@ -214,6 +214,9 @@ def harvest_photo(image: np.ndarray, detector, segmenter, min_eye_dist: float = 
     seen = cv2.warpAffine(np.ones((112, 112), np.float32), m, (W, H), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     prob = extend_below_crop(padded, prob, seen > 0.5, lm)
+    inside = np.zeros((H, W), bool)
+    inside[b:H - b, b:W - b] = True
+    prob = np.where(inside, prob, 0.0).astype(np.float32)  # never the grey padding
     rgba, facts = cutout_from_probability(padded, prob, lm)
     facts["occluded_prob"] = float(occ[0])
     if facts["mouth_coverage"] < min_mouth_cover:
