@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lfw-pairs, rank1, heldout-lfw (LFW pairs with held-out occluder families, probe and both "
                         "sides) or real-mask (real masked photos: detector recall, segmenter presence / IoU)")
     p.add_argument("--pairs", type=Path, help="pairs.txt (default: <data>/pairs.txt)")
-    p.add_argument("--model", default="baseline", help="bundle whose embedder is evaluated (default: built-in baseline)")
+    p.add_argument("--model", default=None, help="bundle whose embedder is evaluated (default: built-in baseline; "
+                                                 "real-mask: default, whose detector + segmenter are measured)")
     p.add_argument("--conditions", default="unmasked,simple,block",
                    help=f"comma-separated, from {', '.join(CONDITIONS)} (default unmasked,simple,block)")
     p.add_argument("--templates", default=None, help="mask_templates folder (real masks); procedural masks without it")
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        args.model = "default" if args.protocol == "real-mask" else "baseline"
     if args.protocol == "heldout-lfw" and args.conditions == build_parser().get_default("conditions"):
         args.conditions = "unmasked,heldout"
     args.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
