@@ -157,8 +157,9 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
     if job.occluders and is_occluder_condition(job.condition):  # the cutouts themselves, not only their folder
-        idx = sorted(Path(job.occluders).glob("*/index.json"))
-        key_parts.append(["occluders", str(job.occluders)] + [hashlib.sha1(f.read_bytes()).hexdigest() for f in idx])
+        index_files = sorted(Path(job.occluders).glob("*/index.json"))
+        key_parts.append(["occluders", str(job.occluders)]
+                         + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files])
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))
