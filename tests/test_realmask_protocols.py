@@ -17,16 +17,31 @@ from trainer.eval.realmask import iou, paste_into_scene, scene_hits
 from trainer.evaluate import main as evaluate_main
 
 
-def test_heldout_lfw_reports_probe_and_both(tiny_lfw, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory, astronaut_bgr):
+    """A cutout folder with one real-style cutout in its validation part (the astronaut's drawn mask)."""
+    from sdk._registry import build_stage
+    from sdk.bundle import load_bundle
+    from trainer.data.occluders.harvest import harvest_files
+
+    root = tmp_path_factory.mktemp("cutouts")
+    b = load_bundle("default")
+    det, seg = build_stage(b.stages["detect"]), build_stage(b.stages["segment"])
+    face = max(det.detect(astronaut_bgr), key=lambda f: f.width * f.height)
+    cv2.imwrite(str(root / "m.png"), draw_surgical_mask(astronaut_bgr, face.landmarks)[0])
+    assert harvest_files([(root / "m.png", "cd" * 20)], root / "cut", "validation", det, seg, progress=False).kept == 1
+    return root / "cut"
+
+
+def test_heldout_lfw_reports_probe_and_both(tiny_lfw, cutouts, tmp_path):  # noqa: F811
     out = tmp_path / "heldout"
     rc = evaluate_main(["--protocol", "heldout-lfw", "--data", str(tiny_lfw), "--conditions",
-                        "unmasked,occ:bandana,occ:neck_gaiter", "--workers", "1", "--out", str(out), "--cache",
-                        str(tmp_path / "cache")])
+                        "unmasked,heldout,occ:bandana", "--occluders", str(cutouts), "--workers", "1", "--out",
+                        str(out), "--cache", str(tmp_path / "cache")])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     res = rep["results"]
-    assert set(res) == {"unmasked", "occ:bandana (probe)", "occ:bandana (both)", "occ:neck_gaiter (probe)",
-                        "occ:neck_gaiter (both)"}
+    assert set(res) == {"unmasked", "heldout (probe)", "heldout (both)", "occ:bandana (probe)", "occ:bandana (both)"}
     assert res["unmasked"]["verification"]["accuracy_mean"] == 1.0
     for row in res.values():
         assert 0.0 <= row["verification"]["accuracy_mean"] <= 1.0 and len(row["tar_at_far"]) == 2
@@ -34,6 +49,7 @@ def test_heldout_lfw_reports_probe_and_both(tiny_lfw, tmp_path):  # noqa: F811
     assert (out / "roc.png").stat().st_size > 1000
     # the masked chips differ from the clean ones (occluders really drawn), both sides share the masked embeddings
     assert len(list((tmp_path / "cache").glob("emb-occ:bandana-*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("emb-heldout-*.npy"))) == 1
     with pytest.raises(SystemExit, match="occluders"):
         evaluate_main(["--protocol", "heldout-lfw", "--data", str(tiny_lfw), "--conditions", "heldout",
                        "--workers", "1", "--out", str(out), "--cache", str(tmp_path / "cache")])
