@@ -14,16 +14,7 @@ import numpy as np
 from trainer.data.occluders.appearance import HAIR, SKIN
 from trainer.data.occluders.layer import Layer, poly_coverage
 from trainer.data.occluders.surface import TextureGrid, skin_surface
-
-
-def _capsule(p0: np.ndarray, d: np.ndarray, length: float, half_w: float, n: int = 8) -> np.ndarray:
-    d = d / (np.linalg.norm(d) or 1.0)
-    nrm = np.array([-d[1], d[0]])
-    p1 = p0 + d * length
-    t = np.linspace(-np.pi / 2, np.pi / 2, n)
-    cap1 = p1 + half_w * (np.cos(t)[:, None] * d + np.sin(t)[:, None] * nrm)
-    cap0 = p0 - half_w * (np.cos(t)[:, None] * d - np.sin(t)[:, None] * nrm)
-    return np.concatenate([cap1, cap0], 0)
+from trainer.data.synthesis import _capsule
 
 
 def hand(grid: TextureGrid, rng: np.random.Generator, skin: np.ndarray | None = None) -> tuple[list[Layer], str]:
@@ -48,8 +39,8 @@ def hand(grid: TextureGrid, rng: np.random.Generator, skin: np.ndarray | None = 
     fingers = []
     for off, ln in zip(offs, lengths):
         d = np.array([s, off * spread * 2.0])
-        fingers.append(_capsule(pc + np.array([s * (hl - 0.08), off]), d, ln, rng.uniform(0.09, 0.115)))
-    thumb = _capsule(pc + np.array([-s * 0.05, -hh + 0.06]), np.array([s * 0.55, -0.8]), 0.42, 0.105)
+        fingers.append(_capsule(pc + np.array([s * (hl - 0.08), off]), d, ln, rng.uniform(0.09, 0.115), n=8))
+    thumb = _capsule(pc + np.array([-s * 0.05, -hh + 0.06]), np.array([s * 0.55, -0.8]), 0.42, 0.105, n=8)
     wrist = np.array([[pc[0] - s * 0.15, pc[1] - hh * 0.8], [pc[0] - s * 0.15, pc[1] + hh * 0.8],
                       [pc[0] - s * 2.5, pc[1] + hh * 0.9 + 0.8], [pc[0] - s * 2.5, pc[1] - hh * 0.9 + 0.8]])
     c, sn = math.cos(math.radians(ang)), math.sin(math.radians(ang))
