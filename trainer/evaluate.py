@@ -156,10 +156,12 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
 
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
-    if job.occluders and is_occluder_condition(job.condition):  # the cutouts themselves, not only their folder
-        index_files = sorted(Path(job.occluders).glob("*/index.json"))
+    if job.occluders and is_occluder_condition(job.condition):  # the cutouts it can draw, not only their folder
+        from trainer.eval.heldout import cutout_parts
+
+        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
         key_parts.append(["occluders", str(job.occluders)]
-                         + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files])
+                         + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))

@@ -51,6 +51,14 @@ def family_for(condition: str, seed: int) -> str:
     raise ValueError(f"not an occluder condition: {condition!r}")
 
 
+def cutout_parts(condition: str) -> list[str]:
+    """The cutout parts (``harvest`` / ``validation``) a condition can draw from (for cache keys)."""
+    from trainer.data.occluders.registry import CUTOUT_PART, HELDOUT_MIX
+
+    fams = HELDOUT_MIX if condition == "heldout" else (condition[4:],) if condition.startswith("occ:") else ()
+    return sorted({CUTOUT_PART[f] for f in fams if f in CUTOUT_PART})
+
+
 def render_occluder(chip: np.ndarray, landmarks: np.ndarray, condition: str, seed: int, templates: str | None,
                     occluders: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(BGR chip with the condition's occluder, its exact occlusion mask M)."""
