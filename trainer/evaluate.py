@@ -6,10 +6,17 @@ Any embedder (a bundle: the built-in ``baseline`` dlib teacher or a trained bund
   picked on 9 folds, tested on the 10th; mean +- std), TAR at FAR 1e-2 / 1e-3, ROC curve.
 * ``--protocol rank1``: folder-per-identity data (the CelebA subset): one clean image per identity enrolled,
   the others (masked) as probes; rank-1 / rank-5 identification (the AR protocol of the seeds).
+* ``--protocol heldout-lfw``: LFW pairs with occluder families never trained on (``trainer/data/occluders``
+  registry; default condition ``heldout``) on the probe image and on both, one report (``trainer/eval/heldout.py``).
+* ``--protocol real-mask``: real masked / unmasked photos (the validation part of the committed split): detector
+  recall as photos and pasted into scenes, segmenter presence, segmenter IoU on occluders pasted with exact masks
+  (``trainer/eval/realmask.py``).
 
 Conditions (``--conditions``, comma separated): ``unmasked``; ``template`` (real mask templates fitted to the
 landmarks, needs ``--templates``); one per synthesis category: ``simple``, ``complex``, ``human_body``,
-``hybrid``, ``block`` (ID-GAN: a white 48/128-of-the-face-size square), ``sunglasses``, ``scarf``.
+``hybrid``, ``block`` (ID-GAN: a white 48/128-of-the-face-size square), ``sunglasses``, ``scarf``; and the realistic
+occluders of ``trainer.data.occluders``: ``occ:<family>`` (one family, e.g. ``occ:bandana``) or ``heldout`` (one of
+the held-out mask families per image); ``real_val`` / ``harvested`` need ``--occluders <cutout folder>``.
 Faces are detected and aligned once on the clean image (as in the papers, occluders are painted on the
 aligned face); ``--mask-side both`` masks both images of a pair (the papers' protocol), ``probe`` only the
 second one (enrolled clean, probe masked). Embeddings are cached per (images, model, condition, seed).
@@ -43,6 +50,11 @@ SYNTH_CONDITIONS = ("simple", "complex", "human_body", "hybrid", "block", "sungl
 CONDITIONS = ("unmasked", "template") + SYNTH_CONDITIONS
 
 
+def is_occluder_condition(condition: str) -> bool:
+    """``heldout`` or ``occ:<family>``: drawn by ``trainer.data.occluders`` (realistic families, registry)."""
+    return condition == "heldout" or condition.startswith("occ:")
+
+
 @dataclass(frozen=True)
 class Job:
     """What one worker needs to embed a chunk of images under one condition."""
@@ -53,6 +65,7 @@ class Job:
     seed: int
     complete: str | None = None  #: inpainter spec (trainer.data.completion) applied to masked chips, or None
     complete_mask: str = "truth"  #: holes to fill: the synthesis mask ("truth") or the segmenter's ("predicted")
+    occluders: str | None = None  #: cutout folder for the ``occ:`` / ``heldout`` conditions (real cutouts)
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -60,8 +73,9 @@ _W: dict = {}
 
 
 def _worker_init(model: str | None, templates: str | None, complete: str | None = None,
-                 complete_mask: str = "truth") -> None:
+                 complete_mask: str = "truth", occluders: str | None = None) -> None:
     cv2.setNumThreads(1)
+    _W["occluders"] = occluders
     from sdk.bundle import load_bundle
     from sdk._registry import build_stage
 
@@ -94,7 +108,8 @@ def _synthesizer(condition: str, templates: str | None):
 
 
 def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templates: str | None,
-                crop_size: tuple[int, int], landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+                crop_size: tuple[int, int], landmarks: np.ndarray,
+                occluders: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(BGR chip of ``crop_size`` with the condition's occluder painted, occlusion mask or None)."""
     from sdk.align import warp
 
@@ -105,6 +120,10 @@ def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templa
     if condition == "unmasked":
         return chip, None
     lm = landmarks @ chip_m[:, :2].T + chip_m[:, 2]
+    if is_occluder_condition(condition):
+        from trainer.eval.heldout import render_occluder
+
+        return render_occluder(chip, lm, condition, seed, templates, occluders if occluders else _W.get("occluders"))
     cat = "simple" if condition == "template" else condition
     s = _synthesizer(condition, templates)(chip, lm, seed, category=cat)
     return s.masked, s.mask
@@ -115,7 +134,8 @@ def _embed_chunk(args: tuple) -> np.ndarray:
     emb = _W["embedder"]
     chips, holes = [], []
     for p, m, lm, sd, flag in zip(paths, chip_ms, lms, seeds, masked_flags):
-        chip, hole = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"], emb.crop_size, lm)
+        chip, hole = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"], emb.crop_size, lm,
+                                 _W.get("occluders"))
         chips.append(chip)
         holes.append(np.zeros(chip.shape[:2], np.uint8) if hole is None else hole)
     completer = _W.get("completer")
@@ -136,6 +156,12 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
 
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
+    if job.occluders and is_occluder_condition(job.condition):  # the cutouts it can draw, not only their folder
+        from trainer.eval.heldout import cutout_parts
+
+        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
+        key_parts.append(["occluders", str(job.occluders)]
+                         + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))
@@ -157,13 +183,14 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     out: list[np.ndarray] = []
     bar = tqdm(total=len(idx), desc=f"embed {tag}", unit="face")
     if workers <= 1:
-        _worker_init(job.model, job.templates, job.complete, job.complete_mask)
+        _worker_init(job.model, job.templates, job.complete, job.complete_mask, job.occluders)
         for t in tasks:
             out.append(_embed_chunk(t))
             bar.update(len(t[0]))
     else:
         with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                 initargs=(job.model, job.templates, job.complete, job.complete_mask)) as ex:
+                                 initargs=(job.model, job.templates, job.complete, job.complete_mask,
+                                           job.occluders)) as ex:
             for t, e in zip(tasks, ex.map(_embed_chunk, tasks)):
                 out.append(e)
                 bar.update(len(t[0]))
@@ -175,7 +202,8 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
 
 
 def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
-                  seed: int, complete: str | None = None, complete_mask: str = "truth") -> None:
+                  seed: int, complete: str | None = None, complete_mask: str = "truth",
+                  occluders: str | None = None) -> None:
     """A contact sheet: one row per condition (and, with ``complete``, one more row with those faces completed),
     the same faces in each column (BGR PNG)."""
     _W.setdefault("synth", {})
@@ -187,7 +215,7 @@ def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templa
         completer = ChipCompleter(complete, mask_source=complete_mask)
     for c in conditions:
         rendered = [render_crop(aligned.paths[i], aligned.chip_m[i], c, seed * 1_000_003 + int(i), templates, crop_size,
-                                aligned.landmarks[i]) for i in idx]
+                                aligned.landmarks[i], occluders) for i in idx]
         tiles = [r[0] for r in rendered]
         labelled = [(c, tiles)]
         if completer is not None and c != "unmasked":
@@ -221,7 +249,8 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
     results, curves = {}, {}
     all_idx = np.arange(len(paths))
     for cond in args.conditions:
-        job = Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask)
+        job = Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask,
+                  getattr(args, "occluders", None))
         t0 = time.perf_counter()
         masked_all = embed_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
         if args.mask_side == "both" or cond == "unmasked":
@@ -239,7 +268,8 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
     meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}
     save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
-                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask)
+                  embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask,
+                  getattr(args, "occluders", None))
     return results, {"meta": meta, "curves": curves}
 
 
@@ -289,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="dataset folder (LFW, or a folder-per-identity tree)")
-    p.add_argument("--protocol", choices=("lfw-pairs", "rank1"), default="lfw-pairs")
+    p.add_argument("--protocol", choices=("lfw-pairs", "rank1", "heldout-lfw", "real-mask"), default="lfw-pairs",
+                   help="lfw-pairs, rank1, heldout-lfw (LFW pairs with held-out occluder families, probe and both "
+                        "sides) or real-mask (real masked photos: detector recall, segmenter presence / IoU)")
     p.add_argument("--pairs", type=Path, help="pairs.txt (default: <data>/pairs.txt)")
-    p.add_argument("--model", default="baseline", help="bundle whose embedder is evaluated (default: built-in baseline)")
+    p.add_argument("--model", default=None, help="bundle whose embedder is evaluated (default: built-in baseline; "
+                                                 "real-mask: default, whose detector + segmenter are measured)")
     p.add_argument("--conditions", default="unmasked,simple,block",
                    help=f"comma-separated, from {', '.join(CONDITIONS)} (default unmasked,simple,block)")
     p.add_argument("--templates", default=None, help="mask_templates folder (real masks); procedural masks without it")
@@ -306,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complete-mask", choices=("truth", "predicted"), default="truth",
                    help="holes for --complete: the synthesis mask (truth) or the default bundle's segmenter output on "
                         "the crop, completing only faces it calls occluded (predicted: what the SDK does)")
+    p.add_argument("--occluders", default=None,
+                   help="cutout folder from tools/harvest_occluders.py (real_val / harvested families, real-mask IoU)")
+    p.add_argument("--split", type=Path, default=None,
+                   help="real-mask: split file (default: trainer/data/splits/face_mask_detection.json)")
+    p.add_argument("--scene-sizes", default="48,96,192",
+                   help="real-mask: longer side (px) of the photo pasted into a 640x480 scene (default 48,96,192)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="embedding processes")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="cache folder for alignment and embeddings")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="report folder (report.json, report.md, roc.png, examples.png)")
@@ -316,10 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        args.model = "default" if args.protocol == "real-mask" else "baseline"
+    if args.protocol == "heldout-lfw" and args.conditions == build_parser().get_default("conditions"):
+        args.conditions = "unmasked,heldout"
     args.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    bad = [c for c in args.conditions if c not in CONDITIONS]
+    bad = [c for c in args.conditions if c not in CONDITIONS and not is_occluder_condition(c)]
     if bad:
-        raise SystemExit(f"unknown conditions {bad}; choose from {CONDITIONS}")
+        raise SystemExit(f"unknown conditions {bad}; choose from {CONDITIONS}, heldout or occ:<family> "
+                         f"(families: python -c 'from trainer.data.occluders import FAMILIES; print(list(FAMILIES))')")
     if "template" in args.conditions and not args.templates:
         raise SystemExit("condition 'template' needs --templates <mask_templates folder>")
     if not args.data.is_dir():
@@ -330,11 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     from sdk.bundle import load_bundle
     from trainer.eval import plot_roc, write_report
 
+    if args.protocol == "real-mask":
+        from trainer.eval.realmask import run_real_mask
+
+        return run_real_mask(args, argv)
     bundle = load_bundle(args.model)
     detector = build_stage(bundle.stages["detect"], {"max_side": None})
     embedder = build_stage(bundle.stages["embed"])
     t0 = time.perf_counter()
-    fn = evaluate_lfw if args.protocol == "lfw-pairs" else evaluate_rank1
+    if args.protocol == "heldout-lfw":
+        from trainer.eval.heldout import evaluate_heldout_lfw as fn
+    else:
+        fn = evaluate_lfw if args.protocol == "lfw-pairs" else evaluate_rank1
     results, extra = fn(args, detector, embedder)
     meta = {**extra["meta"], "protocol": args.protocol, "data": str(args.data), "model": bundle.name,
             "embedder": embedder.model_id, "templates": args.templates, "seed": args.seed, "complete": args.complete,
@@ -343,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python -m trainer.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     write_report(results, args.out / "report.json", args.out / "report.md", title=f"{bundle.name} on {args.data.name}", meta=meta)
     if extra["curves"]:
-        plot_roc(extra["curves"], args.out / "roc.png", title=f"{bundle.name} on {args.data.name} ({args.mask_side})")
+        side = "probe + both" if args.protocol == "heldout-lfw" else args.mask_side
+        plot_roc(extra["curves"], args.out / "roc.png", title=f"{bundle.name} on {args.data.name} ({side})")
     print((args.out / "report.md").read_text())
     return 0
 

@@ -239,6 +239,8 @@ class SynthesisConfig:
         upper_face_bottom: upper-face occluders keep M at most this many eye-to-mouth distances below
             the eye line.
         grey_aware: if the input is grey (B == G == R everywhere), paint the occluder in grey too.
+        template_families: use only these template families (None = all); ``exclude_template_families``
+            drops families (e.g. ``trainer.data.occluders.registry.HELDOUT_TEMPLATE_FAMILIES`` for training).
     """
 
     templates_dir: Path | None = None
@@ -261,6 +263,8 @@ class SynthesisConfig:
     lower_face_top: float = 0.05
     upper_face_bottom: float = 0.5
     grey_aware: bool = True
+    template_families: tuple[str, ...] | None = None
+    exclude_template_families: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -514,6 +518,10 @@ class MaskSynthesizer:
         if self._templates is None:
             d = self.config.templates_dir
             self._templates = load_templates(d) if d is not None else {}
+            keep, drop = self.config.template_families, set(self.config.exclude_template_families)
+            if keep is not None or drop:
+                self._templates = {f: v for f, v in self._templates.items()
+                                   if (keep is None or f in keep) and f not in drop}
         return self._templates
 
     def __getstate__(self):

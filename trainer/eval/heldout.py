@@ -1,0 +1,93 @@
+"""Held-out occluder families on LFW pairs: ``python -m trainer.evaluate --protocol heldout-lfw``.
+
+The LFW view-2 protocol (6,000 pairs, 10 folds) with occluders from families no model was trained on
+(:mod:`trainer.data.occluders.registry`): by default the ``heldout`` condition, which draws one of
+``HELDOUT_MIX`` (bandana, respirator, neck gaiter, real masks cut from the *validation* photos) per image, the family
+chosen by the image's seed. Each condition is measured twice in one run: masked on the probe (the second image of
+every pair; the first stays clean: the SDK's enrol-clean / probe-masked use) and masked on both images (the
+papers' protocol). Accuracy is the 10-fold mean +- std, plus TAR at FAR 1e-2 / 1e-3.
+
+Occluders are painted on the aligned chip, as for the other conditions (``trainer/evaluate.py``), deterministically
+per image and seed; greyscale LFW faces get greyscale occluders.
+
+    python -m trainer.evaluate --protocol heldout-lfw --data ../shared/data/lfw --occluders /work/shared-extra/cutouts \
+        --model student-v1 --out reports/heldout_lfw/student-v1
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SYNTH: dict = {}
+
+
+def occluder_synth(templates: str | None, occluders: str | None):
+    """One :class:`~trainer.data.occluders.OccluderSynthesizer` (split "all") per (templates, cutouts) per process."""
+    from trainer.data.occluders import OccluderConfig, OccluderSynthesizer
+
+    key = (templates, occluders)
+    if key not in _SYNTH:
+        _SYNTH[key] = OccluderSynthesizer(OccluderConfig(split="all", cutouts_dir=occluders, templates_dir=templates))
+    return _SYNTH[key]
+
+
+def family_for(condition: str, seed: int) -> str:
+    """The family a condition draws for an image seed: ``occ:<family>`` -> that family; ``heldout`` -> one of
+    ``HELDOUT_MIX``, picked by the seed (so every model and mask side sees the same family on the same image)."""
+    from trainer.data.occluders.registry import FAMILIES, HELDOUT_MIX
+
+    if condition == "heldout":
+        return HELDOUT_MIX[int(np.random.default_rng([seed, 7]).integers(len(HELDOUT_MIX)))]
+    if condition.startswith("occ:"):
+        fam = condition[4:]
+        if fam not in FAMILIES:
+            raise ValueError(f"unknown occluder family {fam!r} in condition {condition!r}; known: {', '.join(FAMILIES)}")
+        return fam
+    raise ValueError(f"not an occluder condition: {condition!r}")
+
+
+def cutout_parts(condition: str) -> list[str]:
+    """The cutout parts (``harvest`` / ``validation``) a condition can draw from (for cache keys)."""
+    from trainer.data.occluders.registry import CUTOUT_PART, HELDOUT_MIX
+
+    fams = HELDOUT_MIX if condition == "heldout" else (condition[4:],) if condition.startswith("occ:") else ()
+    return sorted({CUTOUT_PART[f] for f in fams if f in CUTOUT_PART})
+
+
+def render_occluder(chip: np.ndarray, landmarks: np.ndarray, condition: str, seed: int, templates: str | None,
+                    occluders: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(BGR chip with the condition's occluder, its exact occlusion mask M)."""
+    s = occluder_synth(templates, occluders)(chip, landmarks, int(seed), family=family_for(condition, int(seed)))
+    return s.masked, s.mask
+
+
+def evaluate_heldout_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
+    """Run ``evaluate_lfw`` for ``args.conditions`` with the probe masked and with both masked; rows are named
+    ``"<condition> (probe)"`` / ``"<condition> (both)"`` (``unmasked`` once)."""
+    from trainer.evaluate import evaluate_lfw
+
+    needs_cutouts = any(c == "heldout" or c in ("occ:real_val", "occ:harvested") for c in args.conditions)
+    if needs_cutouts and not getattr(args, "occluders", None):
+        raise SystemExit("the heldout condition includes real_val cutouts: pass --occluders <cutout folder> "
+                         "(python tools/harvest_occluders.py --part validation writes it)")
+    results, curves, meta = {}, {}, {}
+    for side in ("probe", "both"):
+        a = copy.copy(args)
+        a.mask_side = side
+        conds = [c for c in args.conditions if side == "probe" or c != "unmasked"]
+        if not conds:
+            continue
+        a.conditions = conds
+        r, extra = evaluate_lfw(a, detector, embedder)
+        meta = extra["meta"]
+        for c, row in r.items():
+            name = c if c == "unmasked" else f"{c} ({side})"
+            results[name] = row
+            curves[name] = extra["curves"][c]
+    meta = {**meta, "mask_side": "probe and both", "occluders": getattr(args, "occluders", None)}
+    return results, {"meta": meta, "curves": curves}
