@@ -110,7 +110,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
             ident = r["identity"] or ("no face" if r["face"] is None else "unknown")
             box = "" if r["box"] is None else ",".join(f"{v:.0f}" for v in r["box"])
             print(f"{Path(r['image']).name[:40]:40s} {face:>4s} {ident[:20]:20s} {sim:>10s} {det:>5s}  {box}")
-        print(f"threshold {rec.threshold:.3f} (cosine); gallery {len(rec.gallery.names)} identities"
+        ops = rec.operating_points
+        thr = (f"{rec.threshold:.3f}" if len({ops.clean, ops.probe_occluded}) == 1
+               else f"{ops.clean:.3f} clean / {ops.probe_occluded:.3f} occluded")
+        print(f"threshold {thr} (cosine); gallery {len(rec.gallery.names)} identities"
               + (f"; annotated images in {out}" if out else ""))
     return 0
 
@@ -118,7 +121,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     rec = _recognizer(args)
     v = rec.verify(args.a, args.b)
-    print(json.dumps({"similarity": round(v.similarity, 4), "same": v.same, "threshold": v.threshold}))
+    print(json.dumps({"similarity": round(v.similarity, 4), "same": v.same, "threshold": v.threshold,
+                      "operating_point": v.operating_point}))
     return 0 if v.same else 1
 
 
@@ -238,7 +242,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'deocclusion-preview'), bundle folder or manifest.json")
-    common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match (default: the bundle's)")
+    common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match, for masked and clean faces alike "
+                        "(default: the bundle's thresholds per occlusion state)")
     common.add_argument("--backend", default="auto", choices=("auto", "ort", "torch", "tensorrt"),
                         help="inference engine of the model stages (auto: from the bundle's files and the device)")
     common.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")

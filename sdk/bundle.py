@@ -10,7 +10,8 @@ A bundle is a folder holding ``manifest.json``::
         "complete": null | {"kind": "onnx_inpainter", "files": ..., "config": ..., "preprocess": PRE},
         "embed":    {"kind": "dlib_resnet_onnx" | ..., "files": {...}, "config": {...}, "preprocess": PRE}
       },
-      "match": {"metric": "cosine", "threshold": 0.83}
+      "match": {"metric": "cosine", "threshold": 0.83,
+                "thresholds": {"clean": 0.83, "probe_occluded": 0.88, "both_occluded": 0.93, "far": 0.001}}
     }
 
 where ``FILE = {"path": P, "bytes": N, "sha256": H}``. ``P`` is relative to the manifest's folder, absolute,
@@ -29,6 +30,12 @@ beside it); which one runs is the backend's choice (:mod:`sdk.backends`). A Tens
 itself -- ``load_bundle("engine.plan")`` -- when its sidecar manifest (``engine.plan.json``, written by
 ``python -m export trt``) names the bundle and stage it was built from: that bundle is loaded with the engine added
 to the stage and the stage pinned to TensorRT (:attr:`Bundle.engines`).
+
+``match.thresholds`` (optional) holds one cosine threshold per occlusion state of a compared pair -- both faces
+clean, one occluded (a masked probe against a clean enrolment), both occluded -- calibrated for the stated false
+accept rate ``far`` on validation data (``python -m trainer.calibrate``; its record is kept under
+``match.calibration``). Occluded means the ``segment`` stage's probability reaches its threshold. Without it, the
+single ``threshold`` serves every state (:class:`OperatingPoints`).
 
 ``PRE`` is a :class:`~sdk.preprocess.Preprocess` record (crop, colour order, dtype, scale/offset, layout): how
 that stage's graph wants its input, written by the exporter from the record the trainer used. Format version 2
@@ -121,6 +128,39 @@ class StageSpec:
     preprocess: Preprocess | None = None
 
 
+#: occlusion states of a compared pair, in the order of :attr:`OperatingPoints.states`
+OCCLUSION_STATES = ("clean", "probe_occluded", "both_occluded")
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """Cosine thresholds per occlusion state of a compared pair (see the module doc).
+
+    ``clean``: neither face occluded; ``probe_occluded``: exactly one (for :meth:`Recognizer.identify`, the probe:
+    enrolment photos are taken to be clean); ``both_occluded``: both. ``far``: the false accept rate they were
+    calibrated for (``None``: not calibrated, one threshold for all states).
+    """
+
+    clean: float
+    probe_occluded: float
+    both_occluded: float
+    far: float | None = None
+
+    @classmethod
+    def single(cls, threshold: float) -> "OperatingPoints":
+        return cls(threshold, threshold, threshold, None)
+
+    def state(self, occluded_a: bool, occluded_b: bool) -> str:
+        """The state name of a pair whose faces are (``occluded_a``, ``occluded_b``)."""
+        return OCCLUSION_STATES[int(bool(occluded_a)) + int(bool(occluded_b))]
+
+    def threshold(self, state: str) -> float:
+        """Threshold of ``state`` (one of :data:`OCCLUSION_STATES`)."""
+        if state not in OCCLUSION_STATES:
+            raise ValueError(f"unknown occlusion state {state!r}; expected one of {OCCLUSION_STATES}")
+        return float(getattr(self, state))
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, validated manifest."""
@@ -136,8 +176,16 @@ class Bundle:
 
     @property
     def threshold(self) -> float:
-        """Cosine-similarity threshold above which a match is accepted."""
+        """Cosine-similarity threshold above which a match of two clean faces is accepted."""
         return float(self.match.get("threshold", 0.5))
+
+    @property
+    def operating_points(self) -> OperatingPoints:
+        """Per-occlusion-state thresholds (``match.thresholds``), or the single :attr:`threshold` for every state."""
+        t = self.match.get("thresholds")
+        if not t:
+            return OperatingPoints.single(self.threshold)
+        return OperatingPoints(*(float(t[k]) for k in OCCLUSION_STATES), far=t.get("far"))
 
     @property
     def mode(self) -> str:
@@ -249,6 +297,18 @@ def validate_manifest(raw: dict, mpath: Path) -> None:
     thr = (match or {}).get("threshold", 0.5)
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not -1.0 <= thr <= 1.0:
         raise BundleError(f"{mpath}: match threshold must be a number in [-1, 1], got {thr!r:.80}")
+    ops = (match or {}).get("thresholds")
+    if ops is not None:
+        if not isinstance(ops, dict) or set(OCCLUSION_STATES) - set(ops):
+            raise BundleError(f"{mpath}: match \"thresholds\" must be an object with keys {list(OCCLUSION_STATES)} "
+                              f"(and optionally \"far\"), got {ops!r:.120}")
+        for k in OCCLUSION_STATES:
+            v = ops[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
+                raise BundleError(f"{mpath}: match thresholds[{k!r}] must be a number in [-1, 1], got {v!r:.80}")
+        far = ops.get("far")
+        if far is not None and (isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < far < 1.0):
+            raise BundleError(f"{mpath}: match thresholds[\"far\"] must be a rate in (0, 1), got {far!r:.80}")
 
 
 def read_manifest(mpath: Path) -> Any:

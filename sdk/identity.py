@@ -54,6 +54,8 @@ class Observation:
     quality: float
     occlusion: float | None = None
     completed: bool = False
+    #: the threshold that decided ``identity`` (the look's occlusion operating point); ``None``: the vote's own
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,16 @@ class IdentityVote:
             den += w
         return {k: v / den for k, v in tot.items()} if den else {}
 
+    def _fused_threshold(self) -> float:
+        """Quality-weighted mean of the looks' own thresholds (masked looks bring their stricter operating point),
+        :attr:`threshold` for looks without one."""
+        num = den = 0.0
+        for o in self._obs:
+            w = max(o.quality, 1e-3)
+            num += w * (self.threshold if o.threshold is None else o.threshold)
+            den += w
+        return num / den if den else self.threshold
+
     def _decide(self) -> Decision:
         fused, votes = self.fused(), self.votes()
         n = len(self._obs)
@@ -115,7 +127,7 @@ class IdentityVote:
             return Decision(None, float("nan"), votes.get(None, 1.0), n)
         best = max(fused, key=fused.get)
         sim = fused[best]
-        if sim >= self.threshold and votes.get(best, 0.0) >= self.config.min_vote:
+        if sim >= self._fused_threshold() and votes.get(best, 0.0) >= self.config.min_vote:
             return Decision(best, sim, votes[best], n)
         return Decision(None, sim, votes.get(None, 0.0), n)
 
@@ -149,7 +161,9 @@ class IdentityVote:
 
     @staticmethod
     def observation(candidates: Sequence[tuple[str, float]], identity: str | None, quality: float,
-                    occlusion: float | None = None, completed: bool = False) -> Observation:
+                    occlusion: float | None = None, completed: bool = False,
+                    threshold: float | None = None) -> Observation:
         """Build an :class:`Observation` (NaN similarities of an empty gallery are dropped)."""
         cands = tuple((str(n), float(s)) for n, s in candidates if s == s)
-        return Observation(cands, identity, float(quality), occlusion, bool(completed))
+        thr = None if threshold is None or threshold != threshold else float(threshold)
+        return Observation(cands, identity, float(quality), occlusion, bool(completed), thr)

@@ -31,7 +31,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from sdk import _registry
-from sdk.bundle import Bundle, load_bundle
+from sdk.bundle import Bundle, OperatingPoints, load_bundle
 from sdk.errors import BundleError, GalleryError, NoFaceError
 from sdk.frame import as_bgr, read_image
 from sdk.gallery import Gallery, check_name
@@ -50,7 +50,8 @@ class RecognizerConfig:
     """Run-time options (bundle values are the defaults where ``None``).
 
     Attributes:
-        threshold: cosine similarity at or above which a face is given the best gallery identity.
+        threshold: cosine similarity at or above which a face is given the best gallery identity, for every
+            occlusion state (``None``: the bundle's per-state operating points, :attr:`Recognizer.operating_points`).
         top_k: candidates kept per face in :attr:`Match.candidates`.
         min_face_size: smallest face the detector looks for, in frame pixels.
         max_side: frames with a longer side are downscaled (for detection only) to this many pixels.
@@ -86,11 +87,14 @@ class RecognizerConfig:
 
 @dataclass(frozen=True)
 class Verification:
-    """Result of :meth:`Recognizer.verify`: cosine ``similarity`` and whether it reaches ``threshold``."""
+    """Result of :meth:`Recognizer.verify`: cosine ``similarity`` and whether it reaches ``threshold``, the
+    threshold of the pair's occlusion ``operating_point`` (``"clean"``, ``"probe_occluded"``, ``"both_occluded"``;
+    ``"config"`` when :attr:`RecognizerConfig.threshold` overrides the bundle's)."""
 
     similarity: float
     same: bool
     threshold: float
+    operating_point: str = "clean"
 
 
 class Recognizer:
@@ -138,7 +142,14 @@ class Recognizer:
         #: every stage by stage name, in pipeline order (detect first)
         self.stages: dict[str, Stage] = {"detect": detector, **face_stages}
         self._face_stages = face_stages
-        self.threshold = float(config.threshold if config.threshold is not None else self.bundle.threshold)
+        #: thresholds per occlusion state (the bundle's, or ``config.threshold`` for all states)
+        self.operating_points: OperatingPoints = (OperatingPoints.single(float(config.threshold))
+                                                  if config.threshold is not None else self.bundle.operating_points)
+        #: threshold for two clean faces (the one threshold of bundles without per-state operating points)
+        self.threshold = self.operating_points.clean
+        if self.operating_points.far is not None and "segment" not in face_stages:
+            log.warning("bundle %s declares per-occlusion thresholds but has no segment stage: every face counts "
+                        "as clean", self.bundle.name)
         #: detector score below which faces are dropped (config, else the bundle's ``match.min_det_score``, else 0.9)
         self.min_det_score = float(config.min_det_score if config.min_det_score is not None
                                    else self.bundle.match.get("min_det_score", 0.9))
@@ -257,10 +268,27 @@ class Recognizer:
         for face, face_hits, face_occ, done in zip(faces, hits, batch.occlusion, batch.completed):
             best = face_hits[0] if face_hits else None
             sim = best.similarity if best else float("nan")
-            ident = best.name if best is not None and sim >= self.threshold else None
+            op, thr = self.operating_point(self.is_occluded(face_occ))
+            ident = best.name if best is not None and sim >= thr else None
             matches.append(Match(face.box, face.landmarks, face.score, face_occ, ident, sim,
-                                 [(h.name, h.similarity) for h in face_hits], completed=bool(done)))
+                                 [(h.name, h.similarity) for h in face_hits], completed=bool(done),
+                                 operating_point=op, threshold=thr))
         return matches
+
+    def is_occluded(self, occlusion: float | None) -> bool:
+        """Whether a face with segmenter probability ``occlusion`` counts as occluded (at the segment stage's
+        threshold; ``None``, a bundle without a segmenter, counts as clean)."""
+        seg = self._face_stages.get("segment")
+        return occlusion is not None and seg is not None and float(occlusion) >= float(getattr(seg, "threshold", 0.5))
+
+    def operating_point(self, probe_occluded: bool, reference_occluded: bool = False) -> tuple[str, float]:
+        """``(state name, cosine threshold)`` for comparing a probe with a reference (an enrolled template:
+        enrolment photos are taken to be clean). ``state`` is ``"config"`` when ``RecognizerConfig.threshold``
+        overrides the bundle's operating points."""
+        if self.config.threshold is not None:
+            return "config", float(self.config.threshold)
+        state = self.operating_points.state(probe_occluded, reference_occluded)
+        return state, self.operating_points.threshold(state)
 
     def embed_largest(self, image: ImageLike, *, what: str = "image") -> np.ndarray:
         """(dim,) embedding of the largest face in ``image`` (a frame or a file path), after the same face
@@ -269,12 +297,16 @@ class Recognizer:
         Raises:
             NoFaceError: no face was found (the message names ``what``).
         """
+        return self._embed_largest(image, what)[0]
+
+    def _embed_largest(self, image: ImageLike, what: str) -> tuple[np.ndarray, float | None]:
         frame = read_image(image) if isinstance(image, (str, Path)) else as_bgr(image, name=what)
         faces = self._detect(frame)
         if not faces:
             raise NoFaceError(f"{what}: no face found")
         largest = max(faces, key=lambda f: f.width * f.height)
-        return self._run(frame, [largest]).embeddings[0]
+        batch = self._run(frame, [largest])
+        return batch.embeddings[0], batch.occlusion[0]
 
     def enroll(self, name: str, images: ImageLike | Sequence[ImageLike]) -> int:
         """Add ``name`` to the gallery from one or more images (frames or file paths), largest face of each.
@@ -293,7 +325,11 @@ class Recognizer:
         for i, img in enumerate(images):
             what = f"enroll {name!r}: image {i}" + (f" ({img})" if isinstance(img, (str, Path)) else "")
             try:
-                embs.append(self.embed_largest(img, what=what))
+                emb, occ = self._embed_largest(img, what)
+                embs.append(emb)
+                if self.is_occluded(occ):
+                    log.warning("%s: the face is occluded (p=%.2f); templates are matched as clean faces, so an "
+                                "unmasked enrolment photo gives better and safer matches", what, occ)
             except (FileNotFoundError, ValueError, TypeError) as e:
                 if isinstance(e, (NoFaceError, GalleryError)):
                     raise
@@ -302,14 +338,16 @@ class Recognizer:
         return self.gallery.add(name, np.stack(embs), sources)
 
     def verify(self, a: ImageLike, b: ImageLike) -> Verification:
-        """Are the largest faces of ``a`` and ``b`` the same person? (cosine similarity vs threshold).
+        """Are the largest faces of ``a`` and ``b`` the same person? (cosine similarity vs the threshold of the
+        pair's occlusion state, see :attr:`operating_points`).
 
         Raises:
             NoFaceError: ``a`` or ``b`` has no face (the message says which).
         """
-        ea, eb = self.embed_largest(a, what="image a"), self.embed_largest(b, what="image b")
+        (ea, oa), (eb, ob) = self._embed_largest(a, "image a"), self._embed_largest(b, "image b")
         sim = float(np.dot(ea, eb))
-        return Verification(sim, sim >= self.threshold, self.threshold)
+        op, thr = self.operating_point(self.is_occluded(oa), self.is_occluded(ob))
+        return Verification(sim, sim >= thr, thr, op)
 
     def close(self) -> None:
         """Close the gallery file."""

@@ -451,7 +451,8 @@ class Stream:
         cfg = self.config
         info: _TrackInfo = tk.data["info"]
         q = face_quality(tk.face, m.occlusion, cfg.quality)
-        obs = IdentityVote.observation(m.candidates, m.identity, q, m.occlusion, m.completed)
+        obs = IdentityVote.observation(m.candidates, m.identity, q, m.occlusion, m.completed,
+                                       getattr(m, "threshold", None))
         before = info.vote.decision
         decision, changed = info.vote.add(obs)
         first = info.recognitions == 0

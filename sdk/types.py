@@ -51,6 +51,10 @@ class Match:
         candidates: up to k ``(name, similarity)`` pairs, best first.
         completed: the bundle's ``complete`` stage filled the occluded pixels of this face before it was
             embedded (only with a ``complete`` stage and ``occlusion`` at or above its ``min_occlusion``).
+        operating_point: which threshold decided ``identity``: ``"clean"`` or ``"probe_occluded"`` (the face
+            counts as occluded at the segmenter's threshold; gallery templates count as clean), or ``"config"``
+            (``RecognizerConfig.threshold`` overrides the bundle's per-state thresholds).
+        threshold: that threshold (cosine).
     """
 
     box: np.ndarray
@@ -61,6 +65,8 @@ class Match:
     similarity: float
     candidates: list[tuple[str, float]] = field(default_factory=list)
     completed: bool = False
+    operating_point: str = "clean"
+    threshold: float = float("nan")
 
     def to_dict(self) -> dict:
         """JSON-friendly view (lists and floats)."""
@@ -73,6 +79,8 @@ class Match:
             "similarity": round(float(self.similarity), 4),
             "candidates": [(n, round(float(s), 4)) for n, s in self.candidates],
             "completed": bool(self.completed),
+            "operating_point": self.operating_point,
+            "threshold": round(float(self.threshold), 4),
         }
 
 

@@ -51,8 +51,8 @@ CONDITIONS = ("unmasked", "template") + SYNTH_CONDITIONS
 
 
 def is_occluder_condition(condition: str) -> bool:
-    """``heldout`` or ``occ:<family>``: drawn by ``trainer.data.occluders`` (realistic families, registry)."""
-    return condition == "heldout" or condition.startswith("occ:")
+    """``heldout``, ``trainmix`` or ``occ:<family>``: drawn by ``trainer.data.occluders`` (realistic families, registry)."""
+    return condition in ("heldout", "trainmix") or condition.startswith("occ:")
 
 
 @dataclass(frozen=True)
@@ -244,10 +244,13 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
     aligned = align_images(paths, detector, embedder, args.cache)
     ia = np.array([pos[str(p.a)] for p in pairs])
     ib = np.array([pos[str(p.b)] for p in pairs])
-    labels = np.array([p.same for p in pairs])
+    labels = np.array([p.same for p in pairs], bool)
     folds = np.array([p.fold for p in pairs])
     results, curves = {}, {}
     all_idx = np.arange(len(paths))
+    from sdk.bundle import load_bundle
+
+    ops = load_bundle(args.model, verify_hash=False).operating_points
     for cond in args.conditions:
         job = Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask,
                   getattr(args, "occluders", None))
@@ -263,7 +266,12 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         ver = lfw_10fold(scores, labels, folds)
         far, tar, _ = roc_curve(scores, labels)
         curves[cond] = (far, tar)
+        state = "clean" if cond == "unmasked" else "both_occluded" if args.mask_side == "both" else "probe_occluded"
+        thr = ops.threshold(state)  # the bundle's shipped operating point for this pair state
         results[cond] = {"verification": ver, "tar_at_far": tar_at_far(scores, labels, (1e-2, 1e-3)),
+                         "shipped thr": round(thr, 4),
+                         "FAR@shipped (%)": round(100 * float(np.mean(scores[~labels] >= thr)), 2),
+                         "TAR@shipped (%)": round(100 * float(np.mean(scores[labels] >= thr)), 2),
                          "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
     meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}

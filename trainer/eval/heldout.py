@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 _SYNTH: dict = {}
 
+#: training families the ``trainmix`` condition draws from (threshold calibration, ``trainer/calibrate.py``): never
+#: a held-out family, so that calibrating a bundle does not see what the held-out evaluation measures
+TRAIN_MIX = ("surgical", "kn95", "cloth", "scarf", "hand", "sunglasses", "harvested")
+
 
 def occluder_synth(templates: str | None, occluders: str | None):
     """One :class:`~trainer.data.occluders.OccluderSynthesizer` (split "all") per (templates, cutouts) per process."""
@@ -43,6 +47,8 @@ def family_for(condition: str, seed: int) -> str:
 
     if condition == "heldout":
         return HELDOUT_MIX[int(np.random.default_rng([seed, 7]).integers(len(HELDOUT_MIX)))]
+    if condition == "trainmix":
+        return TRAIN_MIX[int(np.random.default_rng([seed, 11]).integers(len(TRAIN_MIX)))]
     if condition.startswith("occ:"):
         fam = condition[4:]
         if fam not in FAMILIES:
@@ -55,14 +61,20 @@ def cutout_parts(condition: str) -> list[str]:
     """The cutout parts (``harvest`` / ``validation``) a condition can draw from (for cache keys)."""
     from trainer.data.occluders.registry import CUTOUT_PART, HELDOUT_MIX
 
-    fams = HELDOUT_MIX if condition == "heldout" else (condition[4:],) if condition.startswith("occ:") else ()
+    fams = (HELDOUT_MIX if condition == "heldout" else TRAIN_MIX if condition == "trainmix"
+            else (condition[4:],) if condition.startswith("occ:") else ())
     return sorted({CUTOUT_PART[f] for f in fams if f in CUTOUT_PART})
 
 
 def render_occluder(chip: np.ndarray, landmarks: np.ndarray, condition: str, seed: int, templates: str | None,
                     occluders: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(BGR chip with the condition's occluder, its exact occlusion mask M)."""
-    s = occluder_synth(templates, occluders)(chip, landmarks, int(seed), family=family_for(condition, int(seed)))
+    synth = occluder_synth(templates, occluders)
+    family = family_for(condition, int(seed))
+    if condition == "trainmix" and family not in synth.available():  # no cutouts given: the procedural families
+        pool = [f for f in TRAIN_MIX if f in synth.available()]
+        family = pool[int(np.random.default_rng([int(seed), 13]).integers(len(pool)))]
+    s = synth(chip, landmarks, int(seed), family=family)
     return s.masked, s.mask
 
 
