@@ -7,7 +7,7 @@ setting the evaluation uses). Each case runs ``--rounds`` interleaved rounds of 
 warm-up (so a burst of load on a shared machine hits every detector), and reports the median ms per frame,
 images/s and the ratio to MTCNN, plus the 1-minute load average before and after.
 
-    python benchmarks/bench_detector.py --model sdk/models/default-v2 --out benchmarks/results/detector.json
+    python benchmarks/bench_detector.py --model sdk/models/ltdet-v1 --out benchmarks/results/detector.json
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def detectors(model: str, threads: int, pyramids: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "sdk" / "models" / "default-v2"), help="bundle with an ltdet stage")
+    p.add_argument("--model", default=str(ROOT / "sdk" / "models" / "ltdet-v1"), help="bundle with an ltdet stage")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=4)

@@ -1,7 +1,8 @@
 """The one bundle / manifest writer of every export, and the metadata every artifact carries.
 
-A bundle written by ``python -m export`` is the base bundle's manifest (``--base``; every relative file path
-rewritten relative to the new folder: files are referenced, not copied) with the family's stage replaced::
+A bundle written by ``python -m export`` is the base bundle's manifest (``--base``; its files made reachable from
+the new folder without leaving it: the SDK's own as ``pkg:sdk/models/...``, any other linked or copied in, see
+:func:`_rewrite_paths`) with the family's stage replaced::
 
     "<stage>": {"kind": "...", "files": {"model": FILE, ["torch": FILE,] [...]}, "config": {...},
                 "preprocess": PRE,

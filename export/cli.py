@@ -57,8 +57,8 @@ def checkpoint_parser(fmt: Format) -> argparse.ArgumentParser:
         p.add_argument("--name", default=None, help="bundle name (default: the --out folder name)")
         p.add_argument("--description", default=None, help="bundle description (default: the family's)")
         p.add_argument("--base", "--bundle-from", dest="base", default=None,
-                       help="bundle whose other stages the new one keeps (built-in name or folder; files are "
-                            "referenced, not copied); default: the family's")
+                       help="bundle whose other stages the new one keeps (built-in name or folder; SDK files are "
+                            "referenced as pkg:sdk/models/..., others linked or copied in); default: the family's")
         p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads in the stage (default 1)")
         if fmt.name != "onnx-fp16":
             p.add_argument("--fp16-weights", action="store_true",

@@ -241,7 +241,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'deocclusion-preview'), bundle folder or manifest.json")
+    common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'ltdet-v1', 'deocclusion-preview'), bundle folder or manifest.json")
     common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match, for masked and clean faces alike "
                         "(default: the bundle's thresholds per occlusion state)")
     common.add_argument("--backend", default="auto", choices=("auto", "ort", "torch", "tensorrt"),
@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.fn(args) or 0)
-    except (LookThroughError, FileNotFoundError) as e:
+    except (LookThroughError, FileNotFoundError, ValueError) as e:  # bad input: one line (traceback with -vv)
+        logging.getLogger("sdk").debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -75,6 +75,15 @@ def test_foreign_gallery_gives_clear_cli_error(tmp_path):
     assert r.returncode == 2 and "some-other-model" in r.stderr
 
 
+def test_a_file_that_is_not_an_image_is_one_line_error(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    for cmd in (("identify", str(bad)), ("verify", str(bad), str(bad))):
+        r = run(*cmd)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("error:") and "notes.jpg" in r.stderr
+
+
 @pytest.mark.slow
 def test_verify_exit_codes(tmp_path, people):
     a = people / "astronaut"
