@@ -15,7 +15,7 @@ The bundle copies a base manifest (default: the built-in ``default``: same segme
                "preprocess": {"crop": "frame", "colour": "rgb", "dtype": "float32", "scale": 1/127.5,
                               "offset": -1.0, "layout": "nchw"}}
 
-and ``"format_version": 2`` (:func:`export._preprocess.set_stage_preprocess`). The ``preprocess`` record is the
+and ``"format_version": 2`` (:func:`export._bundle.set_stage`). The ``preprocess`` record is the
 checkpoint's (the one the net was trained with; older checkpoints: :data:`sdk.detect_onnx.LTDET_PREPROCESS`, what
 they were trained with): the graph takes the float input, the SDK normalises the frame by it.
 
@@ -90,7 +90,7 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
 
     ``preprocess``: the graph's :class:`sdk.preprocess.Preprocess` record (default
     :data:`sdk.detect_onnx.LTDET_PREPROCESS`), written into the detect stage (manifest format version 2)."""
-    from export._preprocess import set_stage_preprocess
+    from export._bundle import set_stage
     from sdk.bundle import BUILTIN_DIR
     from sdk.detect_onnx import LTDET_PREPROCESS
 
@@ -108,10 +108,9 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
     (out / "detector.onnx").write_bytes(onnx_bytes)
     cfg = {"score_threshold": 0.5, "nms_iou": 0.4, "pyramid": [1.0, 0.25], "max_side": 1280, "threads": 0}
     cfg.update(config or {})
-    raw["stages"]["detect"] = {"kind": "ltdet", "files": {"model": {
+    set_stage(raw, "detect", {"kind": "ltdet", "files": {"model": {
         "path": "detector.onnx", "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}},
-        "config": cfg}
-    set_stage_preprocess(raw, "detect", preprocess or LTDET_PREPROCESS)
+        "config": cfg}, preprocess or LTDET_PREPROCESS)
     raw["name"] = name or f"{raw.get('name', base)}+ltdet"
     if description:
         raw["description"] = description

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -323,6 +324,31 @@ def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, 
     return results, {"meta": meta, "curves": {}}
 
 
+def evaluate_heldout_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
+    """Run ``evaluate_lfw`` for ``args.conditions`` with the probe masked and with both masked; rows are named
+    ``"<condition> (probe)"`` / ``"<condition> (both)"`` (``unmasked`` once)."""
+    needs_cutouts = any(c == "heldout" or c in ("occ:real_val", "occ:harvested") for c in args.conditions)
+    if needs_cutouts and not getattr(args, "occluders", None):
+        raise SystemExit("the heldout condition includes real_val cutouts: pass --occluders <cutout folder> "
+                         "(python tools/harvest_occluders.py --part validation writes it)")
+    results, curves, meta = {}, {}, {}
+    for side in ("probe", "both"):
+        a = copy.copy(args)
+        a.mask_side = side
+        conds = [c for c in args.conditions if side == "probe" or c != "unmasked"]
+        if not conds:
+            continue
+        a.conditions = conds
+        r, extra = evaluate_lfw(a, detector, embedder)
+        meta = extra["meta"]
+        for c, row in r.items():
+            name = c if c == "unmasked" else f"{c} ({side})"
+            results[name] = row
+            curves[name] = extra["curves"][c]
+    meta = {**meta, "mask_side": "probe and both", "occluders": getattr(args, "occluders", None)}
+    return results, {"meta": meta, "curves": curves}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -391,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = build_stage(bundle.stages["embed"])
     t0 = time.perf_counter()
     if args.protocol == "heldout-lfw":
-        from trainer.eval.heldout import evaluate_heldout_lfw as fn
+        fn = evaluate_heldout_lfw
     else:
         fn = evaluate_lfw if args.protocol == "lfw-pairs" else evaluate_rank1
     results, extra = fn(args, detector, embedder)

@@ -1,4 +1,6 @@
-"""Held-out occluder families on LFW pairs: ``python -m trainer.evaluate --protocol heldout-lfw``.
+"""Occluder conditions of the evaluations: held-out families on LFW pairs (``python -m trainer.evaluate --protocol
+heldout-lfw``, driven by :func:`trainer.evaluate.evaluate_heldout_lfw`) and the training mix of the threshold
+calibration (``trainmix``, :mod:`trainer.calibrate`).
 
 The LFW view-2 protocol (6,000 pairs, 10 folds) with occluders from families no model was trained on
 (:mod:`trainer.data.occluders.registry`): by default the ``heldout`` condition, which draws one of
@@ -15,8 +17,6 @@ per image and seed; greyscale LFW faces get greyscale occluders.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import logging
 
 import numpy as np
@@ -76,30 +76,3 @@ def render_occluder(chip: np.ndarray, landmarks: np.ndarray, condition: str, see
         family = pool[int(np.random.default_rng([int(seed), 13]).integers(len(pool)))]
     s = synth(chip, landmarks, int(seed), family=family)
     return s.masked, s.mask
-
-
-def evaluate_heldout_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
-    """Run ``evaluate_lfw`` for ``args.conditions`` with the probe masked and with both masked; rows are named
-    ``"<condition> (probe)"`` / ``"<condition> (both)"`` (``unmasked`` once)."""
-    from trainer.evaluate import evaluate_lfw
-
-    needs_cutouts = any(c == "heldout" or c in ("occ:real_val", "occ:harvested") for c in args.conditions)
-    if needs_cutouts and not getattr(args, "occluders", None):
-        raise SystemExit("the heldout condition includes real_val cutouts: pass --occluders <cutout folder> "
-                         "(python tools/harvest_occluders.py --part validation writes it)")
-    results, curves, meta = {}, {}, {}
-    for side in ("probe", "both"):
-        a = copy.copy(args)
-        a.mask_side = side
-        conds = [c for c in args.conditions if side == "probe" or c != "unmasked"]
-        if not conds:
-            continue
-        a.conditions = conds
-        r, extra = evaluate_lfw(a, detector, embedder)
-        meta = extra["meta"]
-        for c, row in r.items():
-            name = c if c == "unmasked" else f"{c} ({side})"
-            results[name] = row
-            curves[name] = extra["curves"][c]
-    meta = {**meta, "mask_side": "probe and both", "occluders": getattr(args, "occluders", None)}
-    return results, {"meta": meta, "curves": curves}
