@@ -2,6 +2,7 @@
 pair's state and says which, and ``python -m trainer.calibrate`` derives them at a target FAR."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -85,7 +86,7 @@ def _embeddings(n_people: int, per: int, spread: float, rng) -> tuple[np.ndarray
 
 
 def test_calibration_thresholds_hold_the_far_and_rise_with_occlusion(tmp_path):
-    from trainer.calibrate import STATES, calibrate_states, pair_scores, write_thresholds
+    from trainer.calibrate import STATES, calibrate_states, pair_scores, shipped_thresholds, write_thresholds
 
     rng = np.random.default_rng(0)
     clean, ids = _embeddings(150, 2, 0.3, rng)
@@ -111,6 +112,11 @@ def test_calibration_thresholds_hold_the_far_and_rise_with_occlusion(tmp_path):
     manifest.write_text(json.dumps({"match": {"metric": "cosine", "threshold": 0.3}}))
     match = write_thresholds(manifest, states, 1e-2, {"far": 1e-2})
     assert match["threshold"] == match["thresholds"]["clean"] == round(states["clean"].threshold, 4)
+    # shipped thresholds never drop as occlusion grows, even where the calibrated ones dip
+    dip = dict(states)
+    dip["probe_occluded"] = dataclasses.replace(states["probe_occluded"], threshold=states["clean"].threshold - 0.01)
+    shipped = shipped_thresholds(dip)
+    assert shipped["probe_occluded"] == shipped["clean"] <= shipped["both_occluded"]
     assert json.loads(manifest.read_text())["match"]["calibration"] == {"far": 1e-2}
 
 

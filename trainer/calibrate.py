@@ -18,7 +18,8 @@ held-out evaluation stays held out. Impostor = a pair of images of different peo
 people with two or more images) give an indicative TAR.
 
 The threshold of a state is the smallest cosine with FAR <= ``--far`` (:func:`trainer.eval.metrics.tar_at_far`);
-``--write`` stores them in the bundle's ``manifest.json`` as ``match.thresholds`` with the calibration record
+``--write`` stores them (made monotone: a state with more occluded faces never gets a lower threshold,
+:func:`shipped_thresholds`) in the bundle's ``manifest.json`` as ``match.thresholds`` with the calibration record
 under ``match.calibration``, and sets ``match.threshold`` (the clean state) to the same calibrated value::
 
     python -m trainer.calibrate --model sdk/models/default --lfw ../shared/data/lfw \\
@@ -95,12 +96,22 @@ def calibrate_states(clean: np.ndarray, occluded: np.ndarray, identities: Sequen
     return out
 
 
+def shipped_thresholds(states: dict[str, StateCalibration]) -> dict[str, float]:
+    """The thresholds a bundle ships: each state's calibrated one, but never below the state with fewer occluded
+    faces (a mask never lowers the bar: ``clean <= probe_occluded <= both_occluded``), rounded to 4 decimals."""
+    out, floor = {}, -1.0
+    for s in STATES:
+        floor = max(floor, states[s].threshold)
+        out[s] = round(floor, 4)
+    return out
+
+
 def write_thresholds(manifest: Path, states: dict[str, StateCalibration], far: float, record: dict) -> dict:
     """Store the thresholds in ``manifest`` (``match.thresholds`` + ``match.calibration``; ``match.threshold`` =
     the clean state) and return the new ``match`` block. The file is replaced atomically."""
     raw = json.loads(manifest.read_text(encoding="utf-8"))
     match = dict(raw.get("match") or {"metric": "cosine"})
-    match["thresholds"] = {s: round(states[s].threshold, 4) for s in STATES} | {"far": far}
+    match["thresholds"] = {**shipped_thresholds(states), "far": far}
     match["threshold"] = match["thresholds"]["clean"]
     match["calibration"] = record
     raw["match"] = match
