@@ -23,7 +23,7 @@ def _with_thresholds(manifest_copy, thresholds: dict | None):
 
 
 def test_bundle_without_thresholds_uses_its_one_threshold_everywhere():
-    b = load_bundle("default")
+    b = load_bundle("baseline")  # no segmenter: one calibrated threshold
     ops = b.operating_points
     assert ops == OperatingPoints.single(b.threshold) and ops.far is None
     assert [ops.state(a, c) for a, c in ((0, 0), (1, 0), (0, 1), (1, 1))] == [
@@ -118,6 +118,8 @@ def test_calibration_thresholds_hold_the_far_and_rise_with_occlusion(tmp_path):
     shipped = shipped_thresholds(dip)
     assert shipped["probe_occluded"] == shipped["clean"] <= shipped["both_occluded"]
     assert json.loads(manifest.read_text())["match"]["calibration"] == {"far": 1e-2}
+    match = write_thresholds(manifest, states, 1e-2, {"far": 1e-2}, per_state=False)  # a bundle without a segmenter
+    assert "thresholds" not in match and match["threshold"] == round(states["clean"].threshold, 4)
 
 
 def test_calibration_images_leave_the_test_people_out(tmp_path):

@@ -106,13 +106,18 @@ def shipped_thresholds(states: dict[str, StateCalibration]) -> dict[str, float]:
     return out
 
 
-def write_thresholds(manifest: Path, states: dict[str, StateCalibration], far: float, record: dict) -> dict:
+def write_thresholds(manifest: Path, states: dict[str, StateCalibration], far: float, record: dict,
+                     per_state: bool = True) -> dict:
     """Store the thresholds in ``manifest`` (``match.thresholds`` + ``match.calibration``; ``match.threshold`` =
-    the clean state) and return the new ``match`` block. The file is replaced atomically."""
+    the clean state) and return the new ``match`` block. ``per_state=False`` (a bundle without a segmenter cannot
+    tell occluded faces apart): only ``match.threshold``. The file is replaced atomically."""
     raw = json.loads(manifest.read_text(encoding="utf-8"))
     match = dict(raw.get("match") or {"metric": "cosine"})
-    match["thresholds"] = {**shipped_thresholds(states), "far": far}
-    match["threshold"] = match["thresholds"]["clean"]
+    shipped = shipped_thresholds(states)
+    match.pop("thresholds", None)
+    if per_state:
+        match["thresholds"] = {**shipped, "far": far}
+    match["threshold"] = shipped["clean"]
     match["calibration"] = record
     raw["match"] = match
     tmp = manifest.with_suffix(".json.tmp")
@@ -219,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s:15s} threshold {c.threshold:.4f}  FAR {c.achieved_far:.2e} on {c.impostor_pairs:,} impostor pairs"
               f"  TAR {tar} on {c.genuine_pairs} genuine pairs")
     if args.write:
-        write_thresholds(manifest, states, args.far, record)
-        print(f"thresholds written to {manifest}")
+        per_state = bundle.stages.get("segment") is not None
+        write_thresholds(manifest, states, args.far, record, per_state)
+        print(f"thresholds written to {manifest}" + ("" if per_state else
+              " (clean only: without a segment stage the bundle cannot tell occluded faces apart)"))
     return 0
 
 

@@ -99,6 +99,16 @@ def cache_key(paths: Sequence[str], geometry_id: str) -> str:
     return h.hexdigest()[:16]
 
 
+def detector_id(detector) -> str:
+    """Part of the alignment cache key naming the detector: empty for MTCNN (the key every older cache was written
+    under), else its class, model file and config (another detector finds other boxes and landmarks)."""
+    if type(detector).__name__ == "MTCNNDetector":
+        return ""
+    path = getattr(detector, "path", None)
+    size = Path(path).stat().st_size if path is not None and Path(path).is_file() else ""
+    return f"|{type(detector).__name__}|{Path(path).name if path else ''}|{size}|{getattr(detector, 'config', '')!r}"
+
+
 def align_images(paths: Sequence[str | Path], detector, embedder, cache_dir: Path | None = None,
                  progress: bool = True) -> AlignedSet:
     """Detect + align every image (cached in ``cache_dir`` when given).
@@ -107,14 +117,14 @@ def align_images(paths: Sequence[str | Path], detector, embedder, cache_dir: Pat
         paths: image files.
         detector: an object with ``detect(bgr) -> list[Face]`` (``sdk.detect.MTCNNDetector``).
         embedder: an object with ``crop_transforms(frame, faces)`` and ``geometry_id`` (or ``model_id``): embedders
-            that cut the same crops share the cache (the detector is the bundle's MTCNN in every bundle so far).
+            that cut the same crops share the cache, when their detectors agree (:func:`detector_id`).
         cache_dir: folder for the ``aligned-<key>.npz`` cache; ``None`` disables caching.
     """
     paths = [str(p) for p in paths]
     cache = None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        geometry = getattr(embedder, "geometry_id", embedder.model_id)
+        geometry = getattr(embedder, "geometry_id", embedder.model_id) + detector_id(detector)
         cache = cache_dir / f"aligned-{cache_key(paths, geometry)}.npz"
         if cache.is_file():
             out = AlignedSet.load(cache)
