@@ -47,6 +47,31 @@ def test_dataset_masks_deterministically(tiny):
     assert np.array_equal(m0, c0)
 
 
+def test_realistic_and_mixed_occluders_feed_the_dataset(tiny):
+    """--occluders realistic / mixed: the 3-D-fitted training families paint the chips, deterministically per
+    (seed, epoch, index); the mix draws from both sources; a held-out family is never drawn."""
+    from trainer.data.occluders.registry import families
+    from trainer.data.synthesis import MaskSynthesizer
+    from trainer.student.config import StudentConfig
+    from trainer.student.loop import MixedSynthesizer, training_synthesizer
+
+    prep, _ = tiny
+    with pytest.raises(ValueError, match="occluders must be one of"):
+        StudentConfig(occluders="everything")
+    templates = MaskSynthesizer()
+    assert training_synthesizer(StudentConfig(templates=None), templates) is templates
+    real = training_synthesizer(StudentConfig(templates=None, occluders="realistic"), templates)
+    assert set(real.available()) <= set(families("train")) and "bandana" not in real.available()
+    ds = MaskedChipDataset(prep.paths, prep.chip_m, prep.landmarks, prep.labels, real, 1.0, 3)
+    m1, c1, _, _ = ds[(4, 2)]
+    m2, _, _, _ = ds[(4, 2)]
+    assert np.array_equal(m1, m2) and not np.array_equal(m1, c1) and m1.shape == (150, 150, 3)
+    mixed = training_synthesizer(StudentConfig(templates=None, occluders="mixed"), templates)
+    assert isinstance(mixed, MixedSynthesizer)
+    cats = {mixed(c1[:, :, ::-1].copy(), ds.chip_landmarks(4), np.random.default_rng(k)).category for k in range(12)}
+    assert cats & set(families("train")) and cats - set(families("train"))  # both sources were drawn
+
+
 @pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(tiny, student_cfg):
     from trainer.data.synthesis import MaskSynthesizer

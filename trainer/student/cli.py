@@ -181,6 +181,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add("--teacher-input", choices=tuple(TEACHER_INPUTS), default=d.teacher_input,
         help="the ONNX teacher's input: " + "; ".join(f"'{k}' = {v}" for k, v in TEACHER_INPUTS.items()))
     add("--mask-prob", type=float, default=d.mask_prob, help="fraction of training samples with an occluder")
+    add("--occluders", choices=("templates", "realistic", "mixed"), default=d.occluders,
+        help="training occluders: 'templates' = the MaskTheFace templates + procedural categories "
+             "(trainer.data.synthesis); 'realistic' = the 3-D-fitted families of trainer.data.occluders (training "
+             "families only, never a held-out one); 'mixed' = half each")
+    add("--cutouts", default=d.cutouts,
+        help="cutout folder of tools/harvest_occluders.py: adds real masks harvested from the training photos "
+             "to the realistic families (its validation part is never drawn)")
     add("--completion",
         help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
              "(generator.safetensors) or 'telea'; default: raw masked faces")

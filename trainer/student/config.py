@@ -13,6 +13,10 @@ TRAIN_MASK_WEIGHTS = {"simple": 0.45, "complex": 0.25, "human_body": 0.1, "hybri
                       "scarf": 0.05}
 
 
+#: where training occluders come from (``--occluders``)
+OCCLUDER_SOURCES = ("templates", "realistic", "mixed")
+
+
 @dataclass
 class StudentConfig:
     """Everything a training run depends on (stored in every checkpoint's JSON)."""
@@ -56,6 +60,9 @@ class StudentConfig:
     teacher_crop: str = "dlib150"         # dlib150 | arcface112: the crops the ONNX teacher sees
     teacher_input: str = "uint8_nhwc_rgb"  # the ONNX teacher's input convention (TEACHER_INPUTS)
     mask_prob: float = 0.8                # fraction of samples that get an occluder
+    occluders: str = "templates"          # templates (MaskSynthesizer categories) | realistic (trainer.data.occluders,
+    #                                       training families only) | mixed (half each)
+    cutouts: str | None = None            # harvested cutout folder for the realistic families (harvest part only)
     completion: str | None = None         # inpainter generator.safetensors: train on completed faces (None: masked)
     mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
     val_fraction: float = 0.1
@@ -85,6 +92,8 @@ class StudentConfig:
         if self.pairwise_correct_only and self.pairwise == "none":
             raise ValueError("pairwise_correct_only selects the samples of the pairwise term: set pairwise "
                              "(--pairwise mse|cosine|margin_cosine)")
+        if self.occluders not in OCCLUDER_SOURCES:
+            raise ValueError(f"occluders must be one of {', '.join(OCCLUDER_SOURCES)}, got {self.occluders!r}")
         if self.teacher_crop not in TEACHER_CROPS:
             raise ValueError(f"teacher_crop must be one of {', '.join(TEACHER_CROPS)}, got {self.teacher_crop!r}")
         if self.teacher_input not in TEACHER_INPUTS:

@@ -126,6 +126,31 @@ def set_epoch_lr(opt, cfg: StudentConfig, epoch: int) -> float:
     return float(opt.param_groups[0]["lr"])
 
 
+
+class MixedSynthesizer:
+    """Draws each occluder from one of two synthesizers (``p_first`` for the first), by the sample's own rng, so
+    runs stay reproducible per ``(seed, epoch, index)``. Both take ``(image, landmarks, rng)``."""
+
+    def __init__(self, first, second, p_first: float = 0.5):
+        self.first, self.second, self.p_first = first, second, float(p_first)
+
+    def __call__(self, image, landmarks, rng):
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        return (self.first if rng.random() < self.p_first else self.second)(image, landmarks, rng)
+
+
+def training_synthesizer(cfg, templates_synth):
+    """The training occluder source of ``cfg.occluders``: the template synthesizer, the realistic training
+    families (:class:`trainer.data.occluders.OccluderSynthesizer`, ``split="train"``), or half each."""
+    if cfg.occluders == "templates":
+        return templates_synth
+    from trainer.data.occluders import OccluderConfig, OccluderSynthesizer
+
+    realistic = OccluderSynthesizer(OccluderConfig(split="train", cutouts_dir=cfg.cutouts,
+                                                   templates_dir=cfg.templates))
+    log.info("training occluders: %s (realistic families: %s)", cfg.occluders, ", ".join(realistic.available()))
+    return realistic if cfg.occluders == "realistic" else MixedSynthesizer(templates_synth, realistic)
+
 class StudentPlugin(Plugin):
     """A student run on the loop skeleton (see the module docstring).  Built by :func:`train`."""
 
@@ -193,7 +218,8 @@ class StudentPlugin(Plugin):
         self.extra_params = [q for q in list(loss_mod.parameters()) + (list(head.parameters()) if head else [])
                              if q.requires_grad]
         tdir = Path(cfg.templates) if cfg.templates else None
-        synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, weights=dict(cfg.mask_weights)))
+        synth = training_synthesizer(cfg, MaskSynthesizer(SynthesisConfig(templates_dir=tdir,
+                                                                          weights=dict(cfg.mask_weights))))
         val_synth = MaskSynthesizer(SynthesisConfig(templates_dir=tdir, template_prob=1.0 if tdir else 0.7,
                                                     recolor_prob=0.0))
         completer = None
