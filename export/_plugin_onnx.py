@@ -185,11 +185,7 @@ def _parity(model: Any, fam: Any, graph: Any):
         import onnxruntime_extensions as ox
     except ImportError:
         return None
-    import numpy as np
     import onnx
-    import torch
-
-    from sdk.nets.contextual_attention import contextual_attention
 
     from export._parity import check, tolerance_for
 
@@ -199,6 +195,30 @@ def _parity(model: Any, fam: Any, graph: Any):
     kept = [o for o in model.opset_import if o.domain not in (DOMAIN, "ai.onnx.contrib")]
     del model.opset_import[:]
     model.opset_import.extend(kept + [onnx.helper.make_opsetid("ai.onnx.contrib", 1)])
+    _register_reference_op(ox)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()  # the parity check's own session: the SDK's opener loads no custom-op library
+    so.register_custom_ops_library(ox.get_library_path())
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return check(fam.torch_reference(graph), lambda feeds: sess.run([OUTPUT], dict(feeds)), fam.parity_feeds(graph),
+                 fam.outputs, tolerance_for(fam.name, "float32"), names=("torch", "onnxruntime+plugin-node-in-torch"))
+
+
+_REGISTERED: list[bool] = []
+
+
+def _register_reference_op(ox: Any) -> None:
+    """Register the torch-computed plugin node with onnxruntime-extensions, once per process (a second
+    registration of the same op type is refused by ONNX Runtime: "Conflicting with a registered kernel")."""
+    if _REGISTERED:
+        return
+    import numpy as np
+    import torch
+
+    from sdk.nets.contextual_attention import contextual_attention
+
     D = ox.PyCustomOpDef
 
     @ox.onnx_op(op_type=_REFERENCE_OP, inputs=[D.dt_float] * 3, outputs=[D.dt_float],
@@ -213,11 +233,4 @@ def _parity(model: Any, fam: Any, graph: Any):
                                      fuse=bool(kw["fuse"]))
         return y.numpy().astype(np.float32)
 
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()  # the parity check's own session: the SDK's opener loads no custom-op library
-    so.register_custom_ops_library(ox.get_library_path())
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return check(fam.torch_reference(graph), lambda feeds: sess.run([OUTPUT], dict(feeds)), fam.parity_feeds(graph),
-                 fam.outputs, tolerance_for(fam.name, "float32"), names=("torch", "onnxruntime+plugin-node-in-torch"))
+    _REGISTERED.append(True)
