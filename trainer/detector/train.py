@@ -84,33 +84,6 @@ class DetTrainConfig:
     save_every: int = 200  #: checkpoint period (steps)
     refit_scenes: int = 0  #: after training, refit the landmark / box-centre heads in closed form on this many scenes
     seed: int = 0  #: scene seeds and init
-
-
-@dataclass
-class DetTrainConfig:
-    """Options of ``trainer/main.py detector`` (every field is a flag)."""
-
-    data: str = "../shared/data"  #: folder with lfw/ and celeba_subset/, or 'astronaut' (tests, smoke runs)
-    templates: str = ""  #: MaskTheFace templates folder (anchors.cfg + PNGs); empty = procedural occluders only
-    out: str = "out/detector/run"  #: output folder (checkpoints, CSV log, config); the run resumes from it
-    cache: str = "out/detector/labels_lfw_celeba.npz"  #: MTCNN label file (built on first use)
-    per_identity: int = 2  #: images per identity to label (LFW + CelebA)
-    init: str = "blazeface"  #: 'blazeface' (MediaPipe's short-range weights) or 'random'
-    steps: int = 3000  #: optimiser steps
-    batch_size: int = 10  #: scenes per step
-    crop: int = 224  #: training scene side (px, multiple of 32)
-    lr: float = 1e-3  #: peak AdamW learning rate (heads); the backbone gets lr * backbone_lr_mult
-    backbone_lr_mult: float = 0.3  #: backbone learning-rate factor
-    freeze: int = 2  #: keep the first N backbone convolutions frozen (saves backward time on CPU)
-    weight_decay: float = 1e-4  #: AdamW weight decay
-    warmup: int = 100  #: linear warm-up steps, then cosine decay to 5 % of lr
-    occlude_prob: float = 0.7  #: share of pasted faces that get a (training-family) occluder
-    lmk_weight: float = 2.0  #: weight of the landmark loss
-    workers: int = 1  #: DataLoader worker processes rendering scenes
-    threads: int = 2  #: torch intra-op threads
-    save_every: int = 200  #: checkpoint period (steps)
-    refit_scenes: int = 0  #: after training, refit the landmark / box-centre heads in closed form on this many scenes
-    seed: int = 0  #: scene seeds and init
     resume: bool = True  #: continue from out/ckpt/last (or an older run's last.safetensors) when it exists
     max_minutes: float = 0.0  #: stop (checkpoint, refit, detector.*) after this many minutes of training; 0 = no limit
     progress: bool = True  #: tqdm progress bars
