@@ -37,6 +37,11 @@ accept rate ``far`` on validation data (``python -m trainer.calibrate``; its rec
 ``match.calibration``). Occluded means the ``segment`` stage's probability reaches its threshold. Without it, the
 single ``threshold`` serves every state (:class:`OperatingPoints`).
 
+``match.mask_aware`` (optional, :mod:`sdk.views`) turns on mask-aware matching: gallery templates hold a full-face
+and an upper-face embedding, and occluded probes are scored on both, e.g.
+``"mask_aware": {"upper_cut": 0.8, "fill": 128, "occluded_weight": 0.5}``. Galleries of such a bundle store
+``2 * dim`` wide templates and refuse those of bundles without it (and the other way round).
+
 ``PRE`` is a :class:`~sdk.preprocess.Preprocess` record (crop, colour order, dtype, scale/offset, layout): how
 that stage's graph wants its input, written by the exporter from the record the trainer used. Format version 2
 introduced it; a stage without one (every version-1 manifest) gets its kind's known convention, derived from
@@ -52,10 +57,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdk.errors import BundleError, ModelFileError
 from sdk.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from sdk.views import MaskAwareConfig
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +196,13 @@ class Bundle:
         return OperatingPoints(*(float(t[k]) for k in OCCLUSION_STATES), far=t.get("far"))
 
     @property
+    def mask_aware(self) -> "MaskAwareConfig | None":
+        """Mask-aware matching settings (``match.mask_aware``, :mod:`sdk.views`), or ``None``: full-face only."""
+        from sdk.views import MaskAwareConfig
+
+        return MaskAwareConfig.from_match(self.match)
+
+    @property
     def mode(self) -> str:
         """``"deocclusion"`` with a completion stage, ``"occlusion-aware"`` with a segmenter only, else ``"baseline"``."""
         if self.stages.get("complete"):
@@ -309,6 +324,13 @@ def validate_manifest(raw: dict, mpath: Path) -> None:
         far = ops.get("far")
         if far is not None and (isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < far < 1.0):
             raise BundleError(f"{mpath}: match thresholds[\"far\"] must be a rate in (0, 1), got {far!r:.80}")
+    if (match or {}).get("mask_aware") is not None:
+        from sdk.views import MaskAwareConfig
+
+        try:
+            MaskAwareConfig.from_match(match)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{mpath}: {e}") from None
 
 
 def read_manifest(mpath: Path) -> Any:

@@ -123,8 +123,12 @@ class ChipGeometry:
 
     def cut(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``(N, h, w, 3)`` uint8 crops of ``faces`` from ``frame`` (colour order kept: BGR in, BGR out)."""
+        return self.warp(frame, self.transforms(frame, faces))
+
+    def warp(self, frame: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, h, w, 3)`` uint8 crops of ``frame`` through the (2, 3) frame -> crop ``matrices``."""
         w, h = self.crop_spec.size
-        crops = [align.warp(frame, m, self.crop_spec.size) for m in self.transforms(frame, faces)]
+        crops = [align.warp(frame, m, self.crop_spec.size) for m in matrices]
         return np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8)
 
 
@@ -205,9 +209,12 @@ class ChipEmbedder:
         return self.embed_crops(self.crops(frame, faces))
 
     def process(self, batch: FaceBatch) -> None:
-        """Cut this network's crops from ``batch.frame`` (timed as ``"align"``) and embed them (``"embed"``)."""
+        """Cut this network's crops from ``batch.frame`` (timed as ``"align"``; kept in ``batch.chips`` with their
+        matrices, for mask-aware views) and embed them (``"embed"``)."""
         with batch.timed("align"):
-            crops = self.crops(batch.frame, batch.faces)
+            mats = self.crop_transforms(batch.frame, batch.faces)
+            crops = self.geometry.warp(batch.frame, mats)
+        batch.chips, batch.chip_matrices = crops, np.asarray(mats, np.float64).reshape(-1, 2, 3)
         with batch.timed("embed"):
             batch.embeddings = self.embed_crops(crops)
 

@@ -30,7 +30,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from sdk import _registry
+from sdk import _registry, views
 from sdk.bundle import Bundle, OperatingPoints, load_bundle
 from sdk.errors import BundleError, GalleryError, NoFaceError
 from sdk.frame import as_bgr, read_image
@@ -153,7 +153,15 @@ class Recognizer:
         #: detector score below which faces are dropped (config, else the bundle's ``match.min_det_score``, else 0.9)
         self.min_det_score = float(config.min_det_score if config.min_det_score is not None
                                    else self.bundle.match.get("min_det_score", 0.9))
-        self.gallery = Gallery(gallery, self.embedder.model_id, self.embedder.dim)
+        #: mask-aware matching (``match.mask_aware``, :mod:`sdk.views`): templates of a full and an upper-face view
+        self.mask_aware: views.MaskAwareConfig | None = self.bundle.mask_aware
+        if self.mask_aware is not None and "segment" not in face_stages:
+            log.warning("bundle %s: mask_aware matching needs a segment stage to tell occluded probes apart; every "
+                        "probe is compared as clean", self.bundle.name)
+        #: what galleries of this Recognizer store: the embedder's id (+ the mask-aware layout) and template width
+        self.template_id = self.embedder.model_id + (self.mask_aware.id_suffix if self.mask_aware else "")
+        self.template_dim = self.embedder.dim * (2 if self.mask_aware else 1)
+        self.gallery = Gallery(gallery, self.template_id, self.template_dim)
         log.info("Recognizer ready: bundle %s (%s mode), %r", self.bundle.name, self.bundle.mode, self.gallery)
 
     # -- stages -----------------------------------------------------------------------------------------
@@ -220,13 +228,37 @@ class Recognizer:
 
     def embed_faces(self, frame: np.ndarray, faces: Sequence[Face], *,
                     timings: dict[str, float] | None = None) -> np.ndarray:
-        """(N, dim) float32 unit-norm embeddings for ``faces`` of ``frame``, after the same face stages as
-        :meth:`identify` (with a complete stage, occluded faces are completed first).
+        """``(N, template_dim)`` float32 unit-norm gallery templates for ``faces`` of ``frame``, after the same face
+        stages as :meth:`identify` (with a complete stage, occluded faces are completed first): the embeddings
+        (``template_dim == embedder.dim``), or with ``match.mask_aware`` the full and upper-face views side by side
+        (``2 * dim``, :func:`sdk.views.templates`).
 
         Args:
             timings: a dict to add per-stage seconds to (keys from :data:`STAGE_NAMES`).
         """
-        return self._run(as_bgr(frame), faces, timings).embeddings
+        batch = self._run(as_bgr(frame), faces, timings)
+        return self._templates(batch, np.ones(len(batch.faces), bool))
+
+    def _templates(self, batch: FaceBatch, upper_for: np.ndarray) -> np.ndarray:
+        """Templates of the faces of ``batch`` (after the embed stage); with mask-aware matching the upper view is
+        embedded for the faces flagged in ``upper_for`` only (zeros elsewhere: a clean probe's query ignores it)."""
+        full = batch.embeddings
+        if self.mask_aware is None:
+            return full
+        upper = np.zeros_like(full)
+        idx = np.flatnonzero(np.asarray(upper_for, bool))
+        if len(idx):
+            with batch.timed("embed"):
+                lms = np.stack([views.chip_landmarks(batch.faces[i].landmarks, batch.chip_matrices[i]) for i in idx])
+                upper[idx] = self.embedder.embed_crops(views.upper_view(batch.chips[idx], lms, self.mask_aware))
+        return views.templates(full, upper)
+
+    def _queries(self, templates: np.ndarray, occluded: np.ndarray) -> np.ndarray:
+        """Gallery search vectors for probe templates (:func:`sdk.views.queries`; the templates themselves without
+        mask-aware matching)."""
+        if self.mask_aware is None:
+            return templates
+        return views.queries(templates, occluded, self.mask_aware)
 
     # -- public API ---------------------------------------------------------------------------------------
     def identify(self, frame: np.ndarray, *, timings: dict[str, float] | None = None) -> list[Match]:
@@ -262,13 +294,16 @@ class Recognizer:
 
     def _identify_faces(self, bgr: np.ndarray, faces: list[Face], timings: dict[str, float] | None) -> list[Match]:
         batch = self._run(bgr, faces, timings)
+        occluded = np.array([self.is_occluded(o) for o in batch.occlusion], bool)
+        if faces:
+            q = self._queries(self._templates(batch, occluded), occluded)
         with batch.timed("match"):
-            hits = self.gallery.search(batch.embeddings, self.config.top_k) if faces else []
+            hits = self.gallery.search(q, self.config.top_k) if faces else []
         matches = []
-        for face, face_hits, face_occ, done in zip(faces, hits, batch.occlusion, batch.completed):
+        for face, face_hits, face_occ, occ, done in zip(faces, hits, batch.occlusion, occluded, batch.completed):
             best = face_hits[0] if face_hits else None
             sim = best.similarity if best else float("nan")
-            op, thr = self.operating_point(self.is_occluded(face_occ))
+            op, thr = self.operating_point(bool(occ))
             ident = best.name if best is not None and sim >= thr else None
             matches.append(Match(face.box, face.landmarks, face.score, face_occ, ident, sim,
                                  [(h.name, h.similarity) for h in face_hits], completed=bool(done),
@@ -291,8 +326,8 @@ class Recognizer:
         return state, self.operating_points.threshold(state)
 
     def embed_largest(self, image: ImageLike, *, what: str = "image") -> np.ndarray:
-        """(dim,) embedding of the largest face in ``image`` (a frame or a file path), after the same face
-        stages as :meth:`identify`.
+        """``(template_dim,)`` gallery template of the largest face in ``image`` (a frame or a file path), after
+        the same face stages as :meth:`identify` (see :meth:`embed_faces`).
 
         Raises:
             NoFaceError: no face was found (the message names ``what``).
@@ -306,7 +341,7 @@ class Recognizer:
             raise NoFaceError(f"{what}: no face found")
         largest = max(faces, key=lambda f: f.width * f.height)
         batch = self._run(frame, [largest])
-        return batch.embeddings[0], batch.occlusion[0]
+        return self._templates(batch, np.ones(1, bool))[0], batch.occlusion[0]
 
     def enroll(self, name: str, images: ImageLike | Sequence[ImageLike]) -> int:
         """Add ``name`` to the gallery from one or more images (frames or file paths), largest face of each.
@@ -345,8 +380,12 @@ class Recognizer:
             NoFaceError: ``a`` or ``b`` has no face (the message says which).
         """
         (ea, oa), (eb, ob) = self._embed_largest(a, "image a"), self._embed_largest(b, "image b")
-        sim = float(np.dot(ea, eb))
-        op, thr = self.operating_point(self.is_occluded(oa), self.is_occluded(ob))
+        occ_a, occ_b = self.is_occluded(oa), self.is_occluded(ob)
+        if self.mask_aware is None:
+            sim = float(np.dot(ea, eb))
+        else:
+            sim = float(views.pair_scores(ea[None], eb[None], [occ_a], [occ_b], self.mask_aware)[0])
+        op, thr = self.operating_point(occ_a, occ_b)
         return Verification(sim, sim >= thr, thr, op)
 
     def close(self) -> None:

@@ -86,6 +86,8 @@ class FaceBatch:
         regions: the segment stage's output (``None`` without one).
         completed: ``(N,)`` bool, faces a complete stage filled.
         embeddings: ``(N, dim)`` float32 unit rows once an embed stage ran.
+        chips: ``(N, h, w, 3)`` uint8 BGR crops the embed stage embedded (``None`` before it ran).
+        chip_matrices: ``(N, 2, 3)`` float64 frame -> chip matrices of ``chips``.
     """
 
     frame: np.ndarray
@@ -94,6 +96,8 @@ class FaceBatch:
     regions: OcclusionRegions | None = None
     completed: np.ndarray = field(default=None)  # type: ignore[assignment]
     embeddings: np.ndarray | None = None
+    chips: np.ndarray | None = None
+    chip_matrices: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.faces = list(self.faces)

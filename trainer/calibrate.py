@@ -67,19 +67,35 @@ def pair_scores(a: np.ndarray, b: np.ndarray, identities: Sequence[str], symmetr
     return s[iu].astype(np.float64), ids[iu[0]] == ids[iu[1]]
 
 
-def calibrate_states(clean: np.ndarray, occluded: np.ndarray, identities: Sequence[str], far: float
-                     ) -> dict[str, StateCalibration]:
+def state_pair_scores(clean: np.ndarray, occluded: np.ndarray, identities: Sequence[str], mask_aware=None
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{state: (scores, genuine)}`` of every pair of each occlusion state, scored as the SDK scores them:
+    cosine, or with a :class:`sdk.views.MaskAwareConfig` (``clean`` / ``occluded`` are then templates) the gallery
+    template of one face against the search vector of the other (:func:`sdk.views.queries`)."""
+    if mask_aware is None:
+        qc, qo = clean, occluded
+    else:
+        from sdk.views import queries
+
+        qc = queries(clean, np.zeros(len(clean), bool), mask_aware)
+        qo = queries(occluded, np.ones(len(occluded), bool), mask_aware)
+    return {"clean": pair_scores(clean, qc, identities, True),
+            "probe_occluded": pair_scores(clean, qo, identities, False),
+            "both_occluded": pair_scores(occluded, qo, identities, True)}
+
+
+def calibrate_states(clean: np.ndarray, occluded: np.ndarray, identities: Sequence[str], far: float,
+                     mask_aware=None) -> dict[str, StateCalibration]:
     """Per-state thresholds at ``far`` from unit embeddings ``clean`` and ``occluded`` ((N, D), row i = image i
-    clean / with an occluder) of people ``identities`` (N,)."""
+    clean / with an occluder) of people ``identities`` (N,); with ``mask_aware`` they are gallery templates
+    (:func:`state_pair_scores`)."""
     from trainer.eval.metrics import tar_at_far
 
     if clean.shape != occluded.shape or len(identities) != len(clean):
         raise ValueError(f"clean {clean.shape}, occluded {occluded.shape} and {len(identities)} identities disagree")
     if not 0.0 < far < 1.0:
         raise ValueError(f"far must be in (0, 1), got {far}")
-    pairs = {"clean": pair_scores(clean, clean, identities, True),
-             "probe_occluded": pair_scores(clean, occluded, identities, False),
-             "both_occluded": pair_scores(occluded, occluded, identities, True)}
+    pairs = state_pair_scores(clean, occluded, identities, mask_aware)
     out = {}
     for state, (scores, genuine) in pairs.items():
         n_imp, n_gen = int((~genuine).sum()), int(genuine.sum())
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdk._registry import build_stage
     from sdk.bundle import find_manifest, load_bundle
     from trainer.data.faces import align_images
-    from trainer.evaluate import Job, embed_condition
+    from trainer.evaluate import Job, embed_templates
 
     t0 = time.perf_counter()
     bundle = load_bundle(args.model)
@@ -200,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     aligned = align_images(paths, detector, embedder, args.cache)
     idx = np.arange(len(paths))
     model = str(args.model)
-    clean = embed_condition(aligned, idx, np.zeros(len(idx), bool), Job(model, "unmasked", None, 0), args.workers,
-                            args.cache)
-    occluded = embed_condition(aligned, idx, np.ones(len(idx), bool),
+    mask_aware = bundle.mask_aware
+    clean = embed_templates(aligned, idx, np.zeros(len(idx), bool), Job(model, "unmasked", None, 0), args.workers,
+                            args.cache, mask_aware)
+    occluded = embed_templates(aligned, idx, np.ones(len(idx), bool),
                                Job(model, "trainmix", args.templates, args.seed, occluders=args.occluders),
-                               args.workers, args.cache)
-    states = calibrate_states(clean, occluded, ids, args.far)
+                               args.workers, args.cache, mask_aware)
+    states = calibrate_states(clean, occluded, ids, args.far, mask_aware)
     record = {"far": args.far, "embedder": embedder.model_id,
+              **({"mask_aware": mask_aware.to_dict()} if mask_aware is not None else {}),
               "data": f"LFW people in no pair of pairs.txt: {len(paths)} images, {len(set(ids))} people",
               "occluders": "trainmix (training families" + (", harvested cutouts)" if args.occluders else ")"),
               "states": {s: asdict(c) for s, c in states.items()},
@@ -216,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {**record, "bundle": bundle.name, "manifest": str(manifest), "seconds": round(time.perf_counter() - t0, 1),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "alignment": aligned.counts()}
     (args.out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot({"clean": pair_scores(clean, clean, ids, True), "probe_occluded": pair_scores(clean, occluded, ids, False),
-          "both_occluded": pair_scores(occluded, occluded, ids, True)}, states, args.out / "calibration.png",
+    plot(state_pair_scores(clean, occluded, ids, mask_aware), states, args.out / "calibration.png",
          f"{bundle.name}: impostor similarities, thresholds at FAR {args.far:g}")
     for s, c in states.items():
         tar = "n/a" if c.tar is None else f"{100 * c.tar:.1f}%"

@@ -67,6 +67,7 @@ class Job:
     complete: str | None = None  #: inpainter spec (trainer.data.completion) applied to masked chips, or None
     complete_mask: str = "truth"  #: holes to fill: the synthesis mask ("truth") or the segmenter's ("predicted")
     occluders: str | None = None  #: cutout folder for the ``occ:`` / ``heldout`` conditions (real cutouts)
+    upper: tuple[float, int] | None = None  #: embed the upper-face view (``sdk.views``): (upper_cut, fill), or None
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -131,7 +132,7 @@ def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templa
 
 
 def _embed_chunk(args: tuple) -> np.ndarray:
-    paths, chip_ms, lms, seeds, masked_flags, condition, arc_ms = args
+    paths, chip_ms, lms, seeds, masked_flags, condition, arc_ms, upper = args
     emb = _W["embedder"]
     chips, holes = [], []
     for p, m, lm, sd, flag in zip(paths, chip_ms, lms, seeds, masked_flags):
@@ -145,6 +146,11 @@ def _embed_chunk(args: tuple) -> np.ndarray:
 
         mats = np.stack([chip_to_arc(cm, am) for cm, am in zip(chip_ms, arc_ms)])
         chips = list(completer(np.stack(chips), np.stack(holes), mats))
+    if upper is not None:  # mask-aware matching's upper-face view of the (occluded / completed) chips
+        from sdk.views import MaskAwareConfig, chip_landmarks, upper_view
+
+        chip_lms = np.stack([chip_landmarks(lm, m) for lm, m in zip(lms, chip_ms)])
+        chips = list(upper_view(np.stack(chips), chip_lms, MaskAwareConfig(upper_cut=upper[0], fill=upper[1])))
     chips = [np.ascontiguousarray(c[:, :, ::-1]) if emb.crop_order == "RGB" else c for c in chips]
     return emb.embed_crops(chips)
 
@@ -166,12 +172,16 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))
+    if job.upper is not None:
+        key_parts.append(["upper", float(job.upper[0]), int(job.upper[1])])
     h = hashlib.sha1(json.dumps(key_parts).encode())
     h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())  # the chip geometry is part of the key
     key = h.hexdigest()[:16]
     tag = job.condition
     if job.complete and job.condition != "unmasked":
         tag += "-completed" + ("-predmask" if job.complete_mask == "predicted" else "")
+    if job.upper is not None:
+        tag += "-upper"
     cache = cache_dir / f"emb-{tag}-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
@@ -179,7 +189,7 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     seeds = job.seed * 1_000_003 + idx
     tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
               aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
-              aligned.arc_m[idx[s:s + chunk]])
+              aligned.arc_m[idx[s:s + chunk]], job.upper)
              for s in range(0, len(idx), chunk)]
     out: list[np.ndarray] = []
     bar = tqdm(total=len(idx), desc=f"embed {tag}", unit="face")
@@ -200,6 +210,35 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if cache is not None:
         np.save(cache, emb)
     return emb
+
+
+def embed_templates(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
+                    mask_aware=None) -> np.ndarray:
+    """What a bundle stores per face: the embeddings (``mask_aware`` None), or with a
+    :class:`sdk.views.MaskAwareConfig` the templates ``(N, 2 * dim)`` of the full and upper-face views."""
+    import dataclasses
+
+    full = embed_condition(aligned, idx, masked, job, workers, cache_dir)
+    if mask_aware is None:
+        return full
+    from sdk.views import templates
+
+    up = dataclasses.replace(job, upper=(float(mask_aware.upper_cut), int(mask_aware.fill)))
+    return templates(full, embed_condition(aligned, idx, masked, up, workers, cache_dir))
+
+
+def bundle_pair_scores(ta: np.ndarray, tb: np.ndarray, occluded_a: bool, occluded_b: bool, mask_aware=None
+                       ) -> np.ndarray:
+    """Score of each pair (row i of ``ta`` with row i of ``tb``) as the SDK computes it for faces of the given
+    occlusion state: cosine, or mask-aware (:func:`sdk.views.pair_scores`)."""
+    if mask_aware is None:
+        from trainer.eval import cosine_pair_scores
+
+        return cosine_pair_scores(ta, tb)
+    from sdk.views import pair_scores
+
+    n = len(ta)
+    return pair_scores(ta, tb, np.full(n, occluded_a), np.full(n, occluded_b), mask_aware).astype(np.float64)
 
 
 def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
@@ -233,7 +272,7 @@ def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templa
 def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, dict]:
     from trainer.data.faces import align_images
     from trainer.data.readers import read_lfw_pairs
-    from trainer.eval import cosine_pair_scores, lfw_10fold, roc_curve, tar_at_far
+    from trainer.eval import lfw_10fold, roc_curve, tar_at_far
 
     pairs = read_lfw_pairs(args.pairs or Path(args.data) / "pairs.txt", args.data)
     if args.limit:
@@ -251,19 +290,22 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
     all_idx = np.arange(len(paths))
     from sdk.bundle import load_bundle
 
-    ops = load_bundle(args.model, verify_hash=False).operating_points
+    bundle = load_bundle(args.model, verify_hash=False)
+    ops, mask_aware = bundle.operating_points, bundle.mask_aware
     for cond in args.conditions:
         job = Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask,
                   getattr(args, "occluders", None))
         t0 = time.perf_counter()
-        masked_all = embed_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
+        masked_all = embed_templates(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache,
+                                     mask_aware)
         if args.mask_side == "both" or cond == "unmasked":
             ea, eb = masked_all[ia], masked_all[ib]
         else:
-            clean = embed_condition(aligned, all_idx, np.zeros(len(paths), bool), Job(args.model, "unmasked", None, 0),
-                                    args.workers, args.cache)
+            clean = embed_templates(aligned, all_idx, np.zeros(len(paths), bool), Job(args.model, "unmasked", None, 0),
+                                    args.workers, args.cache, mask_aware)
             ea, eb = clean[ia], masked_all[ib]
-        scores = cosine_pair_scores(ea, eb)
+        occ_b = cond != "unmasked"
+        scores = bundle_pair_scores(ea, eb, occ_b and args.mask_side == "both", occ_b, mask_aware)
         ver = lfw_10fold(scores, labels, folds)
         far, tar, _ = roc_curve(scores, labels)
         curves[cond] = (far, tar)
@@ -307,14 +349,21 @@ def evaluate_rank1(args: argparse.Namespace, detector, embedder) -> tuple[dict, 
     enrolled = set(g_labels.tolist())
     p_idx = np.array([i for i in p_idx if probes[i - ng].identity in enrolled], dtype=int)
     p_labels = np.array([probes[i - ng].identity for i in p_idx])
-    clean_g = embed_condition(aligned, g_idx, np.zeros(len(g_idx), bool), Job(args.model, "unmasked", None, 0),
-                              args.workers, args.cache)
+    from sdk.bundle import load_bundle
+
+    mask_aware = load_bundle(args.model, verify_hash=False).mask_aware
+    clean_g = embed_templates(aligned, g_idx, np.zeros(len(g_idx), bool), Job(args.model, "unmasked", None, 0),
+                              args.workers, args.cache, mask_aware)
     results = {}
     for cond in args.conditions:
         t0 = time.perf_counter()
-        pe = embed_condition(aligned, p_idx, np.ones(len(p_idx), bool),
+        pe = embed_templates(aligned, p_idx, np.ones(len(p_idx), bool),
                              Job(args.model, cond, args.templates, args.seed, args.complete, args.complete_mask),
-                             args.workers, args.cache)
+                             args.workers, args.cache, mask_aware)
+        if mask_aware is not None:  # probes search the gallery as the SDK does (rank order only: scale-free)
+            from sdk.views import queries
+
+            pe = queries(pe, np.full(len(pe), cond != "unmasked"), mask_aware)
         r = rank1_identification(clean_g, g_labels, pe, p_labels, ks=[1, 5])
         results[cond] = {"rank1": r[1], "rank_k": {5: r[5]}, "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: rank-1 %.2f %%", cond, 100 * r[1])
