@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["OPSET", "trace_onnx", "to_fp16_weights", "FP16_WEIGHT_OPS", "ort_runner"]
+__all__ = ["OPSET", "trace_onnx", "to_fp16_weights", "FP16_WEIGHT_OPS", "ort_runner", "fold_pads_into_convs"]
 
 #: ONNX opset of every exported graph (17: TensorRT 8.6+ and ONNX Runtime 1.14+ read it; ``F.fold`` needs 18, so
 #: the contextual attention folds by padded sums instead)
@@ -81,6 +81,78 @@ def to_fp16_weights(onnx_bytes: bytes, min_size: int = 1024) -> bytes:
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def fold_pads_into_convs(onnx_bytes: bytes) -> tuple[bytes, int]:
+    """``(graph, folded)``: ``onnx_bytes`` with every zero ``Pad`` of the spatial axes that feeds only a ``Conv`` merged
+    into that Conv's ``pads`` attribute (asymmetric pads included: TensorFlow's 'SAME' padding of a stride-2
+    conv), and the number of Pads removed. Same results, fewer passes over memory: in LTDet (ported from TFLite,
+    whose graphs pad before convolving) the Pads and the layout reorders around them took ~40% of the CPU time.
+
+    The pad amounts must be constants: the graph is first constant-folded by ONNX Runtime's basic (standard-ONNX)
+    optimiser, which resolves the shape arithmetic torch's exporter writes for ``F.pad``. Channel pads, reflect
+    / edge pads and Pads with other consumers are kept.
+    """
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "basic.onnx")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = path
+        so.log_severity_level = 3
+        ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        model = onnx.load(path)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    users: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    outputs = {o.name for o in g.output}
+    folded = 0
+    for node in list(g.node):
+        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+        if mode not in (b"constant", "constant"):
+            continue
+        if len(node.input) > 2 and node.input[2]:
+            value = inits.get(node.input[2])
+            if value is None or float(numpy_helper.to_array(value).reshape(-1)[0]) != 0.0:
+                continue
+        pads = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+        if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+            continue  # NCHW only, nothing on the batch / channel axes
+        consumers = users.get(node.output[0], [])
+        if node.output[0] in outputs or len(consumers) != 1 or consumers[0].op_type != "Conv":
+            continue
+        conv = consumers[0]
+        if conv.input[0] != node.output[0]:
+            continue
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and helper.get_attribute_value(attrs["auto_pad"]) not in (b"NOTSET", "NOTSET"):
+            continue
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        for name in ("pads", "auto_pad"):
+            if name in attrs:
+                conv.attribute.remove(attrs[name])
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = node.input[0]
+        g.node.remove(node)
+        folded += 1
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    return model.SerializeToString(), folded
 
 
 def ort_runner(onnx_bytes: bytes, output_names: Sequence[str], what: str = "the exported graph"):

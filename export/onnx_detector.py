@@ -19,9 +19,16 @@ and ``"format_version": 2`` (:func:`export._bundle.set_stage`). The ``preprocess
 checkpoint's (the one the net was trained with; older checkpoints: :data:`sdk.detect_onnx.LTDET_PREPROCESS`, what
 they were trained with): the graph takes the float input, the SDK normalises the frame by it.
 
+After tracing, the zero Pads torch writes for TensorFlow's 'SAME' padding are folded into their convolutions
+(:func:`export._onnx.fold_pads_into_convs`: same outputs to ~1e-7 on scores, ~1.5x faster on ONNX Runtime's CPU
+provider). ``--from-onnx`` applies that step to an LTDet graph exported earlier (the checkpoint is not needed; the
+parity check then compares against that graph) and re-bundles it.
+
 CLI::
 
     python -m export.onnx_detector --checkpoint out/detector/v1 --out out/bundles/ltdet --bundle-from default
+    python -m export.onnx_detector --from-onnx sdk/models/ltdet-v1/detector.onnx --out out/bundles/ltdet \
+        --bundle-from sdk/models/ltdet-v1
 """
 from __future__ import annotations
 
@@ -84,6 +91,24 @@ def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
     return out
 
 
+def onnx_parity(reference: bytes, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
+                ) -> dict[str, float]:
+    """Max |a - b| of two LTDet graphs on ONNX Runtime over random inputs of ``sizes`` (as :func:`parity`)."""
+    import onnxruntime as ort
+
+    a, b = (ort.InferenceSession(x, providers=["CPUExecutionProvider"]) for x in (reference, onnx_bytes))
+    rng = np.random.default_rng(seed)
+    out = {"scores": 0.0, "boxes": 0.0, "landmarks": 0.0}
+    for h, w in sizes:
+        x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
+        ref, got = a.run(list(OUTPUTS), {INPUT: x}), b.run(list(OUTPUTS), {INPUT: x})
+        m = np.argsort(-ref[0][0])[:200]
+        out["scores"] = max(out["scores"], float(np.abs(ref[0] - got[0]).max()))
+        out["boxes"] = max(out["boxes"], float(np.abs(ref[1][0][m] - got[1][0][m]).max()))
+        out["landmarks"] = max(out["landmarks"], float(np.abs(ref[2][0][m] - got[2][0][m]).max()))
+    return out
+
+
 def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str | None = None,
                  config: dict | None = None, description: str | None = None, preprocess=None) -> Path:
     """Write ``detector.onnx`` and a manifest (base bundle's stages, detect replaced) into ``out``.
@@ -121,27 +146,55 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx_detector", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="detector run folder (its detector.* or ckpt/last.*; older: model.safetensors + "
-                        "net_config.json) or checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path,
+                     help="detector run folder (its detector.* or ckpt/last.*; older: model.safetensors + "
+                          "net_config.json) or checkpoint")
+    src.add_argument("--from-onnx", type=Path,
+                     help="an LTDet .onnx exported earlier: optimise it (fold pads) and bundle it, no checkpoint")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--bundle-from", default="default", help="base bundle (built-in name or folder)")
     p.add_argument("--name", default=None, help="bundle name in the manifest")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detection threshold written to the manifest")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="detection threshold written to the manifest (default: the base bundle's LTDet one, else 0.5)")
+    p.add_argument("--no-fold", action="store_true", help="keep the traced graph as it is (no pad folding)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |ORT - torch| on scores")
     args = p.parse_args(argv)
+    from export._onnx import fold_pads_into_convs
+    from sdk.bundle import BUILTIN_DIR
     from sdk.preprocess import Preprocess
-    from trainer.detector.checkpoint import load_detector
 
-    net, meta = load_detector(args.checkpoint)
-    pre = (meta.get("preprocess") or {}).get("model")
-    data = export_onnx_bytes(net)
-    diff = parity(net, data)
-    print(json.dumps({"parity_max_abs_diff": diff, "megabytes": round(len(data) / 1e6, 3)}))
+    base_dir = Path(args.bundle_from) if Path(args.bundle_from).is_dir() else BUILTIN_DIR / args.bundle_from
+    if not (base_dir / "manifest.json").is_file():
+        raise SystemExit(f"--bundle-from {args.bundle_from}: no manifest.json there")
+    base_detect = json.loads((base_dir / "manifest.json").read_text())["stages"].get("detect") or {}
+    config: dict = {}
+    if base_detect.get("kind") == "ltdet":  # re-bundling an LTDet bundle keeps its detection settings
+        config.update(base_detect.get("config") or {})
+    if args.score_threshold is not None:
+        config["score_threshold"] = args.score_threshold
+    if args.from_onnx is not None:
+        if not args.from_onnx.is_file():
+            raise SystemExit(f"--from-onnx {args.from_onnx}: not a file")
+        reference = args.from_onnx.read_bytes()
+        pre = base_detect.get("preprocess") if base_detect.get("kind") == "ltdet" else None
+        data = reference if args.no_fold else fold_pads_into_convs(reference)[0]
+        diff = onnx_parity(reference, data)
+        against = "the original graph"
+    else:
+        from trainer.detector.checkpoint import load_detector
+
+        net, meta = load_detector(args.checkpoint)
+        pre = (meta.get("preprocess") or {}).get("model")
+        data = export_onnx_bytes(net)
+        if not args.no_fold:
+            data = fold_pads_into_convs(data)[0]
+        diff = parity(net, data)
+        against = "torch"
+    print(json.dumps({"parity_max_abs_diff": diff, "against": against, "megabytes": round(len(data) / 1e6, 3)}))
     if diff["scores"] > args.tolerance:
-        raise SystemExit(f"ONNX Runtime differs from torch by {diff['scores']:.2e} on scores (> {args.tolerance})")
-    write_bundle(data, args.out, args.bundle_from, args.name, {"score_threshold": args.score_threshold},
-                 preprocess=Preprocess.from_dict(pre) if pre else None)
+        raise SystemExit(f"ONNX Runtime differs from {against} by {diff['scores']:.2e} on scores (> {args.tolerance})")
+    write_bundle(data, args.out, args.bundle_from, args.name, config, preprocess=Preprocess.from_dict(pre) if pre else None)
     print(f"bundle written: {args.out}")
     return 0
 
