@@ -47,6 +47,29 @@ def test_dataset_masks_deterministically(tiny):
     assert np.array_equal(m0, c0)
 
 
+def test_upper_view_training_paints_the_lower_face_of_training_chips_only(tiny):
+    """--upper-view-prob: a training chip (masked or clean) is shown as its upper-face view (sdk.views), the same
+    way the SDK cuts it; validation chips (epoch < 0) never are; without the option nothing changes."""
+    from sdk.views import MaskAwareConfig, upper_view
+    from trainer.data.synthesis import MaskSynthesizer
+    from trainer.student.config import StudentConfig
+
+    prep, _ = tiny
+    with pytest.raises(ValueError, match="upper_view_prob"):
+        StudentConfig(upper_view_prob=1.5)
+    with pytest.raises(ValueError, match="upper_cut"):
+        StudentConfig(upper_view_prob=0.5, upper_cut=3.0)
+    cfg = MaskAwareConfig(upper_cut=0.8, fill=128)
+    args = (prep.paths, prep.chip_m, prep.landmarks, prep.labels, MaskSynthesizer(), 0.0, 3)
+    plain = MaskedChipDataset(*args)
+    up = MaskedChipDataset(*args, upper_view_prob=1.0, upper_view=cfg)
+    m, c, _, _ = up[(4, 2)]
+    want = upper_view(c[None], up.chip_landmarks(4)[None], cfg)[0]  # mask_prob 0: the clean chip's upper view
+    assert np.array_equal(m, want) and not np.array_equal(m, c) and (m[-1] == 128).all()
+    assert np.array_equal(plain[(4, 2)][0], c)
+    assert np.array_equal(up[(4, -1)][0], plain[(4, -1)][0])  # validation: full view
+
+
 def test_realistic_and_mixed_occluders_feed_the_dataset(tiny):
     """--occluders realistic / mixed: the 3-D-fitted training families paint the chips, deterministically per
     (seed, epoch, index); the mix draws from both sources; a held-out family is never drawn."""

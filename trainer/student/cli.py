@@ -188,6 +188,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add("--cutouts", default=d.cutouts,
         help="cutout folder of tools/harvest_occluders.py: adds real masks harvested from the training photos "
              "to the realistic families (its validation part is never drawn)")
+    add("--upper-view-prob", type=float, default=d.upper_view_prob,
+        help="fraction of training chips shown as their upper-face view (mask-aware matching, sdk/views.py: rows "
+             "below the cut painted grey), distilled towards the teacher's clean full-face embedding; 0 = off")
+    add("--upper-cut", type=float, default=d.upper_cut,
+        help="upper view cut: eyes_y + CUT * (nose_y - eyes_y) in chip pixels (match.mask_aware.upper_cut)")
+    add("--upper-fill", type=int, default=d.upper_fill, help="grey level of the painted rows (match.mask_aware.fill)")
     add("--completion",
         help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
              "(generator.safetensors) or 'telea'; default: raw masked faces")

@@ -63,6 +63,13 @@ class StudentConfig:
     occluders: str = "templates"          # templates (MaskSynthesizer categories) | realistic (trainer.data.occluders,
     #                                       training families only) | mixed (half each)
     cutouts: str | None = None            # harvested cutout folder for the realistic families (harvest part only)
+    # mask-aware matching (sdk.views): with this probability a training chip (masked or clean) is shown as its
+    # upper-face view (rows below eyes + upper_cut * (nose - eyes) painted upper_fill), distilled towards the
+    # teacher's *clean full-face* embedding, so one network serves the full and the upper view of a bundle with
+    # match.mask_aware
+    upper_view_prob: float = 0.0
+    upper_cut: float = 0.8
+    upper_fill: int = 128
     completion: str | None = None         # inpainter generator.safetensors: train on completed faces (None: masked)
     mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
     val_fraction: float = 0.1
@@ -92,6 +99,12 @@ class StudentConfig:
         if self.pairwise_correct_only and self.pairwise == "none":
             raise ValueError("pairwise_correct_only selects the samples of the pairwise term: set pairwise "
                              "(--pairwise mse|cosine|margin_cosine)")
+        if not 0.0 <= self.upper_view_prob <= 1.0:
+            raise ValueError(f"upper_view_prob must be in [0, 1], got {self.upper_view_prob}")
+        if self.upper_view_prob > 0:
+            from sdk.views import MaskAwareConfig
+
+            MaskAwareConfig(upper_cut=self.upper_cut, fill=self.upper_fill)  # ValueError naming a bad value
         if self.occluders not in OCCLUDER_SOURCES:
             raise ValueError(f"occluders must be one of {', '.join(OCCLUDER_SOURCES)}, got {self.occluders!r}")
         if self.teacher_crop not in TEACHER_CROPS:

@@ -35,7 +35,8 @@ class MaskedChipDataset:
     """
 
     def __init__(self, paths: Sequence[str], chip_m: np.ndarray, landmarks: np.ndarray, labels: Sequence[int],
-                 synth, mask_prob: float, seed: int, val_synth=None, chip_size: int = 150, completer=None):
+                 synth, mask_prob: float, seed: int, val_synth=None, chip_size: int = 150, completer=None,
+                 upper_view_prob: float = 0.0, upper_view=None):
         self.paths = list(paths)
         self.chip_m = np.asarray(chip_m, np.float64)
         self.landmarks = np.asarray(landmarks, np.float32)
@@ -43,6 +44,8 @@ class MaskedChipDataset:
         self.synth, self.val_synth = synth, val_synth
         self.mask_prob, self.seed, self.chip_size = float(mask_prob), int(seed), int(chip_size)
         self.completer = completer  # trainer.data.completion.ChipCompleter: masked chips are completed
+        #: training samples (never validation) shown as their upper-face view (sdk.views.MaskAwareConfig)
+        self.upper_view_prob, self.upper_view = float(upper_view_prob), upper_view
 
     def _complete(self, i: int, masked: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """``masked`` chip of image ``i`` with its hole filled by the inpainter (through the ArcFace crop)."""
@@ -84,6 +87,10 @@ class MaskedChipDataset:
                 masked = self._complete(i, r.masked, r.mask)
             else:
                 masked = clean
+            if self.upper_view is not None and rng.random() < self.upper_view_prob:
+                from sdk.views import upper_view
+
+                masked = upper_view(masked[None], self.chip_landmarks(i)[None], self.upper_view)[0]
         return (np.ascontiguousarray(masked[:, :, ::-1]), np.ascontiguousarray(clean[:, :, ::-1]),
                 int(self.labels[i]), i)
 

@@ -232,13 +232,20 @@ class StudentPlugin(Plugin):
         # keeps its own crops -- dlib chips, or an ONNX teacher's --teacher-crop: prep.teacher holds their
         # descriptors, teacher_ds gives its masked crops for the validation baseline)
         t_m, t_size = teacher_matrices(teacher, prep.chip_m, prep.landmarks)
+        upper = None
+        if cfg.upper_view_prob > 0:
+            from sdk.views import MaskAwareConfig
+
+            upper = MaskAwareConfig(upper_cut=cfg.upper_cut, fill=cfg.upper_fill)
+        views = {"upper_view_prob": cfg.upper_view_prob, "upper_view": upper}
         teacher_ds = MaskedChipDataset(prep.paths, t_m, prep.landmarks, prep.labels, synth, cfg.mask_prob,
-                                       cfg.seed, val_synth, chip_size=t_size, completer=completer)
+                                       cfg.seed, val_synth, chip_size=t_size, completer=completer, **views)
         if (cfg.arch == "dlib") == (teacher_crop(teacher) == "dlib150"):  # student and teacher see the same crops
             self.ds = teacher_ds
         else:
             self.ds = MaskedChipDataset(prep.paths, arc_matrices(prep.landmarks), prep.landmarks, prep.labels, synth,
-                                        cfg.mask_prob, cfg.seed, val_synth, chip_size=ARC_SIZE, completer=completer)
+                                        cfg.mask_prob, cfg.seed, val_synth, chip_size=ARC_SIZE, completer=completer,
+                                        **views)
         self.teacher_t = torch.from_numpy(prep.teacher)
         if ctx.main:
             write_json(self.out / "config.json", cfg.to_json())
