@@ -172,6 +172,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     meta = fam.training_meta(loaded, cfg.weights)
     if meta:
         manifest[fam.training_key] = meta
+    if fam.stage == "embed":
+        manifest["match"] = uncalibrated_match(manifest.get("match"), str(base), out)
     write_manifest(out, manifest)
 
     from sdk.bundle import load_bundle
@@ -183,6 +185,22 @@ def export(cfg: ExportConfig) -> ExportResult:
              ", fp16 weights" if cfg.fp16_weights else "", mode)
     return ExportResult(cfg.format, fam.name, out, files, len(blob), parity, record,
                         fp32_onnx_bytes=len(blob32) if cfg.fp16_weights else None, mode=mode)
+
+
+def uncalibrated_match(match: dict | None, base: str, out: Path) -> dict:
+    """The ``match`` block of a bundle whose embedder was just replaced: the base's per-occlusion thresholds and
+    calibration record describe *another* embedder's scores, so they are dropped (issue #9: no exported model inherits
+    another model's thresholds); the single ``threshold`` stays as a starting point, marked ``uncalibrated`` with the
+    command that calibrates it (the Recognizer warns until then). Other keys (``metric``, ``mask_aware``,
+    ``min_det_score``) are kept."""
+    m = dict(match or {"metric": "cosine"})
+    dropped = [k for k in ("thresholds", "calibration") if m.pop(k, None) is not None]
+    m["uncalibrated"] = (f"threshold {m.get('threshold', 0.5)} copied from {base}; set this bundle's own with: "
+                         f"python -m trainer.calibrate --model {out} --lfw <lfw> --write")
+    if dropped:
+        log.warning("%s: dropped the base bundle's %s (they belong to its embedder); calibrate this bundle: "
+                    "python -m trainer.calibrate --model %s --lfw <lfw> --write", out, " and ".join(dropped), out)
+    return m
 
 
 def _write_torch(graph: Any, path: Path) -> Path:

@@ -145,6 +145,9 @@ class Recognizer:
         #: thresholds per occlusion state (the bundle's, or ``config.threshold`` for all states)
         self.operating_points: OperatingPoints = (OperatingPoints.single(float(config.threshold))
                                                   if config.threshold is not None else self.bundle.operating_points)
+        if self.bundle.match.get("uncalibrated") and config.threshold is None:
+            log.warning("bundle %s: its threshold is not calibrated for its embedder (%s)", self.bundle.name,
+                        self.bundle.match["uncalibrated"])
         #: threshold for two clean faces (the one threshold of bundles without per-state operating points)
         self.threshold = self.operating_points.clean
         if self.operating_points.far is not None and "segment" not in face_stages:

@@ -122,6 +122,36 @@ def test_calibration_thresholds_hold_the_far_and_rise_with_occlusion(tmp_path):
     assert "thresholds" not in match and match["threshold"] == round(states["clean"].threshold, 4)
 
 
+def test_an_exported_embedder_does_not_inherit_the_base_bundles_thresholds(tmp_path, caplog):
+    """Replacing a bundle's embedder drops the thresholds calibrated for the old one; the bundle says it is
+    uncalibrated (the Recognizer warns) until ``trainer.calibrate --write`` gives it its own."""
+    from export.exporter import uncalibrated_match
+    from trainer.calibrate import StateCalibration, write_thresholds
+
+    base = load_bundle("default").match
+    m = uncalibrated_match(base, "default", tmp_path / "new")
+    assert "thresholds" not in m and "calibration" not in m and m["threshold"] == base["threshold"]
+    assert "trainer.calibrate" in m["uncalibrated"] and m["metric"] == "cosine"
+    keep = uncalibrated_match({"metric": "cosine", "threshold": 0.9, "mask_aware": {"upper_cut": 0.8}}, "b", tmp_path)
+    assert keep["mask_aware"] == {"upper_cut": 0.8}
+    (tmp_path / "m").mkdir()
+    manifest = tmp_path / "m" / "manifest.json"
+    manifest.write_text(json.dumps({"match": m}))
+    state = StateCalibration(0.95, 1e-3, 1000, 10, 0.5)
+    written = write_thresholds(manifest, {s: state for s in OCCLUSION_STATES}, 1e-3, {"far": 1e-3})
+    assert "uncalibrated" not in written and written["thresholds"]["clean"] == 0.95
+
+
+def test_recognizer_warns_about_an_uncalibrated_bundle(manifest_copy, caplog):
+    folder, raw = manifest_copy("default")
+    raw["match"].pop("thresholds")
+    raw["match"]["uncalibrated"] = "threshold copied from elsewhere"
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    with caplog.at_level("WARNING", logger="sdk.recognizer"):
+        Recognizer(folder)
+    assert any("not calibrated" in r.getMessage() for r in caplog.records)
+
+
 def test_calibration_images_leave_the_test_people_out(tmp_path):
     import cv2
 

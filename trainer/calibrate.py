@@ -131,6 +131,7 @@ def write_thresholds(manifest: Path, states: dict[str, StateCalibration], far: f
     match = dict(raw.get("match") or {"metric": "cosine"})
     shipped = shipped_thresholds(states)
     match.pop("thresholds", None)
+    match.pop("uncalibrated", None)  # the exporter's mark: this bundle now has its own thresholds
     if per_state:
         match["thresholds"] = {**shipped, "far": far}
     match["threshold"] = shipped["clean"]
