@@ -317,7 +317,8 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
                          "TAR@shipped (%)": round(100 * float(np.mean(scores[labels] >= thr)), 2),
                          "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
-    meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side}
+    meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side,
+            "mask_aware": None if mask_aware is None else mask_aware.to_dict()}
     save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
                   embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask,
                   getattr(args, "occluders", None))
