@@ -42,7 +42,7 @@ def frames() -> dict[str, np.ndarray]:
     return out
 
 
-def detectors(model: str, threads: int, pyramids: list[str]) -> dict:
+def detectors(model: str, threads: int, pyramids: list[str], compare: list[str] = ()) -> dict:
     import dlib
 
     from sdk._registry import build_stage
@@ -56,6 +56,10 @@ def detectors(model: str, threads: int, pyramids: list[str]) -> dict:
         lt = build_stage(spec, opt)
         lt.prepare()
         out["ltdet" if p is None else f"ltdet@{float(p.split(',')[0]):g}"] = lt.detect
+    for other in compare:  # another LTDet bundle (e.g. the graph before an optimisation), its own settings
+        lt = build_stage(load_bundle(other).stages["detect"], {"threads": threads})
+        lt.prepare()
+        out[f"ltdet[{Path(other).name}]"] = lt.detect
     mt = MTCNNDetector.from_package(DetectorConfig(threads=threads))
     hog = dlib.get_frontal_face_detector()
     mt.prepare()
@@ -70,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=4)
     p.add_argument("--pyramids", nargs="*", default=["0.75,0.1875", "0.5,0.125"], metavar="S1,S2",
                    help="extra LTDet pyramid settings timed as ltdet@S1")
+    p.add_argument("--compare", nargs="*", default=[], metavar="BUNDLE",
+                   help="more LTDet bundles timed in the same run as ltdet[<folder name>] (e.g. an older graph)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = p.parse_args(argv)
     fr = frames()
-    dets = detectors(args.model, args.threads, args.pyramids)
+    dets = detectors(args.model, args.threads, args.pyramids, args.compare)
     load0 = os.getloadavg()
     times: dict[tuple[str, str], list[float]] = {}
     found: dict[tuple[str, str], int] = {}
