@@ -9,6 +9,9 @@ For every (upper_cut, occluded_weight) it reports, for masked-probe and both-mas
 
     python tools/select_mask_aware.py --model default --data ../shared/data/celeba_subset \
         --occluders /work/shared-extra/cutouts --out reports/mask_aware/selection.json
+
+A student trained on the CelebA subset must not be validated on it: ``--lfw DIR`` uses the threshold calibration's
+faces instead (every image of the LFW people in no pair of ``pairs.txt``; few genuine pairs, so TARs are coarse).
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ log = logging.getLogger("select_mask_aware")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="bundle whose detector and embedder are used")
-    p.add_argument("--data", type=Path, required=True, help="identity tree (one folder per person)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="identity tree (one folder per person)")
+    src.add_argument("--lfw", type=Path, help="LFW folder: validate on its people in no pair of pairs.txt")
     p.add_argument("--occluders", default=None, help="cutout folder (adds harvested training masks to trainmix)")
     p.add_argument("--per-person", type=int, default=4, help="images per person (default 4)")
     p.add_argument("--cuts", default="0.6,0.8,1.0", help="upper_cut values to try")
@@ -51,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     paths, ids = [], []
-    for person in sorted(d for d in args.data.iterdir() if d.is_dir()):
-        for img in sorted(person.glob("*.jpg"))[: args.per_person]:
-            paths.append(str(img))
-            ids.append(person.name)
+    if args.lfw is not None:
+        from trainer.calibrate import calibration_images
+
+        paths, ids = calibration_images(args.lfw, args.lfw / "pairs.txt")
+    else:
+        for person in sorted(d for d in args.data.iterdir() if d.is_dir()):
+            for img in sorted(person.glob("*.jpg"))[: args.per_person]:
+                paths.append(str(img))
+                ids.append(person.name)
     bundle = load_bundle(args.model)
     det = build_stage(bundle.stages["detect"], {"max_side": None})
     emb = build_stage(bundle.stages["embed"])
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             measure(f"upper_cut {cut:g}, weight {w:g}", cut, w, tc, to, MaskAwareConfig(upper_cut=cut, occluded_weight=w))
     best = max(rows[1:], key=lambda r: r["probe_occluded"]["TAR@1e-3"] + r["both_occluded"]["TAR@1e-3"])
-    report = {"model": bundle.name, "data": str(args.data), "images": len(keep), "people": len(set(ids_k)),
+    data = str(args.data) if args.lfw is None else f"{args.lfw}: people in no pair of pairs.txt"
+    report = {"model": bundle.name, "data": data, "images": len(keep), "people": len(set(ids_k)),
               "occluders": "trainmix (training families" + (", harvested cutouts)" if args.occluders else ")"),
               "criterion": "max TAR@FAR1e-3 (probe masked) + TAR@FAR1e-3 (both masked)", "best": best["setting"],
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
