@@ -158,6 +158,9 @@ class Recognizer:
                                    else self.bundle.match.get("min_det_score", 0.9))
         #: mask-aware matching (``match.mask_aware``, :mod:`sdk.views`): templates of a full and an upper-face view
         self.mask_aware: views.MaskAwareConfig | None = self.bundle.mask_aware
+        if self.mask_aware is not None and not callable(getattr(self.embedder, "embed_crops", None)):
+            raise BundleError(f"bundle {self.bundle.name}: match.mask_aware needs an embed stage that embeds crops "
+                              f"(embed_crops), {type(self.embedder).__name__} does not")
         if self.mask_aware is not None and "segment" not in face_stages:
             log.warning("bundle %s: mask_aware matching needs a segment stage to tell occluded probes apart; every "
                         "probe is compared as clean", self.bundle.name)
@@ -250,6 +253,9 @@ class Recognizer:
             return full
         upper = np.zeros_like(full)
         idx = np.flatnonzero(np.asarray(upper_for, bool))
+        if len(idx) and (batch.chips is None or batch.chip_matrices is None):
+            raise BundleError(f"bundle {self.bundle.name}: its embed stage did not keep its crops (FaceBatch.chips), "
+                              "which mask-aware matching needs")
         if len(idx):
             with batch.timed("embed"):
                 lms = np.stack([views.chip_landmarks(batch.faces[i].landmarks, batch.chip_matrices[i]) for i in idx])
