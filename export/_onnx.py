@@ -99,7 +99,7 @@ def fold_pads_into_convs(onnx_bytes: bytes) -> tuple[bytes, int]:
 
     import onnx
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "basic.onnx")
@@ -118,17 +118,8 @@ def fold_pads_into_convs(onnx_bytes: bytes) -> tuple[bytes, int]:
     outputs = {o.name for o in g.output}
     folded = 0
     for node in list(g.node):
-        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
-        if mode not in (b"constant", "constant"):
-            continue
-        if len(node.input) > 2 and node.input[2]:
-            value = inits.get(node.input[2])
-            if value is None or float(numpy_helper.to_array(value).reshape(-1)[0]) != 0.0:
-                continue
-        pads = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
-        if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        pads = _zero_pad_amounts(node, inits)
+        if pads is None or any(pads[i] for i in (0, 1, 4, 5)):
             continue  # NCHW only, nothing on the batch / channel axes
         consumers = users.get(node.output[0], [])
         if node.output[0] in outputs or len(consumers) != 1 or consumers[0].op_type != "Conv":
@@ -157,6 +148,24 @@ def fold_pads_into_convs(onnx_bytes: bytes) -> tuple[bytes, int]:
     return model.SerializeToString(), folded
 
 
+def _zero_pad_amounts(node, inits: dict) -> list[int] | None:
+    """The 8 constant, non-negative pad amounts of a 4-D zero ``Pad`` node (ONNX order: begins of N, C, H, W, then
+    ends), or ``None`` for any other node (another op, mode, fill value, rank, or pads computed at run time)."""
+    from onnx import helper, numpy_helper
+
+    if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+    if mode not in (b"constant", "constant"):
+        return None
+    if len(node.input) > 2 and node.input[2]:
+        value = inits.get(node.input[2])
+        if value is None or float(numpy_helper.to_array(value).reshape(-1)[0]) != 0.0:
+            return None
+    pads = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+    return pads if len(pads) == 8 and min(pads) >= 0 else None
+
+
 def _channel_pads_to_convs(model, inits: dict) -> int:
     """Replace zero Pads that only append channels (BlazeFace's residual skips: ``x`` padded from C to C' channels
     before an Add) by a 1x1 convolution with an identity-then-zeros weight: the same tensor, but one ONNX Runtime
@@ -173,14 +182,9 @@ def _channel_pads_to_convs(model, inits: dict) -> int:
             channels[v.name] = int(dims[1].dim_value)
     done = 0
     for node in list(g.node):
-        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
-        if mode not in (b"constant", "constant") or (len(node.input) > 2 and node.input[2]):
-            continue
-        pads = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
-        cin = channels.get(node.input[0])
-        if len(pads) != 8 or cin is None or pads[5] <= 0 or any(pads[i] for i in (0, 1, 2, 3, 4, 6, 7)):
+        pads = _zero_pad_amounts(node, inits)
+        cin = channels.get(node.input[0]) if pads is not None else None
+        if cin is None or pads[5] <= 0 or any(pads[i] for i in (0, 1, 2, 3, 4, 6, 7)):
             continue
         w = np.zeros((cin + pads[5], cin, 1, 1), np.float32)
         w[np.arange(cin), np.arange(cin), 0, 0] = 1.0

@@ -70,19 +70,18 @@ def export_onnx_bytes(net) -> bytes:
     return buf.getvalue()
 
 
-def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0) -> dict[str, float]:
-    """Max |ORT - torch| over random inputs of ``sizes``: scores everywhere, boxes / landmarks on the 200
-    best-scoring anchors (a trained net scores noise low everywhere; the rest are never used)."""
+def _max_diffs(reference, onnx_bytes: bytes, sizes, seed: int) -> dict[str, float]:
+    """Max |ORT(onnx_bytes) - reference(x)| over random inputs of ``sizes``; ``reference`` maps an input to the
+    three outputs. Scores everywhere, boxes / landmarks on the reference's 200 best-scoring anchors (a trained net
+    scores noise low everywhere; the rest are never used)."""
     import onnxruntime as ort
-    import torch
 
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     out = {"scores": 0.0, "boxes": 0.0, "landmarks": 0.0}
     for h, w in sizes:
         x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
-        with torch.no_grad():
-            ref = [t.numpy() for t in net.decode(torch.from_numpy(x))]
+        ref = reference(x)
         got = sess.run(list(OUTPUTS), {INPUT: x})
         m = np.argsort(-ref[0][0])[:200]
         out["scores"] = max(out["scores"], float(np.abs(ref[0] - got[0]).max()))
@@ -91,22 +90,24 @@ def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
     return out
 
 
+def parity(net, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0) -> dict[str, float]:
+    """Max |ORT - torch| over random inputs of ``sizes`` (:func:`_max_diffs`)."""
+    import torch
+
+    def reference(x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in net.decode(torch.from_numpy(x))]
+
+    return _max_diffs(reference, onnx_bytes, sizes, seed)
+
+
 def onnx_parity(reference: bytes, onnx_bytes: bytes, sizes=((480, 640), (224, 288)), seed: int = 0
                 ) -> dict[str, float]:
-    """Max |a - b| of two LTDet graphs on ONNX Runtime over random inputs of ``sizes`` (as :func:`parity`)."""
+    """Max |a - b| of two LTDet graphs on ONNX Runtime over random inputs of ``sizes`` (:func:`_max_diffs`)."""
     import onnxruntime as ort
 
-    a, b = (ort.InferenceSession(x, providers=["CPUExecutionProvider"]) for x in (reference, onnx_bytes))
-    rng = np.random.default_rng(seed)
-    out = {"scores": 0.0, "boxes": 0.0, "landmarks": 0.0}
-    for h, w in sizes:
-        x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
-        ref, got = a.run(list(OUTPUTS), {INPUT: x}), b.run(list(OUTPUTS), {INPUT: x})
-        m = np.argsort(-ref[0][0])[:200]
-        out["scores"] = max(out["scores"], float(np.abs(ref[0] - got[0]).max()))
-        out["boxes"] = max(out["boxes"], float(np.abs(ref[1][0][m] - got[1][0][m]).max()))
-        out["landmarks"] = max(out["landmarks"], float(np.abs(ref[2][0][m] - got[2][0][m]).max()))
-    return out
+    ref = ort.InferenceSession(reference, providers=["CPUExecutionProvider"])
+    return _max_diffs(lambda x: ref.run(list(OUTPUTS), {INPUT: x}), onnx_bytes, sizes, seed)
 
 
 def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str | None = None,

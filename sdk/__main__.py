@@ -241,7 +241,11 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; 'baseline', 'student-v1', 'student-v2', 'ltdet-v1', 'deocclusion-preview'), bundle folder or manifest.json")
+    from sdk.bundle import builtin_bundles
+
+    common.add_argument("--model", default=None, help="bundle: built-in name ('default' when omitted; "
+                        f"{', '.join(repr(b) for b in builtin_bundles() if b != 'default')}), bundle folder or "
+                        "manifest.json")
     common.add_argument("--threshold", type=float, default=None, help="cosine similarity needed to accept a match, for masked and clean faces alike "
                         "(default: the bundle's thresholds per occlusion state)")
     common.add_argument("--backend", default="auto", choices=("auto", "ort", "torch", "tensorrt"),

@@ -39,7 +39,7 @@ single ``threshold`` serves every state (:class:`OperatingPoints`).
 
 ``match.mask_aware`` (optional, :mod:`sdk.views`) turns on mask-aware matching: gallery templates hold a full-face
 and an upper-face embedding, and occluded probes are scored on both, e.g.
-``"mask_aware": {"upper_cut": 0.8, "fill": 128, "occluded_weight": 0.5}``. Galleries of such a bundle store
+``"mask_aware": {"upper_cut": 0.8, "fill": 128, "occluded_weight": 0.75}``. Galleries of such a bundle store
 ``2 * dim`` wide templates and refuse those of bundles without it (and the other way round).
 
 ``PRE`` is a :class:`~sdk.preprocess.Preprocess` record (crop, colour order, dtype, scale/offset, layout): how

@@ -46,7 +46,7 @@ class MaskAwareConfig:
 
     upper_cut: float = 0.8
     fill: int = 128
-    occluded_weight: float = 0.5
+    occluded_weight: float = 0.75
 
     def __post_init__(self) -> None:
         if isinstance(self.upper_cut, bool) or not 0.0 <= float(self.upper_cut) <= 1.5:
