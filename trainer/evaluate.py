@@ -67,7 +67,9 @@ class Job:
     complete: str | None = None  #: inpainter spec (trainer.data.completion) applied to masked chips, or None
     complete_mask: str = "truth"  #: holes to fill: the synthesis mask ("truth") or the segmenter's ("predicted")
     occluders: str | None = None  #: cutout folder for the ``occ:`` / ``heldout`` conditions (real cutouts)
-    upper: tuple[float, int] | None = None  #: embed the upper-face view (``sdk.views``): (upper_cut, fill), or None
+    #: also embed the upper-face view (``sdk.views``) of the same rendered chips: (upper_cut, fill); the job then
+    #: returns ``[full | upper]`` side by side (N, 2 * dim)
+    upper: tuple[float, int] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -146,11 +148,19 @@ def _embed_chunk(args: tuple) -> np.ndarray:
 
         mats = np.stack([chip_to_arc(cm, am) for cm, am in zip(chip_ms, arc_ms)])
         chips = list(completer(np.stack(chips), np.stack(holes), mats))
-    if upper is not None:  # mask-aware matching's upper-face view of the (occluded / completed) chips
-        from sdk.views import MaskAwareConfig, chip_landmarks, upper_view
+    full = _embed_bgr(emb, chips)
+    if upper is None:
+        return full
+    # mask-aware matching: the upper-face view of the same (occluded / completed) chips, rendered once
+    from sdk.views import MaskAwareConfig, chip_landmarks, upper_view
 
-        chip_lms = np.stack([chip_landmarks(lm, m) for lm, m in zip(lms, chip_ms)])
-        chips = list(upper_view(np.stack(chips), chip_lms, MaskAwareConfig(upper_cut=upper[0], fill=upper[1])))
+    chip_lms = np.stack([chip_landmarks(lm, m) for lm, m in zip(lms, chip_ms)])
+    ups = upper_view(np.stack(chips), chip_lms, MaskAwareConfig(upper_cut=upper[0], fill=upper[1]))
+    return np.concatenate([full, _embed_bgr(emb, list(ups))], axis=1)
+
+
+def _embed_bgr(emb, chips: list[np.ndarray]) -> np.ndarray:
+    """Embeddings of BGR chips (flipped to RGB for embedders that read RGB crops)."""
     chips = [np.ascontiguousarray(c[:, :, ::-1]) if emb.crop_order == "RGB" else c for c in chips]
     return emb.embed_crops(chips)
 
@@ -172,8 +182,8 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))
-    if job.upper is not None:
-        key_parts.append(["upper", float(job.upper[0]), int(job.upper[1])])
+    if job.upper is not None:  # both views (older caches under "upper" held the upper view alone)
+        key_parts.append(["views", float(job.upper[0]), int(job.upper[1])])
     h = hashlib.sha1(json.dumps(key_parts).encode())
     h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())  # the chip geometry is part of the key
     key = h.hexdigest()[:16]
@@ -181,7 +191,7 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if job.complete and job.condition != "unmasked":
         tag += "-completed" + ("-predmask" if job.complete_mask == "predicted" else "")
     if job.upper is not None:
-        tag += "-upper"
+        tag += "-views"
     cache = cache_dir / f"emb-{tag}-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
@@ -218,13 +228,15 @@ def embed_templates(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     :class:`sdk.views.MaskAwareConfig` the templates ``(N, 2 * dim)`` of the full and upper-face views."""
     import dataclasses
 
-    full = embed_condition(aligned, idx, masked, job, workers, cache_dir)
     if mask_aware is None:
-        return full
+        return embed_condition(aligned, idx, masked, job, workers, cache_dir)
     from sdk.views import templates
 
-    up = dataclasses.replace(job, upper=(float(mask_aware.upper_cut), int(mask_aware.fill)))
-    return templates(full, embed_condition(aligned, idx, masked, up, workers, cache_dir))
+    both = embed_condition(aligned, idx, masked,
+                           dataclasses.replace(job, upper=(float(mask_aware.upper_cut), int(mask_aware.fill))),
+                           workers, cache_dir)
+    d = both.shape[1] // 2
+    return templates(both[:, :d], both[:, d:])
 
 
 def bundle_pair_scores(ta: np.ndarray, tb: np.ndarray, occluded_a: bool, occluded_b: bool, mask_aware=None
