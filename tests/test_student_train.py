@@ -288,3 +288,67 @@ def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, reco
     got = rec.embed_largest(astronaut_bgr)
     ref = recognizer.embed_largest(astronaut_bgr)  # the baseline: dlib's fp32 weights
     assert got.shape == ref.shape == (128,) and 1.0 - float(got @ ref) < 5e-3
+
+
+@pytest.mark.slow
+def test_extra_unlabelled_faces_join_every_batch_and_exclusions_hold(tiny_tree, tmp_path, student_cfg):
+    """Issue #9.3: face-list images of the chosen sources are appended unlabelled (label -1, training only, teacher
+    descriptors computed), other sources and undetected entries are not; ``exclude`` removes listed images from
+    training; every batch then carries ``extra_per_batch`` extra faces and the run trains."""
+    from sdk._registry import build_stage
+    from sdk.align import DLIB_150
+    from sdk.bundle import load_bundle
+    from trainer.data.facelist import DETECTED, FaceEntry, write_face_list
+    from trainer.models.dlib_resnet import DlibResNet
+    from trainer.student.loop import with_extra_faces
+    from trainer.student.prepare import prepare_data, select_samples
+
+    data, cache = tiny_tree
+    paths = [str(s.path) for s in select_samples(data, 10)]
+    lm = DLIB_150.astype(float).tolist()
+    entries = [FaceEntry(p, "utkface", None, DETECTED, lm, [0, 0, 150, 150]) for p in paths[:3]]
+    entries += [FaceEntry(paths[3], "lfw-nonpair", "lfw:x", DETECTED, lm, [0, 0, 150, 150]),
+                FaceEntry(paths[4], "utkface", None, "no_face")]
+    write_face_list(entries, tmp_path / "list")
+    (tmp_path / "exclude.txt").write_text(f"# test matches\n{paths[1]}\n{paths[8]}\n")
+    embedder = build_stage(load_bundle(None).stages["embed"])
+    det = build_stage(load_bundle(None).stages["detect"], {"max_side": None})
+    cfg = student_cfg(data=str(data), cache=str(tmp_path / "cache"), extra_faces=str(tmp_path / "list/faces.jsonl"),
+                      extra_per_batch=2, exclude=str(tmp_path / "exclude.txt"))
+    import shutil
+    shutil.copytree(cache, tmp_path / "cache")
+    prep = prepare_data(cfg, DlibResNet.from_dat().eval(), det, embedder)
+    assert len(prep.paths) == 12
+    assert sorted(prep.paths[9:]) == sorted(paths[:3])  # the three utkface entries, not lfw-nonpair / no_face
+    assert (prep.labels[9:] == -1).all() and prep.teacher.shape == (12, 128) and np.isfinite(prep.teacher).all()
+    extra_paths = [prep.paths[i] for i in prep.extra_idx]
+    assert paths[1] not in extra_paths and len(extra_paths) == 2  # excluded
+    # paths[1] is excluded as a labelled image and as an extra face; paths[8] as a labelled one: 3 rows
+    assert prep.train_idx.tolist() == [0, 2, 3, 4, 5, 6, 7] and prep.counts["excluded"] == 3
+    # extra faces are cut at their listed landmarks: the chip matrix maps the listed landmarks near the template's
+    j = prep.paths.index(paths[0], 9)
+    chip_lm = DLIB_150 @ prep.chip_m[j][:, :2].T + prep.chip_m[j][:, 2]
+    assert np.abs(chip_lm - chip_lm.mean(0)).max() > 10 and not np.allclose(prep.chip_m[j], prep.chip_m[0])
+
+    batches = with_extra_faces([[0, 1], [2, 3], [4, 5]], prep.extra_idx, 2, 0, 0)
+    assert all(len(b) == 4 and set(b[2:]) <= set(prep.extra_idx.tolist()) for b in batches)
+    assert batches == with_extra_faces([[0, 1], [2, 3], [4, 5]], prep.extra_idx, 2, 0, 0)  # deterministic
+
+    summary = train(dataclasses_replace(cfg, out=str(tmp_path / "run"), steps_per_epoch=0), prepared=prep)
+    # 7 labelled images // batch 4 = 1 PK batch; 2 extra faces / 2 per batch = 1: an epoch is 1 step
+    assert summary["steps"] == 1 and summary["extra_images"] == 2
+    more = train(dataclasses_replace(cfg, out=str(tmp_path / "run2"), steps_per_epoch=0, extra_per_batch=1),
+                 prepared=prep)
+    assert more["steps"] == 2  # 2 extra faces / 1 per batch: the epoch grows until each extra face was seen
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(instance="soft"), dict(ce_weight=1.0), dict(extra_per_batch=0)])
+def test_extra_faces_refuse_label_terms(kw, student_cfg):
+    with pytest.raises(ValueError, match="extra_faces|extra_per_batch"):
+        student_cfg(extra_faces="faces.jsonl", **kw)

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dup-threshold", type=float, default=0.98, help="near-duplicate cosine (default 0.98)")
     p.add_argument("--cache", type=Path, default=Path("out/cache"))
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--write-matches", type=Path, metavar="TXT",
+                   help="also write the face-list images whose best cosine to any LFW test image reaches the image "
+                        "threshold (one path per line): pass it to the student trainer's --exclude")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import numpy as np
@@ -95,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     best, _ = max_similarity(train_emb / np.linalg.norm(train_emb, axis=1, keepdims=True),
                              test.emb / np.linalg.norm(test.emb, axis=1, keepdims=True))
     srcs = np.array([e.source for e in entries])
+    if args.write_matches:
+        hits = [e.path for e, b in zip(entries, best) if b >= rep["image_threshold"]]
+        args.write_matches.parent.mkdir(parents=True, exist_ok=True)
+        args.write_matches.write_text(f"# face-list images matching an LFW test image (cosine >= "
+                                      f"{rep['image_threshold']:.4f}, FAR {args.far:g}; {bundle.name})\n"
+                                      + "".join(h + "\n" for h in hits))
+        logging.getLogger("identity_overlap").info("%d matching images written to %s", len(hits), args.write_matches)
     save(rep, args.out, {s: best[srcs == s] for s in sorted(set(srcs.tolist()))})
     print((args.out / "overlap.md").read_text())
     return 0

@@ -194,6 +194,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add("--upper-cut", type=float, default=d.upper_cut,
         help="upper view cut: eyes_y + CUT * (nose_y - eyes_y) in chip pixels (match.mask_aware.upper_cut)")
     add("--upper-fill", type=int, default=d.upper_fill, help="grey level of the painted rows (match.mask_aware.fill)")
+    add("--extra-faces", metavar="FACES_JSONL",
+        help="unlabelled clean faces: the faces.jsonl of tools/build_face_list.py; its detected faces of "
+             "--extra-sources join every batch (--extra-per-batch of them) for the label-free terms (hard "
+             "instance, pair, triplet). An epoch then lasts until every extra face was seen once. Needs --instance "
+             "hard, --ce-weight 0 and --pairwise none")
+    add("--extra-sources", nargs="+", default=list(d.extra_sources),
+        help="face-list sources to train on (celeba, lfw-nonpair, utkface, extra). Leave lfw-nonpair out when "
+             "the bundle is calibrated with python -m trainer.calibrate: those people are its calibration faces")
+    add("--extra-per-batch", type=int, default=d.extra_per_batch, help="extra faces added to every PK batch")
+    add("--exclude", metavar="TXT",
+        help="image paths (one per line) never trained on, e.g. the face-list images that match an LFW test "
+             "image (tools/identity_overlap.py --write-matches)")
     add("--completion",
         help="train on completed faces: inpainter .onnx, bundle with a 'complete' stage, trainer run folder "
              "(generator.safetensors) or 'telea'; default: raw masked faces")

@@ -70,6 +70,13 @@ class StudentConfig:
     upper_view_prob: float = 0.0
     upper_cut: float = 0.8
     upper_fill: int = 128
+    # unlabelled clean faces (issue #9.3): a face list of tools/build_face_list.py; its images of ``extra_sources``
+    # join every training batch (``extra_per_batch`` of them) for the label-free terms (hard instance, pair,
+    # triplet); the identity-labelled PK part of the batch and the validation split are unchanged
+    extra_faces: str | None = None        # faces.jsonl (None: off)
+    extra_sources: tuple = ("utkface", "extra")
+    extra_per_batch: int = 32
+    exclude: str | None = None            # text file of image paths (one per line) never trained on
     completion: str | None = None         # inpainter generator.safetensors: train on completed faces (None: masked)
     mask_weights: dict = field(default_factory=lambda: dict(TRAIN_MASK_WEIGHTS))
     val_fraction: float = 0.1
@@ -105,6 +112,14 @@ class StudentConfig:
             from sdk.views import MaskAwareConfig
 
             MaskAwareConfig(upper_cut=self.upper_cut, fill=self.upper_fill)  # ValueError naming a bad value
+        if self.extra_faces:
+            if self.instance == "soft" or self.ce_weight > 0 or self.pairwise != "none":
+                raise ValueError("extra_faces adds unlabelled faces: they suit the label-free terms only (hard "
+                                 "instance, pair, triplet); the soft instance term, ArcFace CE and the pairwise "
+                                 "capstone need identity labels (use --instance hard --ce-weight 0 --pairwise none)")
+            if self.extra_per_batch < 1:
+                raise ValueError(f"extra_per_batch must be >= 1, got {self.extra_per_batch}")
+            self.extra_sources = tuple(self.extra_sources)
         if self.occluders not in OCCLUDER_SOURCES:
             raise ValueError(f"occluders must be one of {', '.join(OCCLUDER_SOURCES)}, got {self.occluders!r}")
         if self.teacher_crop not in TEACHER_CROPS:

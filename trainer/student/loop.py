@@ -151,6 +151,16 @@ def training_synthesizer(cfg, templates_synth):
     log.info("training occluders: %s (realistic families: %s)", cfg.occluders, ", ".join(realistic.available()))
     return realistic if cfg.occluders == "realistic" else MixedSynthesizer(templates_synth, realistic)
 
+def with_extra_faces(batches: list[list[int]], extra_idx: np.ndarray, per_batch: int, seed: int,
+                     epoch: int) -> list[list[int]]:
+    """``batches`` (dataset indices) each followed by ``per_batch`` unlabelled extra faces: a permutation of
+    ``extra_idx`` drawn per ``(seed, epoch)``, cycled when the epoch has more slots than extra faces."""
+    rng = np.random.default_rng([seed, epoch, 7])
+    need = len(batches) * per_batch
+    order = np.concatenate([rng.permutation(extra_idx) for _ in range(-(-need // len(extra_idx)))])[:need]
+    return [b + order[i * per_batch:(i + 1) * per_batch].tolist() for i, b in enumerate(batches)]
+
+
 class StudentPlugin(Plugin):
     """A student run on the loop skeleton (see the module docstring).  Built by :func:`train`."""
 
@@ -288,7 +298,10 @@ class StudentPlugin(Plugin):
         return self.cfg.epochs
 
     def _global_batches(self) -> int:
-        return self.cfg.steps_per_epoch or max(1, len(self.prep.train_idx) // self.cfg.batch_size)
+        n = max(1, len(self.prep.train_idx) // self.cfg.batch_size)
+        if len(self.prep.extra_idx):  # an epoch lasts until every extra face was seen once
+            n = max(n, -(-len(self.prep.extra_idx) // self.cfg.extra_per_batch))
+        return self.cfg.steps_per_epoch or n
 
     def batches_per_epoch(self, epoch: int, world: int) -> int:
         # an epoch is n PK batches; with several processes rank r takes batches r::world, so an epoch is
@@ -305,7 +318,10 @@ class StudentPlugin(Plugin):
         cfg = self.cfg
         n = self.batches_per_epoch(epoch, ctx.world)
         batches = pk_batches(self.tr_lab, cfg.p_identities, cfg.k_images, n * ctx.world, cfg.seed, epoch)
-        batches = [[(int(self.prep.train_idx[j]), epoch) for j in b] for b in ctx.shard(batches)]
+        batches = [[int(self.prep.train_idx[j]) for j in b] for b in batches]
+        if len(self.prep.extra_idx):
+            batches = with_extra_faces(batches, self.prep.extra_idx, cfg.extra_per_batch, cfg.seed, epoch)
+        batches = [[(j, epoch) for j in b] for b in ctx.shard(batches)]
         # a private generator: creating the loader does not draw from the global RNG (exact resume)
         return DataLoader(self.ds, batch_sampler=batches[first:], collate_fn=collate, num_workers=cfg.workers,
                           worker_init_fn=worker_init if cfg.workers else None,
@@ -394,6 +410,7 @@ class StudentPlugin(Plugin):
         plot_losses(out / "steps.csv", out / "loss.png")
         summary = {"steps": step, "epoch_seconds": [round(x, 1) for x in self.epoch_times], "val": self.val_rows,
                    "train_images": int(len(prep.train_idx)), "val_images": int(len(prep.val_idx)),
+                   "extra_images": int(len(prep.extra_idx)),
                    "train_identities": len(prep.train_ids), "val_identities": len(prep.val_ids),
                    "student": str(out / "student.safetensors"), "arch": cfg.arch, "embedding_dim": cfg.student_dim,
                    "student_params": self.cost["params"], "student_gflops": round(self.cost["gflops"], 4)}

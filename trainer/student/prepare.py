@@ -37,6 +37,8 @@ class Prepared:
     train_ids: list[str]
     val_ids: list[str]
     counts: dict = field(default_factory=dict)  # images / detected / fallback_no_face / unreadable / used
+    #: unlabelled extra faces (``cfg.extra_faces``): indices after the labelled ones, label -1, training only
+    extra_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def select_samples(data: str | Path, max_per_identity: int):
@@ -89,8 +91,113 @@ def prepare_data(cfg: StudentConfig, teacher, detector=None, embedder=None) -> P
     ds = MaskedChipDataset(aligned.paths, t_m, aligned.landmarks, labels, None, 0.0, cfg.seed, chip_size=t_size)
     name = teacher_cache_name(teacher, paths, t_m, cfg.init)
     t = teacher_descriptors(teacher, ds, cache / name, progress=cfg.progress)
-    return Prepared(aligned.paths, order, labels, tr, va, aligned.chip_m, aligned.landmarks, t, train_ids, val_ids,
+    prep = Prepared(aligned.paths, order, labels, tr, va, aligned.chip_m, aligned.landmarks, t, train_ids, val_ids,
                     counts)
+    if cfg.extra_faces:
+        prep = _with_extra_faces(prep, cfg, teacher, embedder, cache)
+    if cfg.exclude:
+        prep = _without_excluded(prep, cfg.exclude)
+    return prep
+
+
+def read_exclude_list(path: str | Path) -> set[str]:
+    """Image paths (one per line, ``#`` comments) never trained on, resolved to absolute paths."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"exclude list not found: {p}")
+    lines = [ln.split("#", 1)[0].strip() for ln in p.read_text().splitlines()]
+    return {str(Path(ln).resolve()) for ln in lines if ln}
+
+
+def _without_excluded(prep: Prepared, exclude: str | Path) -> Prepared:
+    """``prep`` whose training / validation / extra indices skip the images of the ``exclude`` list (counted)."""
+    drop = read_exclude_list(exclude)
+    bad = np.array([str(Path(q).resolve()) in drop for q in prep.paths], bool)
+    keep = lambda idx: idx[~bad[idx]] if len(idx) else idx  # noqa: E731
+    n = int(bad.sum())
+    prep.train_idx, prep.val_idx, prep.extra_idx = keep(prep.train_idx), keep(prep.val_idx), keep(prep.extra_idx)
+    prep.counts = {**prep.counts, "excluded": n}
+    log.info("left out %d images named in %s (%d paths listed)", n, exclude, len(drop))
+    return prep
+
+
+def extra_face_entries(cfg: StudentConfig) -> list:
+    """Detected face-list entries of ``cfg.extra_sources`` from ``cfg.extra_faces`` (ValueError when none)."""
+    from trainer.data.facelist import DETECTED, SOURCES, read_face_list
+
+    unknown = set(cfg.extra_sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown face-list sources {sorted(unknown)}; the face list has {', '.join(SOURCES)}")
+    if not Path(cfg.extra_faces).is_file():
+        raise FileNotFoundError(f"face list not found: {cfg.extra_faces} (build it with tools/build_face_list.py)")
+    entries = [e for e in read_face_list(cfg.extra_faces)
+               if e.source in cfg.extra_sources and e.status == DETECTED and e.landmarks is not None]
+    if not entries:
+        raise ValueError(f"{cfg.extra_faces}: no detected face of the sources {', '.join(cfg.extra_sources)}")
+    return entries
+
+
+def align_entries(entries, embedder, cache: Path, progress: bool = True):
+    """:class:`trainer.data.faces.AlignedSet` of face-list entries at their listed landmarks (no detection; cached
+    by paths + landmarks + the embedder's geometry). Unreadable images get status ``unreadable``."""
+    import hashlib
+    import json
+
+    import cv2
+    from tqdm import tqdm
+
+    from sdk.align import ARCFACE_112, similarity_to_template
+    from sdk.types import Face
+    from trainer.data.faces import DETECTED, UNREADABLE, AlignedSet
+
+    geometry = getattr(embedder, "geometry_id", embedder.model_id)
+    key = hashlib.sha1(json.dumps([[e.path, e.landmarks, e.box] for e in entries] + [geometry]).encode())
+    path = cache / f"aligned-list-{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        return AlignedSet.load(path)
+    n = len(entries)
+    status = np.full(n, UNREADABLE, np.int8)
+    lms = np.asarray([e.landmarks for e in entries], np.float32).reshape(n, 5, 2)
+    boxes = np.asarray([e.box or [0, 0, 0, 0] for e in entries], np.float32).reshape(n, 4)
+    chip_m, arc_m = np.zeros((n, 2, 3)), np.zeros((n, 2, 3))
+    for i, e in enumerate(tqdm(entries, desc="align extra faces", unit="img", disable=not progress)):
+        img = cv2.imread(e.path, cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        chip_m[i] = embedder.crop_transforms(img, [Face(boxes[i], lms[i], 1.0)])[0]
+        arc_m[i] = similarity_to_template(lms[i], ARCFACE_112)
+        status[i] = DETECTED
+    out = AlignedSet([e.path for e in entries], status, lms, boxes, chip_m, arc_m)
+    cache.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+    return out
+
+
+def _with_extra_faces(prep: Prepared, cfg: StudentConfig, teacher, embedder, cache: Path) -> Prepared:
+    """``prep`` plus the unlabelled extra faces (appended; label -1; teacher descriptors cached separately)."""
+    from trainer.data.faces import DETECTED
+
+    entries = extra_face_entries(cfg)
+    aligned = align_entries(entries, embedder, cache, progress=cfg.progress)
+    ok = np.flatnonzero(aligned.status == DETECTED)
+    if len(ok) < len(entries):
+        log.warning("extra faces: %d of %d images cannot be read, left out", len(entries) - len(ok), len(entries))
+    paths = [aligned.paths[i] for i in ok]
+    t_m, t_size = teacher_matrices(teacher, aligned.chip_m[ok], aligned.landmarks[ok])
+    ds = MaskedChipDataset(paths, t_m, aligned.landmarks[ok], np.full(len(ok), -1), None, 0.0, cfg.seed,
+                           chip_size=t_size)
+    t = teacher_descriptors(teacher, ds, cache / teacher_cache_name(teacher, paths, t_m, cfg.init),
+                            progress=cfg.progress)
+    n0 = len(prep.paths)
+    by_source: dict[str, int] = {}
+    for i in ok:
+        by_source[entries[i].source] = by_source.get(entries[i].source, 0) + 1
+    log.info("extra unlabelled faces from %s: %s", cfg.extra_faces, by_source)
+    return Prepared(prep.paths + paths, prep.identities, np.concatenate([prep.labels, np.full(len(ok), -1)]),
+                    prep.train_idx, prep.val_idx, np.concatenate([prep.chip_m, aligned.chip_m[ok]]),
+                    np.concatenate([prep.landmarks, aligned.landmarks[ok]]), np.concatenate([prep.teacher, t]),
+                    prep.train_ids, prep.val_ids, {**prep.counts, "extra": by_source},
+                    np.arange(n0, n0 + len(ok), dtype=np.int64))
 
 
 def _usable(samples: list, aligned, keep_undetected: bool):
