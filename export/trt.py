@@ -101,7 +101,7 @@ def stage_from_bundle(bundle: str | Path, stage: str) -> StageSource:
     Raises:
         sdk.errors.BundleError: the bundle has no such stage, or the stage has no ONNX model file.
     """
-    from sdk.bundle import STAGES, find_manifest
+    from sdk.bundle import STAGES, find_manifest, resolve_path
     from sdk.errors import BundleError
 
     if stage not in STAGES:
@@ -113,9 +113,9 @@ def stage_from_bundle(bundle: str | Path, stage: str) -> StageSource:
         raise BundleError(f"{mpath}: bundle has no {stage!r} stage")
     model = (st.get("files") or {}).get("model")
     path = None if model is None else str(model.get("path", ""))
-    if not path or not path.endswith(".onnx") or path.startswith("pkg:"):
+    if not path or not path.endswith(".onnx"):
         raise BundleError(f"{mpath}: the {stage!r} stage ({st.get('kind')}) has no ONNX model file to build from")
-    onnx_path = Path(path) if Path(path).is_absolute() else mpath.parent / path
+    onnx_path = resolve_path(path, mpath.parent)  # relative to the bundle, absolute, or pkg:<package>/<file>
     pre = st.get("preprocess")
     return StageSource(onnx=onnx_path, stage=stage, kind=st.get("kind"), bundle=str(bundle),
                        preprocess=pre, preprocess_source="bundle" if pre else None)

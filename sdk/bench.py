@@ -78,7 +78,7 @@ def run_bench(frames: int = 60, gallery_size: int = 10000, model: str | None = N
     masked, _ = draw_surgical_mask(astro, rec.detect(astro)[0].landmarks)
     base["astronaut_masked_512"] = masked
     rng = np.random.default_rng(seed)
-    filler = rng.normal(size=(max(gallery_size - 1, 0), rec.embedder.dim)).astype(np.float32)
+    filler = rng.normal(size=(max(gallery_size - 1, 0), rec.template_dim)).astype(np.float32)
     if len(filler):
         rec.gallery.add("distractor", filler)  # one identity with many rows: worst case for the search
     names = list(base)

@@ -21,11 +21,22 @@ def copy_bundle(tmp_path, files_dir=True):
     return dst, raw
 
 
-def test_default_bundle_has_segmenter_and_same_embedder_as_baseline():
-    d, b = load_bundle(), load_bundle("baseline")
+def test_previous_default_keeps_the_segmenter_and_the_baseline_embedder():
+    d, b = load_bundle("default-v1"), load_bundle("baseline")
     assert d.name == "default-v1" and d.stages["segment"].kind == "onnx_segmenter" and d.stages["complete"] is None
-    assert d.mode == "occlusion-aware"
+    assert d.mode == "occlusion-aware" and d.mask_aware is None
     assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
+
+
+def test_default_bundle_is_the_mask_aware_student():
+    """Issue #9.7: the default is maskaware-v3 (student-v4 + mask-aware matching + per-state thresholds) under its
+    own name, sharing the files of the built-in bundles (no second copy of the weights)."""
+    d, m, old = load_bundle(), load_bundle("maskaware-v3"), load_bundle("default-v1")
+    assert d.name == "default-v2" and d.mode == "occlusion-aware" and d.stages["complete"] is None
+    assert d.mask_aware == m.mask_aware and d.mask_aware is not None
+    assert d.stages["embed"].files["model"].path == m.stages["embed"].files["model"].path
+    assert d.stages["segment"].files["model"].path == old.stages["segment"].files["model"].path
+    assert d.threshold == m.threshold and d.operating_points == m.operating_points
 
 
 def test_builtin_bundle_loads_in_baseline_mode():

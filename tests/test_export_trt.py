@@ -62,6 +62,8 @@ def test_without_tensorrt_a_bundle_of_engines_fails_in_one_line_too(tmp_path):
 
 
 def test_stage_lookup_in_bundles():
+    from sdk.bundle import BUILTIN_DIR
+
     src = trt_export.stage_from_bundle("default", "segment")
     assert src.onnx.name == "segmenter.onnx" and src.onnx.is_file() and src.kind == "onnx_segmenter"
     src = trt_export.stage_from_bundle("deocclusion-preview", "complete")
@@ -69,7 +71,9 @@ def test_stage_lookup_in_bundles():
     from sdk.errors import BundleError
 
     with pytest.raises(BundleError, match="no ONNX model file"):
-        trt_export.stage_from_bundle("default", "embed")  # dlib ResNet: not an ONNX stage
+        trt_export.stage_from_bundle("default-v1", "embed")  # dlib ResNet (.dat): not an ONNX stage
+    src = trt_export.stage_from_bundle("default", "embed")  # a pkg: path into another built-in bundle
+    assert src.onnx == BUILTIN_DIR / "maskaware-v3" / "student.onnx" and src.kind == "onnx_embedder"
     with pytest.raises(BundleError, match="unknown stage"):
         trt_export.stage_from_bundle("default", "detector")
 

@@ -24,7 +24,9 @@ from sdk.occluders import draw_surgical_mask
 from sdk.recognizer import Recognizer
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-BUNDLES = ("default", "baseline", "student-v1", "deocclusion-preview")
+BUNDLES = ("default-v1", "baseline", "student-v1", "deocclusion-preview")
+#: golden keys recorded under another name: default-v1 was the built-in ``default`` until issue #9.7
+RECORDED_AS = {"default-v1": "default"}
 
 pytestmark = pytest.mark.slow  # loads all four built-in bundles (~30 s)
 
@@ -66,13 +68,13 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def test_golden_file_is_small(golden):
     assert (GOLDEN / "stages.npz").stat().st_size < 100_000
-    assert {f"{b}/masked/emb" for b in BUNDLES} <= set(golden)
+    assert {f"{RECORDED_AS.get(b, b)}/masked/emb" for b in BUNDLES} <= set(golden)
 
 
 def test_bundles_give_the_recorded_outputs(bundle_run, golden):
     name, rec, fr = bundle_run
     for probe, frame in fr.items():
-        key = f"{name}/{probe}"
+        key = f"{RECORDED_AS.get(name, name)}/{probe}"
         faces = rec.detect(frame)
         np.testing.assert_array_equal(np.array([f.box for f in faces]).reshape(-1, 4), golden[f"{key}/boxes"])
         np.testing.assert_array_equal(np.array([f.landmarks for f in faces]).reshape(-1, 5, 2),
@@ -102,7 +104,7 @@ def test_segmenter_maps_and_completed_crop(bundle_run, golden):
     mats = [similarity_to_template(f.landmarks, ARCFACE_CROP.template) for f in faces]
     crops = np.stack([warp(fr["masked"], m, ARCFACE_CROP.size) for m in mats])
     masks, probs = rec.segmenter.segment(crops)
-    if name == "default":
+    if name == "default-v1":
         n, h, w = masks.shape
         pooled = masks.reshape(n, h // 4, 4, w // 4, 4).mean(axis=(2, 4))
         np.testing.assert_allclose(pooled, golden["default/masked/mask_pool4"], atol=1e-6)

@@ -198,7 +198,7 @@ def test_a_new_embed_kind_runs_in_the_recognizer_unchanged(restore_registries, m
                                                           camera_bgr, masked_astronaut_bgr):
     _registry.register(StageKind("embed", "test_mean_colour", lambda spec, pre, values: MeanColourEmbedder(pre),
                                  lambda values: raw_uint8("arcface112", "rgb")))
-    folder, raw = manifest_copy("default")
+    folder, raw = manifest_copy("default-v1")  # full-face matching: the gallery keeps the embedder's id and width
     raw["stages"]["embed"] = {"kind": "test_mean_colour", "files": {}, "config": {},
                               "preprocess": raw_uint8("arcface112", "rgb").to_dict()}
     (folder / "manifest.json").write_text(json.dumps(raw))

@@ -222,7 +222,7 @@ def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_pat
 
 
 @pytest.mark.slow
-def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer):
+def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr):
     """The untrained student (= the dlib port) exported to a bundle embeds like the baseline recognizer."""
     from export.exporter import ExportConfig, export
     from sdk.bundle import load_bundle
@@ -241,7 +241,7 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
     assert b.stages["detect"].files["pnet"].path == load_bundle("baseline").stages["detect"].files["pnet"].path
     rec = Recognizer(tmp_path / "bundle")
     got = rec.embed_largest(astronaut_bgr)
-    ref = recognizer.embed_largest(astronaut_bgr)
+    ref = Recognizer("baseline").embed_largest(astronaut_bgr)
     assert got.shape == ref.shape == (128,)
     assert float(np.abs(got - ref).max()) < 1e-4
     assert rec.embedder.model_id.startswith("onnx:")
@@ -261,7 +261,7 @@ def test_export_bundle_matches_the_baseline(tmp_path, astronaut_bgr, recognizer)
 
 
 @pytest.mark.slow
-def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, recognizer):
+def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr):
     """--fp16-weights: half the file, same I/O, within 5e-3 cosine distance of the fp32 export, loads in the SDK."""
     import onnx
     from onnx import TensorProto
@@ -286,7 +286,7 @@ def test_fp16_weights_export_stays_close_and_loads(tmp_path, astronaut_bgr, reco
     assert b.stages["segment"].files["model"].path.resolve() == load_bundle("default").stages["segment"].files["model"].path.resolve()
     rec = Recognizer(tmp_path / "b16")
     got = rec.embed_largest(astronaut_bgr)
-    ref = recognizer.embed_largest(astronaut_bgr)  # the baseline: dlib's fp32 weights
+    ref = Recognizer("baseline").embed_largest(astronaut_bgr)  # dlib's fp32 weights
     assert got.shape == ref.shape == (128,) and 1.0 - float(got @ ref) < 5e-3
 
 

@@ -78,7 +78,7 @@ def test_bad_mask_aware_blocks_are_refused(manifest_copy, block, msg):
 
 
 def test_maskaware_bundle_matches_clean_faces_like_its_full_face_twin(astronaut_bgr, masked_astronaut_bgr):
-    ma, full = Recognizer("maskaware-v1"), Recognizer("default")
+    ma, full = Recognizer("maskaware-v1"), Recognizer("default-v1")
     assert ma.mask_aware == MaskAwareConfig(upper_cut=0.8, fill=128, occluded_weight=0.75)
     assert ma.template_dim == 2 * full.template_dim and ma.template_id.startswith(full.template_id + "+upper")
     for rec in (ma, full):
