@@ -65,7 +65,7 @@ def build_bundle(out: Path) -> Path:
     save_checkpoint(out / "segmenter" / "ckpt" / "last", {"model": seg},
                     {"kind": "segmenter", "models": {"model": seg.config.to_dict()}, "step": 0})
     bundle = out / "bundle"
-    export(ExportConfig("torch", "inpainter", out / "inpainter", bundle, base="default",
+    export(ExportConfig("torch", "inpainter", out / "inpainter", bundle, base="default-v1",
                         options=StageOptions(min_occlusion=0.0)))
     export(ExportConfig("torch", "segmenter", out / "segmenter", bundle, base=str(bundle),
                         options=StageOptions(threshold=0.0)))

@@ -43,7 +43,7 @@ class ExportConfig:
         checkpoint: run folder, checkpoint stem / file, student weights, dlib ``.dat`` (per family).
         out: bundle folder to write (``trt-onnx``: the ``.onnx`` file).
         name: bundle name (default: the folder name); description: bundle description (default: the family's).
-        base: bundle whose other stages the new one keeps (default: the family's, ``baseline`` / ``default``).
+        base: bundle whose other stages the new one keeps (default: the family's, ``baseline`` / ``default-v1``).
         segment_from: also copy this bundle's segment stage (embedder bundles).
         fp16_weights: store ONNX weights as float16 (what ``onnx-fp16`` means; allowed with ``torch`` too).
         options: the stage's config values (threads, thresholds ...).

@@ -22,8 +22,8 @@ The threshold of a state is the smallest cosine with FAR <= ``--far`` (:func:`tr
 :func:`shipped_thresholds`) in the bundle's ``manifest.json`` as ``match.thresholds`` with the calibration record
 under ``match.calibration``, and sets ``match.threshold`` (the clean state) to the same calibrated value::
 
-    python -m trainer.calibrate --model sdk/models/default --lfw ../shared/data/lfw \\
-        --occluders /work/shared-extra/cutouts --far 1e-3 --write --out reports/calibration/default
+    python -m trainer.calibrate --model sdk/models/default-v1 --lfw ../shared/data/lfw \\
+        --occluders /work/shared-extra/cutouts --far 1e-3 --write --out reports/calibration/default-v1
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ crop in **BGR** order, ``x / 127.5 - 1``: the inpainter is trained on BGR crops,
 ``"mask"`` ``(N, 1, 112, 112)`` float32 {0, 1} (1 = hole) -> ``"completed"`` ``(N, 3, 112, 112)`` in [-1, 1], known
 pixels composited back. The manifest's record is the float one (the SDK normalises, the graph blends in float).
 
-Default base bundle: ``default`` (MTCNN + occlusion segmenter + dlib ResNet); the base must have a segment stage,
+Default base bundle: ``default-v1`` (MTCNN + occlusion segmenter + dlib ResNet, full-face matching); the base must have a segment stage,
 whose holes the inpainter fills. Parity inputs (:func:`parity_inputs`): the astronaut's ArcFace crop and its mirror
 image under a surgical-mask-shaped hole, plus noise crops under random rectangles. ``trt-onnx`` is this family's
 alone (the attention as one TensorRT plugin node, :mod:`export._plugin_onnx`).
@@ -77,7 +77,7 @@ class InpainterFamily(Family):
     stage = "complete"
     kind = "onnx_inpainter"
     stem = "inpainter"
-    base = "default"
+    base = "default-v1"  # the teacher, full-face matching: completion is measured against it (issue #9.5)
     training_key = "inpainter_training"
     inputs = ("image", "mask")
     outputs = ("completed",)
@@ -123,7 +123,7 @@ class InpainterFamily(Family):
     def check_base(self, manifest: dict, base: str) -> None:
         if not (manifest.get("stages") or {}).get("segment"):
             raise ValueError(f"bundle {base!s} has no segment stage; the complete stage needs one "
-                             "(use e.g. --base default)")
+                             "(use e.g. --base default-v1)")
 
     def training_meta(self, loaded: Loaded, weights: str) -> dict | None:
         cfg = loaded.meta
