@@ -57,6 +57,26 @@ def test_heldout_lfw_reports_probe_and_both(tiny_lfw, cutouts, tmp_path):  # noq
         evaluate_main(["--data", str(tiny_lfw), "--conditions", "occ_bandana", "--out", str(out)])
 
 
+def test_heldout_lfw_with_the_segmenters_occlusion_calls(tiny_lfw, cutouts, tmp_path):  # noqa: F811
+    """``--occlusion predicted``: pairs are scored in the state the default bundle's segmenter assigns each face (what
+    the SDK does); the report says which fraction it flagged, and the probabilities are cached once per condition."""
+    out = tmp_path / "pred"
+    rc = evaluate_main(["--protocol", "heldout-lfw", "--data", str(tiny_lfw), "--conditions", "unmasked,occ:real_val",
+                        "--occluders", str(cutouts), "--model", "default", "--occlusion", "predicted", "--workers", "1",
+                        "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    res = rep["results"]
+    assert rep["meta"]["occlusion"] == "predicted"
+    assert res["unmasked"]["flagged occluded (%)"] == {"probe": 0.0, "reference": 0.0}  # clean faces stay clean
+    probe = res["occ:real_val (probe)"]["flagged occluded (%)"]
+    both = res["occ:real_val (both)"]["flagged occluded (%)"]
+    assert probe["probe"] >= 50 and probe["reference"] == 0.0  # a surgical mask: the segmenter sees it
+    assert both["reference"] == both["probe"] == probe["probe"]  # the same masked chips on both sides
+    assert len(list((tmp_path / "cache").glob("occ-occ_real_val-*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("occ-unmasked-*.npy"))) == 1
+
+
 def test_heldout_condition_picks_heldout_families_deterministically():
     from trainer.data.occluders.registry import HELDOUT_MIX, is_heldout
 

@@ -128,5 +128,11 @@ def test_calibration_and_evaluation_score_pairs_as_the_sdk_does():
         float(bundle_pair_scores(clean[:1], clean[1:2], False, False, cfg)[0]), abs=1e-6)
     both = bundle_pair_scores(occl[:1], occl[1:2], True, True, cfg)[0]
     assert pairs["both_occluded"][0][0] == pytest.approx(float(both), abs=1e-6)
+    # per-pair occlusion flags (the evaluation's --occlusion predicted) give each pair its own state's score
+    flags_a, flags_b = np.array([False, True, False]), np.array([True, True, False])
+    mixed = bundle_pair_scores(occl[:3], occl[3:6], flags_a, flags_b, cfg)
+    for k in range(3):
+        assert mixed[k] == pytest.approx(float(bundle_pair_scores(occl[k:k + 1], occl[3 + k:4 + k], flags_a[k],
+                                                                  flags_b[k], cfg)[0]), abs=1e-9)
     states = calibrate_states(clean, occl, ids, 0.05, cfg)
     assert set(states) == {"clean", "probe_occluded", "both_occluded"}

@@ -166,11 +166,22 @@ def _embed_bgr(emb, chips: list[np.ndarray]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def _unmasked_key(job: Job, masked: np.ndarray) -> tuple[Job, np.ndarray]:
+    """``(job, masked)`` as cached: nothing is painted in the ``unmasked`` condition, so its flags, templates and
+    seed do not matter (one cache, not one per caller)."""
+    import dataclasses
+
+    if job.condition != "unmasked":
+        return job, masked
+    return dataclasses.replace(job, templates=None, seed=0), np.zeros(len(masked), bool)
+
+
 def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
                     chunk: int = 32) -> np.ndarray:
     """Embeddings (len(idx), D) of images ``aligned.paths[idx]`` under ``job.condition`` (cached)."""
     from trainer.data.completion import model_fingerprint
 
+    job, masked = _unmasked_key(job, masked)
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
     if job.occluders and is_occluder_condition(job.condition):  # the cutouts it can draw, not only their folder
@@ -222,6 +233,83 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     return emb
 
 
+def _occlusion_chunk(args: tuple) -> np.ndarray:
+    """Segmenter occlusion probability of each chip of a chunk, rendered exactly as :func:`_embed_chunk` renders it
+    and cut to the segmenter's 112x112 ArcFace crop (what the SDK segments)."""
+    paths, chip_ms, lms, seeds, masked_flags, condition, arc_ms, _ = args
+    from sdk.align import warp
+    from trainer.data.completion import chip_to_arc
+
+    seg = _W["segmenter"]
+    size = (seg.crop_spec.width, seg.crop_spec.height)
+    crops = []
+    for p, m, lm, sd, flag, am in zip(paths, chip_ms, lms, seeds, masked_flags, arc_ms):
+        chip, _hole = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"],
+                                  _W["chip_size"], lm, _W.get("occluders"))
+        crops.append(warp(chip, chip_to_arc(m, am), size))
+    return seg.segment(np.stack(crops))[1].astype(np.float32)
+
+
+def _occlusion_init(model: str | None, templates: str | None, occluders: str | None) -> None:
+    cv2.setNumThreads(1)
+    from sdk._registry import build_stage
+    from sdk.bundle import load_bundle
+
+    bundle = load_bundle(model, verify_hash=False)
+    _W.update(occluders=occluders, templates=templates, synth={}, segmenter=build_stage(bundle.stages["segment"]),
+              chip_size=build_stage(bundle.stages["embed"]).crop_size)
+
+
+def occlusion_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int,
+                        cache_dir: Path | None, chunk: int = 64) -> np.ndarray:
+    """``(len(idx),)`` float32: the bundle's segmenter occlusion probability of every chip of ``job.condition``
+    (the same rendered chips as :func:`embed_condition`; cached by segmenter file, condition, seed and images).
+
+    With ``--occlusion predicted`` the evaluation scores each pair in the occlusion state the SDK would assign (the
+    segmenter's call on each face), not the state the synthesis knows."""
+    from sdk.bundle import load_bundle
+
+    bundle = load_bundle(job.model, verify_hash=False)
+    seg = bundle.stages.get("segment")
+    if seg is None:
+        raise SystemExit(f"--occlusion predicted: bundle {job.model!r} has no segment stage")
+    job, masked = _unmasked_key(job, masked)
+    key_parts = ["occlusion", [f.sha256 for f in seg.files.values()], job.condition, job.templates, job.seed,
+                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()]
+    if job.occluders and is_occluder_condition(job.condition):
+        from trainer.eval.heldout import cutout_parts
+
+        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
+        key_parts.append([hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
+    h = hashlib.sha1(json.dumps(key_parts).encode())
+    h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())
+    cache = cache_dir / f"occ-{job.condition.replace(':', '_')}-{h.hexdigest()[:16]}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    seeds = job.seed * 1_000_003 + idx
+    tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
+              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
+              aligned.arc_m[idx[s:s + chunk]], None) for s in range(0, len(idx), chunk)]
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(idx), desc=f"segment {job.condition}", unit="face")
+    init = (job.model, job.templates, job.occluders)
+    if workers <= 1:
+        _occlusion_init(*init)
+        for t in tasks:
+            out.append(_occlusion_chunk(t))
+            bar.update(len(t[0]))
+    else:
+        with ProcessPoolExecutor(workers, initializer=_occlusion_init, initargs=init) as ex:
+            for t, o in zip(tasks, ex.map(_occlusion_chunk, tasks)):
+                out.append(o)
+                bar.update(len(t[0]))
+    bar.close()
+    prob = np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+    if cache is not None:
+        np.save(cache, prob)
+    return prob
+
+
 def embed_templates(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
                     mask_aware=None) -> np.ndarray:
     """What a bundle stores per face: the embeddings (``mask_aware`` None), or with a
@@ -239,10 +327,9 @@ def embed_templates(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     return templates(both[:, :d], both[:, d:])
 
 
-def bundle_pair_scores(ta: np.ndarray, tb: np.ndarray, occluded_a: bool, occluded_b: bool, mask_aware=None
-                       ) -> np.ndarray:
+def bundle_pair_scores(ta: np.ndarray, tb: np.ndarray, occluded_a, occluded_b, mask_aware=None) -> np.ndarray:
     """Score of each pair (row i of ``ta`` with row i of ``tb``) as the SDK computes it for faces of the given
-    occlusion state: cosine, or mask-aware (:func:`sdk.views.pair_scores`)."""
+    occlusion state (a bool for every pair, or one per pair): cosine, or mask-aware (:func:`sdk.views.pair_scores`)."""
     if mask_aware is None:
         from trainer.eval import cosine_pair_scores
 
@@ -250,7 +337,9 @@ def bundle_pair_scores(ta: np.ndarray, tb: np.ndarray, occluded_a: bool, occlude
     from sdk.views import pair_scores
 
     n = len(ta)
-    return pair_scores(ta, tb, np.full(n, occluded_a), np.full(n, occluded_b), mask_aware).astype(np.float64)
+    occ_a = np.broadcast_to(np.asarray(occluded_a, bool), (n,))
+    occ_b = np.broadcast_to(np.asarray(occluded_b, bool), (n,))
+    return pair_scores(ta, tb, occ_a, occ_b, mask_aware).astype(np.float64)
 
 
 def save_examples(aligned, idx: Sequence[int], conditions: Sequence[str], templates: str | None, crop_size, path: Path,
@@ -317,20 +406,35 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
                                     args.workers, args.cache, mask_aware)
             ea, eb = clean[ia], masked_all[ib]
         occ_b = cond != "unmasked"
-        scores = bundle_pair_scores(ea, eb, occ_b and args.mask_side == "both", occ_b, mask_aware)
+        occ_a = occ_b and args.mask_side == "both"
+        flagged = None
+        if getattr(args, "occlusion", "truth") == "predicted":  # the state the SDK's segmenter assigns each face
+            p_masked = occlusion_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
+            p_clean = p_masked if cond == "unmasked" else occlusion_condition(
+                aligned, all_idx, np.zeros(len(paths), bool), Job(args.model, "unmasked", None, 0), args.workers,
+                args.cache)
+            seg_thr = float(getattr(bundle.stages["segment"], "config", {}).get("threshold", 0.5))
+            side_a = p_masked if occ_a else p_clean
+            occ_a, occ_b = side_a[ia] >= seg_thr, p_masked[ib] >= seg_thr
+            flagged = {"probe": round(100 * float(occ_b.mean()), 2), "reference": round(100 * float(occ_a.mean()), 2)}
+        scores = bundle_pair_scores(ea, eb, occ_a, occ_b, mask_aware)
         ver = lfw_10fold(scores, labels, folds)
         far, tar, _ = roc_curve(scores, labels)
         curves[cond] = (far, tar)
-        state = "clean" if cond == "unmasked" else "both_occluded" if args.mask_side == "both" else "probe_occluded"
-        thr = ops.threshold(state)  # the bundle's shipped operating point for this pair state
+        # the bundle's shipped operating point of each pair's state
+        thr = np.array([ops.threshold(ops.state(a, b))
+                        for a, b in zip(np.broadcast_to(occ_a, (len(pairs),)), np.broadcast_to(occ_b, (len(pairs),)))])
         results[cond] = {"verification": ver, "tar_at_far": tar_at_far(scores, labels, (1e-2, 1e-3)),
-                         "shipped thr": round(thr, 4),
-                         "FAR@shipped (%)": round(100 * float(np.mean(scores[~labels] >= thr)), 2),
-                         "TAR@shipped (%)": round(100 * float(np.mean(scores[labels] >= thr)), 2),
+                         "shipped thr": round(float(thr[0]), 4) if np.all(thr == thr[0]) else "per pair",
+                         "FAR@shipped (%)": round(100 * float(np.mean(scores[~labels] >= thr[~labels])), 2),
+                         "TAR@shipped (%)": round(100 * float(np.mean(scores[labels] >= thr[labels])), 2),
                          "seconds": round(time.perf_counter() - t0, 1)}
+        if flagged is not None:
+            results[cond]["flagged occluded (%)"] = flagged
         log.info("%s: %.2f +- %.2f %%", cond, 100 * ver.accuracy_mean, 100 * ver.accuracy_std)
     meta = {"pairs": len(pairs), "images": len(paths), "alignment": aligned.counts(), "mask_side": args.mask_side,
-            "mask_aware": None if mask_aware is None else mask_aware.to_dict()}
+            "mask_aware": None if mask_aware is None else mask_aware.to_dict(),
+            "occlusion": getattr(args, "occlusion", "truth")}
     save_examples(aligned, list(range(0, len(paths), max(1, len(paths) // 8)))[:8], args.conditions, args.templates,
                   embedder.crop_size, args.out / "examples.png", args.seed, args.complete, args.complete_mask,
                   getattr(args, "occluders", None))
@@ -435,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complete-mask", choices=("truth", "predicted"), default="truth",
                    help="holes for --complete: the synthesis mask (truth) or the default bundle's segmenter output on "
                         "the crop, completing only faces it calls occluded (predicted: what the SDK does)")
+    p.add_argument("--occlusion", choices=("truth", "predicted"), default="truth",
+                   help="lfw-pairs / heldout-lfw: the occlusion state each pair is scored in (mask-aware views, shipped "
+                        "threshold): 'truth' = the synthesis's (every painted face is occluded), 'predicted' = the "
+                        "bundle's segmenter's call on each face, as the SDK decides (reports the flagged fractions)")
     p.add_argument("--occluders", default=None,
                    help="cutout folder from tools/harvest_occluders.py (real_val / harvested families, real-mask IoU)")
     p.add_argument("--split", type=Path, default=None,
