@@ -410,12 +410,11 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         flagged = None
         if getattr(args, "occlusion", "truth") == "predicted":  # the state the SDK's segmenter assigns each face
             p_masked = occlusion_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
-            p_clean = p_masked if cond == "unmasked" else occlusion_condition(
-                aligned, all_idx, np.zeros(len(paths), bool), Job(args.model, "unmasked", None, 0), args.workers,
-                args.cache)
             seg_thr = float(getattr(bundle.stages["segment"], "config", {}).get("threshold", 0.5))
-            side_a = p_masked if occ_a else p_clean
-            occ_a, occ_b = side_a[ia] >= seg_thr, p_masked[ib] >= seg_thr
+            # probe side: identify() against an enrolled template, which the SDK takes to be clean; both sides:
+            # verify() of two photos, each with the segmenter's call
+            occ_a = p_masked[ia] >= seg_thr if occ_a else np.zeros(len(ia), bool)
+            occ_b = p_masked[ib] >= seg_thr
             flagged = {"probe": round(100 * float(occ_b.mean()), 2), "reference": round(100 * float(occ_a.mean()), 2)}
         scores = bundle_pair_scores(ea, eb, occ_a, occ_b, mask_aware)
         ver = lfw_10fold(scores, labels, folds)
