@@ -45,15 +45,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from trainer.eval.render import _W, _unmasked_key, is_occluder_condition, render_crop  # noqa: F401 (re-exported)
+
 log = logging.getLogger("trainer.evaluate")
 
 SYNTH_CONDITIONS = ("simple", "complex", "human_body", "hybrid", "block", "sunglasses", "scarf")
 CONDITIONS = ("unmasked", "template") + SYNTH_CONDITIONS
-
-
-def is_occluder_condition(condition: str) -> bool:
-    """``heldout``, ``trainmix`` or ``occ:<family>``: drawn by ``trainer.data.occluders`` (realistic families, registry)."""
-    return condition in ("heldout", "trainmix") or condition.startswith("occ:")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,6 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------------ workers
-_W: dict = {}
 
 
 def _worker_init(model: str | None, templates: str | None, complete: str | None = None,
@@ -93,44 +89,6 @@ def _worker_init(model: str | None, templates: str | None, complete: str | None 
         _W["completer"] = ChipCompleter(complete, mask_source=complete_mask)
     else:
         _W.pop("completer", None)
-
-
-def _synthesizer(condition: str, templates: str | None):
-    from trainer.data.synthesis import MaskSynthesizer, SynthesisConfig
-
-    key = (condition, templates)
-    if key not in _W["synth"]:
-        tdir = Path(templates) if templates else None
-        if condition == "template":
-            if tdir is None:
-                raise ValueError("condition 'template' needs --templates")
-            cfg = SynthesisConfig(templates_dir=tdir, template_prob=1.0, recolor_prob=0.0)
-        else:
-            cfg = SynthesisConfig(templates_dir=tdir)
-        _W["synth"][key] = MaskSynthesizer(cfg)
-    return _W["synth"][key]
-
-
-def render_crop(path: str, chip_m: np.ndarray, condition: str, seed: int, templates: str | None,
-                crop_size: tuple[int, int], landmarks: np.ndarray,
-                occluders: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(BGR chip of ``crop_size`` with the condition's occluder painted, occlusion mask or None)."""
-    from sdk.align import warp
-
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        return np.zeros((crop_size[1], crop_size[0], 3), np.uint8), None
-    chip = warp(img, chip_m, crop_size)
-    if condition == "unmasked":
-        return chip, None
-    lm = landmarks @ chip_m[:, :2].T + chip_m[:, 2]
-    if is_occluder_condition(condition):
-        from trainer.eval.heldout import render_occluder
-
-        return render_occluder(chip, lm, condition, seed, templates, occluders if occluders else _W.get("occluders"))
-    cat = "simple" if condition == "template" else condition
-    s = _synthesizer(condition, templates)(chip, lm, seed, category=cat)
-    return s.masked, s.mask
 
 
 def _embed_chunk(args: tuple) -> np.ndarray:
@@ -166,16 +124,6 @@ def _embed_bgr(emb, chips: list[np.ndarray]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _unmasked_key(job: Job, masked: np.ndarray) -> tuple[Job, np.ndarray]:
-    """``(job, masked)`` as cached: nothing is painted in the ``unmasked`` condition, so its flags, templates and
-    seed do not matter (one cache, not one per caller)."""
-    import dataclasses
-
-    if job.condition != "unmasked":
-        return job, masked
-    return dataclasses.replace(job, templates=None, seed=0), np.zeros(len(masked), bool)
-
-
 def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
                     chunk: int = 32) -> np.ndarray:
     """Embeddings (len(idx), D) of images ``aligned.paths[idx]`` under ``job.condition`` (cached)."""
@@ -231,83 +179,6 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if cache is not None:
         np.save(cache, emb)
     return emb
-
-
-def _occlusion_chunk(args: tuple) -> np.ndarray:
-    """Segmenter occlusion probability of each chip of a chunk, rendered exactly as :func:`_embed_chunk` renders it
-    and cut to the segmenter's 112x112 ArcFace crop (what the SDK segments)."""
-    paths, chip_ms, lms, seeds, masked_flags, condition, arc_ms, _ = args
-    from sdk.align import warp
-    from trainer.data.completion import chip_to_arc
-
-    seg = _W["segmenter"]
-    size = (seg.crop_spec.width, seg.crop_spec.height)
-    crops = []
-    for p, m, lm, sd, flag, am in zip(paths, chip_ms, lms, seeds, masked_flags, arc_ms):
-        chip, _hole = render_crop(p, m, condition if flag else "unmasked", int(sd), _W["templates"],
-                                  _W["chip_size"], lm, _W.get("occluders"))
-        crops.append(warp(chip, chip_to_arc(m, am), size))
-    return seg.segment(np.stack(crops))[1].astype(np.float32)
-
-
-def _occlusion_init(model: str | None, templates: str | None, occluders: str | None) -> None:
-    cv2.setNumThreads(1)
-    from sdk._registry import build_stage
-    from sdk.bundle import load_bundle
-
-    bundle = load_bundle(model, verify_hash=False)
-    _W.update(occluders=occluders, templates=templates, synth={}, segmenter=build_stage(bundle.stages["segment"]),
-              chip_size=build_stage(bundle.stages["embed"]).crop_size)
-
-
-def occlusion_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int,
-                        cache_dir: Path | None, chunk: int = 64) -> np.ndarray:
-    """``(len(idx),)`` float32: the bundle's segmenter occlusion probability of every chip of ``job.condition``
-    (the same rendered chips as :func:`embed_condition`; cached by segmenter file, condition, seed and images).
-
-    With ``--occlusion predicted`` the evaluation scores each pair in the occlusion state the SDK would assign (the
-    segmenter's call on each face), not the state the synthesis knows."""
-    from sdk.bundle import load_bundle
-
-    bundle = load_bundle(job.model, verify_hash=False)
-    seg = bundle.stages.get("segment")
-    if seg is None:
-        raise SystemExit(f"--occlusion predicted: bundle {job.model!r} has no segment stage")
-    job, masked = _unmasked_key(job, masked)
-    key_parts = ["occlusion", [f.sha256 for f in seg.files.values()], job.condition, job.templates, job.seed,
-                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()]
-    if job.occluders and is_occluder_condition(job.condition):
-        from trainer.eval.heldout import cutout_parts
-
-        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
-        key_parts.append([hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
-    h = hashlib.sha1(json.dumps(key_parts).encode())
-    h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())
-    cache = cache_dir / f"occ-{job.condition.replace(':', '_')}-{h.hexdigest()[:16]}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        return np.load(cache)
-    seeds = job.seed * 1_000_003 + idx
-    tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
-              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
-              aligned.arc_m[idx[s:s + chunk]], None) for s in range(0, len(idx), chunk)]
-    out: list[np.ndarray] = []
-    bar = tqdm(total=len(idx), desc=f"segment {job.condition}", unit="face")
-    init = (job.model, job.templates, job.occluders)
-    if workers <= 1:
-        _occlusion_init(*init)
-        for t in tasks:
-            out.append(_occlusion_chunk(t))
-            bar.update(len(t[0]))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_occlusion_init, initargs=init) as ex:
-            for t, o in zip(tasks, ex.map(_occlusion_chunk, tasks)):
-                out.append(o)
-                bar.update(len(t[0]))
-    bar.close()
-    prob = np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-    if cache is not None:
-        np.save(cache, prob)
-    return prob
 
 
 def embed_templates(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, workers: int, cache_dir: Path | None,
@@ -409,6 +280,8 @@ def evaluate_lfw(args: argparse.Namespace, detector, embedder) -> tuple[dict, di
         occ_a = occ_b and args.mask_side == "both"
         flagged = None
         if getattr(args, "occlusion", "truth") == "predicted":  # the state the SDK's segmenter assigns each face
+            from trainer.eval.occlusion import occlusion_condition
+
             p_masked = occlusion_condition(aligned, all_idx, np.ones(len(paths), bool), job, args.workers, args.cache)
             seg_thr = float(getattr(bundle.stages["segment"], "config", {}).get("threshold", 0.5))
             # probe side: identify() against an enrolled template, which the SDK takes to be clean; both sides:
