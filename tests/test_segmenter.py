@@ -186,3 +186,33 @@ def test_bundle_with_truncated_segmenter_fails_on_load(tmp_path):
     model.write_bytes(model.read_bytes()[:1000])
     with pytest.raises(ModelFileError, match="truncated"):
         Recognizer(tmp_path)
+
+
+@pytest.mark.slow
+def test_mixed_occluders_train_on_realistic_families(torch, astro_faces, tmp_path):
+    """``occluders="mixed"``: about half the training samples carry a realistic training family (never a held-out
+    one), the per-category validation keeps the template categories, and a short run trains."""
+    from trainer.data.occluders.registry import HELDOUT_MIX
+    from trainer.data.synthesis import MaskSynthesizer
+    from trainer.segmenter_train import MixedOccluders, SegTrainConfig, SynthStream, train, training_occluders
+
+    cfg = SegTrainConfig(out=str(tmp_path / "run"), width=8, batch_size=8, steps=4, workers=0, log_every=1,
+                         ckpt_every=4, grid_every=4, val_fraction=0.25, progress=False, occluders="mixed")
+    synth = training_occluders(cfg, MaskSynthesizer())
+    assert isinstance(synth, MixedOccluders)
+    stream = SynthStream(astro_faces, synth, 60, 0.0, 0)
+    from trainer.segmenter_train import make_sample
+
+    cats = [make_sample(synth, astro_faces.crops[0], astro_faces.landmarks[0], np.random.default_rng([0, i]), 0.0)[2]
+            for i in range(60)]
+    realistic = [c for c in cats if c in synth.realistic.available()]
+    assert 15 <= len(realistic) <= 45 and not set(cats) & set(HELDOUT_MIX)
+    img, m, present = stream[3]
+    assert img.shape == (112, 112, 3) and m.shape == (112, 112) and present in (0.0, 1.0)
+    # a requested category (validation) always comes from the templates
+    r = synth(astro_faces.crops[0], astro_faces.landmarks[0], np.random.default_rng(1), category="simple")
+    assert r.category == "simple"
+    result = train(cfg, faces=astro_faces, synth=synth)
+    assert "simple" in result["per_category"] and (tmp_path / "run" / "ckpt" / "last.safetensors").is_file()
+    with pytest.raises(ValueError, match="occluders"):
+        training_occluders(SegTrainConfig(occluders="paint"), MaskSynthesizer())

@@ -73,6 +73,10 @@ class SegTrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     clean_prob: float = 0.2  #: fraction of samples left unoccluded
+    #: training occluders: templates (MaskSynthesizer categories) | mixed (half templates, half the realistic training
+    #: families of trainer.data.occluders) | realistic (those families only); held-out families are never drawn
+    occluders: str = "templates"
+    cutouts: str | None = None  #: harvested cutout folder (tools/harvest_occluders.py; its harvest part is drawn)
     dice_weight: float = 1.0
     presence_weight: float = 0.5
     workers: int = 1  #: DataLoader worker processes for synthesis
@@ -100,6 +104,33 @@ def make_sample(synth, crop: np.ndarray, lm: np.ndarray, rng: np.random.Generato
         return img, np.zeros(img.shape[:2], np.uint8), NONE
     s = synth(img, lm, rng, category=category)
     return s.masked, s.mask, s.category
+
+
+class MixedOccluders:
+    """The segmenter's occluder source for ``--occluders mixed|realistic``: a requested ``category`` (the per-category
+    validation) comes from the template synthesizer; otherwise ``p_realistic`` of the samples get a realistic training
+    family (:class:`trainer.data.occluders.OccluderSynthesizer`, ``split="train"``), chosen by the sample's rng."""
+
+    def __init__(self, templates, realistic, p_realistic: float = 0.5):
+        self.templates, self.realistic, self.p_realistic = templates, realistic, float(p_realistic)
+
+    def __call__(self, image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator, category: str | None = None):
+        if category is None and rng.random() < self.p_realistic:
+            return self.realistic(image, landmarks, rng)
+        return self.templates(image, landmarks, rng, category=category)
+
+
+def training_occluders(cfg: SegTrainConfig, templates_synth):
+    """The occluder source of ``cfg.occluders`` around ``templates_synth`` (ValueError for an unknown choice)."""
+    if cfg.occluders == "templates":
+        return templates_synth
+    if cfg.occluders not in ("mixed", "realistic"):
+        raise ValueError(f"occluders must be templates, mixed or realistic, got {cfg.occluders!r}")
+    from trainer.data.occluders import OccluderConfig, OccluderSynthesizer
+
+    realistic = OccluderSynthesizer(OccluderConfig(split="train", cutouts_dir=cfg.cutouts, templates_dir=cfg.templates))
+    log.info("segmenter occluders: %s (realistic families: %s)", cfg.occluders, ", ".join(realistic.available()))
+    return MixedOccluders(templates_synth, realistic, 1.0 if cfg.occluders == "realistic" else 0.5)
 
 
 class SynthStream:
@@ -311,7 +342,8 @@ def train(cfg: SegTrainConfig, faces: FaceArrays | None = None, synth=None) -> d
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if synth is None:
-        synth = MaskSynthesizer(SynthesisConfig(templates_dir=Path(cfg.templates) if cfg.templates else None))
+        synth = training_occluders(cfg, MaskSynthesizer(SynthesisConfig(
+            templates_dir=Path(cfg.templates) if cfg.templates else None)))
     if faces is None:
         faces = load_faces_for(cfg)
     train_f, val_f = split_by_identity(faces, cfg.val_fraction, cfg.seed)

@@ -151,6 +151,7 @@ def training_synthesizer(cfg, templates_synth):
     log.info("training occluders: %s (realistic families: %s)", cfg.occluders, ", ".join(realistic.available()))
     return realistic if cfg.occluders == "realistic" else MixedSynthesizer(templates_synth, realistic)
 
+
 def with_extra_faces(batches: list[list[int]], extra_idx: np.ndarray, per_batch: int, seed: int,
                      epoch: int) -> list[list[int]]:
     """``batches`` (dataset indices) each followed by ``per_batch`` unlabelled extra faces: a permutation of
