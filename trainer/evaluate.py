@@ -36,16 +36,15 @@ import logging
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from trainer.eval.render import _W, _unmasked_key, is_occluder_condition, render_crop  # noqa: F401 (re-exported)
+from trainer.eval.render import (_W, _unmasked_key, chunk_tasks, is_occluder_condition, occluder_key,  # noqa: F401
+                                 render_crop, run_chunks)
 
 log = logging.getLogger("trainer.evaluate")
 
@@ -132,12 +131,7 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     job, masked = _unmasked_key(job, masked)
     key_parts = [job.model, job.condition, job.templates, job.seed, [aligned.paths[i] for i in idx],
                  masked.astype(int).tolist()]
-    if job.occluders and is_occluder_condition(job.condition):  # the cutouts it can draw, not only their folder
-        from trainer.eval.heldout import cutout_parts
-
-        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
-        key_parts.append(["occluders", str(job.occluders)]
-                         + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
+    key_parts += occluder_key(job)  # the cutouts it can draw, not only their folder
     if job.complete and job.condition != "unmasked":
         key_parts.append(["complete", model_fingerprint(job.complete)]
                          + (["predicted-mask"] if job.complete_mask == "predicted" else []))
@@ -155,26 +149,9 @@ def embed_condition(aligned, idx: np.ndarray, masked: np.ndarray, job: Job, work
     if cache is not None and cache.is_file():
         log.info("%s: embeddings from cache %s", job.condition, cache)
         return np.load(cache)
-    seeds = job.seed * 1_000_003 + idx
-    tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
-              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
-              aligned.arc_m[idx[s:s + chunk]], job.upper)
-             for s in range(0, len(idx), chunk)]
-    out: list[np.ndarray] = []
-    bar = tqdm(total=len(idx), desc=f"embed {tag}", unit="face")
-    if workers <= 1:
-        _worker_init(job.model, job.templates, job.complete, job.complete_mask, job.occluders)
-        for t in tasks:
-            out.append(_embed_chunk(t))
-            bar.update(len(t[0]))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                 initargs=(job.model, job.templates, job.complete, job.complete_mask,
-                                           job.occluders)) as ex:
-            for t, e in zip(tasks, ex.map(_embed_chunk, tasks)):
-                out.append(e)
-                bar.update(len(t[0]))
-    bar.close()
+    tasks = chunk_tasks(aligned, idx, masked, job, chunk, job.upper)
+    out = run_chunks(_embed_chunk, tasks, _worker_init,
+                     (job.model, job.templates, job.complete, job.complete_mask, job.occluders), workers, f"embed {tag}")
     emb = np.concatenate(out).astype(np.float32)
     if cache is not None:
         np.save(cache, emb)

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
-
 __all__ = ["occlusion_condition"]
 
 
@@ -54,7 +51,7 @@ def occlusion_condition(aligned, idx: np.ndarray, masked: np.ndarray, job, worke
     With ``--occlusion predicted`` the evaluation scores each pair in the occlusion state the SDK would assign (the
     segmenter's call on each face), not the state the synthesis knows."""
     from sdk.bundle import load_bundle
-    from trainer.eval.render import _unmasked_key, is_occluder_condition
+    from trainer.eval.render import _unmasked_key, chunk_tasks, occluder_key, run_chunks
 
     bundle = load_bundle(job.model, verify_hash=False)
     seg = bundle.stages.get("segment")
@@ -62,35 +59,14 @@ def occlusion_condition(aligned, idx: np.ndarray, masked: np.ndarray, job, worke
         raise SystemExit(f"--occlusion predicted: bundle {job.model!r} has no segment stage")
     job, masked = _unmasked_key(job, masked)
     key_parts = ["occlusion", [f.sha256 for f in seg.files.values()], job.condition, job.templates, job.seed,
-                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()]
-    if job.occluders and is_occluder_condition(job.condition):
-        from trainer.eval.heldout import cutout_parts
-
-        index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
-        key_parts.append([hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files if f.is_file()])
+                 [aligned.paths[i] for i in idx], masked.astype(int).tolist()] + occluder_key(job)
     h = hashlib.sha1(json.dumps(key_parts).encode())
     h.update(np.ascontiguousarray(aligned.chip_m[idx]).tobytes())
     cache = cache_dir / f"occ-{job.condition.replace(':', '_')}-{h.hexdigest()[:16]}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache)
-    seeds = job.seed * 1_000_003 + idx
-    tasks = [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
-              aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
-              aligned.arc_m[idx[s:s + chunk]], None) for s in range(0, len(idx), chunk)]
-    out: list[np.ndarray] = []
-    bar = tqdm(total=len(idx), desc=f"segment {job.condition}", unit="face")
-    init = (job.model, job.templates, job.occluders)
-    if workers <= 1:
-        _occlusion_init(*init)
-        for t in tasks:
-            out.append(_occlusion_chunk(t))
-            bar.update(len(t[0]))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_occlusion_init, initargs=init) as ex:
-            for t, o in zip(tasks, ex.map(_occlusion_chunk, tasks)):
-                out.append(o)
-                bar.update(len(t[0]))
-    bar.close()
+    out = run_chunks(_occlusion_chunk, chunk_tasks(aligned, idx, masked, job, chunk), _occlusion_init,
+                     (job.model, job.templates, job.occluders), workers, f"segment {job.condition}")
     prob = np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
     if cache is not None:
         np.save(cache, prob)

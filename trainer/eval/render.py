@@ -4,7 +4,10 @@ seed, and the per-process state (``_W``) the workers fill (embedder, synthesizer
 """
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -64,3 +67,45 @@ def _unmasked_key(job, masked: np.ndarray) -> tuple:
     if job.condition != "unmasked":
         return job, masked
     return dataclasses.replace(job, templates=None, seed=0), np.zeros(len(masked), bool)
+
+
+def occluder_key(job) -> list:
+    """Cache-key part of the cutouts an occluder condition can draw (their index files' digests, not only the
+    folder); empty for the other conditions."""
+    if not (job.occluders and is_occluder_condition(job.condition)):
+        return []
+    from trainer.eval.heldout import cutout_parts
+
+    index_files = [Path(job.occluders) / part / "index.json" for part in cutout_parts(job.condition)]
+    return [["occluders", str(job.occluders)] + [hashlib.sha1(f.read_bytes()).hexdigest() for f in index_files
+                                                 if f.is_file()]]
+
+
+def chunk_tasks(aligned, idx: np.ndarray, masked: np.ndarray, job, chunk: int, upper=None) -> list[tuple]:
+    """Worker tasks of ``chunk`` images each: ``(paths, chip_m, landmarks, seeds, masked, condition, arc_m, upper)``
+    with the per-image seeds every renderer uses (``job.seed * 1_000_003 + index``)."""
+    seeds = job.seed * 1_000_003 + idx
+    return [([aligned.paths[i] for i in idx[s:s + chunk]], aligned.chip_m[idx[s:s + chunk]],
+             aligned.landmarks[idx[s:s + chunk]], seeds[s:s + chunk], masked[s:s + chunk], job.condition,
+             aligned.arc_m[idx[s:s + chunk]], upper) for s in range(0, len(idx), chunk)]
+
+
+def run_chunks(fn: Callable, tasks: list[tuple], init: Callable, initargs: tuple, workers: int,
+               desc: str) -> list[np.ndarray]:
+    """``[fn(t) for t in tasks]`` in this process (``workers <= 1``) or a pool of ``workers`` processes started by
+    ``init(*initargs)``, with one progress bar counting faces."""
+    from tqdm import tqdm
+
+    out: list[np.ndarray] = []
+    with tqdm(total=sum(len(t[0]) for t in tasks), desc=desc, unit="face") as bar:
+        if workers <= 1:
+            init(*initargs)
+            for t in tasks:
+                out.append(fn(t))
+                bar.update(len(t[0]))
+        else:
+            with ProcessPoolExecutor(workers, initializer=init, initargs=initargs) as ex:
+                for t, r in zip(tasks, ex.map(fn, tasks)):
+                    out.append(r)
+                    bar.update(len(t[0]))
+    return out
