@@ -111,11 +111,14 @@ def onnx_parity(reference: bytes, onnx_bytes: bytes, sizes=((480, 640), (224, 28
 
 
 def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str | None = None,
-                 config: dict | None = None, description: str | None = None, preprocess=None) -> Path:
+                 config: dict | None = None, description: str | None = None, preprocess=None,
+                 refiner_bytes: bytes | None = None) -> Path:
     """Write ``detector.onnx`` and a manifest (base bundle's stages, detect replaced) into ``out``.
 
     ``preprocess``: the graph's :class:`sdk.preprocess.Preprocess` record (default
-    :data:`sdk.detect_onnx.LTDET_PREPROCESS`), written into the detect stage (manifest format version 2)."""
+    :data:`sdk.detect_onnx.LTDET_PREPROCESS`), written into the detect stage (manifest format version 2).
+    ``refiner_bytes``: a landmark refiner graph (O-Net signature), written as ``refiner.onnx`` with file role
+    ``refiner``."""
     from export._bundle import set_stage
     from sdk.bundle import BUILTIN_DIR
     from sdk.detect_onnx import LTDET_PREPROCESS
@@ -134,14 +137,42 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
     (out / "detector.onnx").write_bytes(onnx_bytes)
     cfg = {"score_threshold": 0.5, "nms_iou": 0.4, "pyramid": [1.0, 0.25], "max_side": 1280, "threads": 0}
     cfg.update(config or {})
-    set_stage(raw, "detect", {"kind": "ltdet", "files": {"model": {
-        "path": "detector.onnx", "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}},
-        "config": cfg}, preprocess or LTDET_PREPROCESS)
+    files = {"model": {"path": "detector.onnx", "bytes": len(onnx_bytes),
+                       "sha256": hashlib.sha256(onnx_bytes).hexdigest()}}
+    if refiner_bytes is not None:
+        (out / "refiner.onnx").write_bytes(refiner_bytes)
+        files["refiner"] = {"path": "refiner.onnx", "bytes": len(refiner_bytes),
+                            "sha256": hashlib.sha256(refiner_bytes).hexdigest()}
+    set_stage(raw, "detect", {"kind": "ltdet", "files": files, "config": cfg}, preprocess or LTDET_PREPROCESS)
     raw["name"] = name or f"{raw.get('name', base)}+ltdet"
     if description:
         raw["description"] = description
     (out / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
     return out
+
+
+def _refiner_bytes(args: argparse.Namespace, base_dir: Path, base_detect: dict) -> bytes | None:
+    """The refiner graph to bundle: ``--refiner`` (file or run folder), else the base LTDet bundle's, else None;
+    checked to have O-Net's signature."""
+    from sdk.detect import _load_session
+    from sdk.errors import ModelFileError
+
+    if args.no_refiner:
+        return None
+    if args.refiner is not None:
+        p = args.refiner / "refiner.onnx" if args.refiner.is_dir() else args.refiner
+    else:
+        ref = (base_detect.get("files") or {}).get("refiner") if base_detect.get("kind") == "ltdet" else None
+        if not ref:
+            return None
+        p = base_dir / ref["path"]
+    if not p.is_file():
+        raise SystemExit(f"--refiner: {p} is not a file")
+    try:
+        _load_session(p, "onet", 1, ())
+    except ModelFileError as e:
+        raise SystemExit(f"--refiner: {e}") from None
+    return p.read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="detection threshold written to the manifest (default: the base bundle's LTDet one, else 0.5)")
     p.add_argument("--no-fold", action="store_true", help="keep the traced graph as it is (no pad folding)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |ORT - torch| on scores")
+    p.add_argument("--refiner", type=Path, default=None,
+                   help="landmark refiner: refiner.onnx or the run folder of 'trainer/main.py landmarks' (default: "
+                        "the base bundle's refiner, if it has one)")
+    p.add_argument("--no-refiner", action="store_true", help="bundle without a landmark refiner")
     args = p.parse_args(argv)
     from export._onnx import fold_pads_into_convs
     from sdk.bundle import BUILTIN_DIR
@@ -174,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         config.update(base_detect.get("config") or {})
     if args.score_threshold is not None:
         config["score_threshold"] = args.score_threshold
+    refiner = _refiner_bytes(args, base_dir, base_detect)
     if args.from_onnx is not None:
         if not args.from_onnx.is_file():
             raise SystemExit(f"--from-onnx {args.from_onnx}: not a file")
@@ -195,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"parity_max_abs_diff": diff, "against": against, "megabytes": round(len(data) / 1e6, 3)}))
     if diff["scores"] > args.tolerance:
         raise SystemExit(f"ONNX Runtime differs from {against} by {diff['scores']:.2e} on scores (> {args.tolerance})")
-    write_bundle(data, args.out, args.bundle_from, args.name, config, preprocess=Preprocess.from_dict(pre) if pre else None)
+    write_bundle(data, args.out, args.bundle_from, args.name, config, preprocess=Preprocess.from_dict(pre) if pre else None,
+                 refiner_bytes=refiner)
     print(f"bundle written: {args.out}")
     return 0
 

@@ -44,7 +44,7 @@ from .preprocess import Preprocess
 from .stages import StageKind, config_from, file_of
 from .types import Face
 
-__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS"]
+__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS", "onet_crops", "onet_faces", "onet_points"]
 
 #: How the three networks want their input (RGB, (x - 127.5) / 128, (N, W, H, 3)); crops are cut and resized
 #: by the cascade itself, from the whole frame.
@@ -439,10 +439,7 @@ class MTCNNDetector:
         boxes, sc, reg, lm = boxes[ok], sc[ok], reg[ok].astype(np.float64), lm[ok].astype(np.float64)
         if boxes.shape[0] == 0:
             return np.empty((0, 4)), np.empty(0), np.empty((0, 5, 2))
-        bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        pts = np.stack([bw * lm[:, 0:5] + boxes[:, 0:1] - 1,
-                        bh * lm[:, 5:10] + boxes[:, 1:2] - 1], axis=2)  # (N, 5, 2)
+        pts = onet_points(boxes, lm)  # (N, 5, 2)
         boxes = _regress(boxes, reg)
         keep = _nms(boxes, sc, cfg.nms_output, method="min")
         return boxes[keep], sc[keep], pts[keep]
@@ -476,26 +473,54 @@ class MTCNNDetector:
             return []
         if not np.isfinite(b).all():
             raise ValueError("refine: boxes must be finite (x1, y1, x2, y2) pixels")
-        H, W = bgr.shape[:2]
-        c = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=1)
-        s = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) * float(context)
-        s = np.maximum(s, float(_PNET_CELL))
-        # square in the cascade's 1-based inclusive convention: corner x1 -> x1 + 1, x2 stays
-        sq = np.fix(np.stack([c[:, 0] - s / 2 + 1, c[:, 1] - s / 2 + 1, c[:, 0] + s / 2, c[:, 1] + s / 2], axis=1))
-        # crops from BGR, then swap to the networks' RGB (normalisation is the same on every channel)
-        crops = np.ascontiguousarray(_crops(bgr, sq, 48)[..., ::-1])
+        sq, crops = onet_crops(bgr, b, context)
         reg, lm, prob = self._run_batched(self._onet, self._onet_in, self._onet_out, crops)
-        sc = prob[:, 1].astype(np.float64)
-        reg, lm = reg.astype(np.float64), lm.astype(np.float64)
-        bw = (sq[:, 2] - sq[:, 0] + 1)[:, None]
-        bh = (sq[:, 3] - sq[:, 1] + 1)[:, None]
-        pts = np.stack([bw * lm[:, 0:5] + sq[:, 0:1] - 1, bh * lm[:, 5:10] + sq[:, 1:2] - 1], axis=2)
-        out = _regress(sq, reg) - np.array([1.0, 1.0, 0.0, 0.0])  # -> corner convention
-        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0.0, W)
-        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0.0, H)
-        faces = []
-        for k in range(len(out)):
-            ok = out[k, 2] > out[k, 0] and out[k, 3] > out[k, 1]
-            faces.append(Face(box=out[k].astype(np.float32), landmarks=pts[k].astype(np.float32),
-                              score=float(sc[k]) if ok else 0.0))
-        return faces
+        return onet_faces(sq, reg, lm, prob, bgr.shape[1], bgr.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------------
+# O-Net on given boxes: MTCNNDetector.refine and LTDet's landmark refiner (sdk.detect_onnx) share these, and
+# the refiner's trainer (trainer.detector.landmarks) cuts its training crops with them.
+
+
+def onet_crops(bgr: np.ndarray, boxes: np.ndarray, context: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """O-Net's input for each box: ``(squares (N, 4) float64, crops float32 (N, 48, 48, 3))``.
+
+    Each ``x1, y1, x2, y2`` box (frame pixels, corner convention) is grown to a square of side
+    ``context * max(w, h)`` (at least 12 px) about its centre, in the cascade's 1-based inclusive convention;
+    the crop is cut from ``bgr`` (black outside it), resized to 48x48, normalised ``(x - 127.5) / 128`` and laid
+    out as the networks want: RGB, ``(N, W, H, 3)``."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    c = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=1)
+    s = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) * float(context)
+    s = np.maximum(s, float(_PNET_CELL))
+    # square in the cascade's 1-based inclusive convention: corner x1 -> x1 + 1, x2 stays
+    sq = np.fix(np.stack([c[:, 0] - s / 2 + 1, c[:, 1] - s / 2 + 1, c[:, 0] + s / 2, c[:, 1] + s / 2], axis=1))
+    # crops from BGR, then swap to the networks' RGB (normalisation is the same on every channel)
+    return sq, np.ascontiguousarray(_crops(bgr, sq, 48)[..., ::-1])
+
+
+def onet_points(sq: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """O-Net's landmark output ``(N, 10)`` (x0..x4 then y0..y4, fractions of the square) -> ``(N, 5, 2)`` frame
+    pixels for the squares ``sq`` of :func:`onet_crops`."""
+    lm = np.asarray(lm, np.float64)
+    bw = (sq[:, 2] - sq[:, 0] + 1)[:, None]
+    bh = (sq[:, 3] - sq[:, 1] + 1)[:, None]
+    return np.stack([bw * lm[:, 0:5] + sq[:, 0:1] - 1, bh * lm[:, 5:10] + sq[:, 1:2] - 1], axis=2)
+
+
+def onet_faces(sq: np.ndarray, reg: np.ndarray, lm: np.ndarray, prob: np.ndarray, W: int, H: int) -> list[Face]:
+    """One :class:`Face` per square from O-Net's outputs (box regression, landmarks, softmax), not thresholded:
+    box regressed and clipped to the ``W x H`` frame (corner convention), landmarks in frame pixels, score =
+    face probability (0 for a box that is empty after clipping)."""
+    sc = prob[:, 1].astype(np.float64)
+    pts = onet_points(sq, lm)
+    out = _regress(sq, reg.astype(np.float64)) - np.array([1.0, 1.0, 0.0, 0.0])  # -> corner convention
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0.0, W)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0.0, H)
+    faces = []
+    for k in range(len(out)):
+        ok = out[k, 2] > out[k, 0] and out[k, 3] > out[k, 1]
+        faces.append(Face(box=out[k].astype(np.float32), landmarks=pts[k].astype(np.float32),
+                          score=float(sc[k]) if ok else 0.0))
+    return faces

@@ -11,6 +11,8 @@ score first). ``detect`` keeps no state between calls.
 and ``"landmarks"`` ``(1, A, 5, 2)``, already decoded to input pixels. The net covers faces of ~14-160 px per
 pass; the frame is run at the scales of ``LTDetConfig.pyramid`` (default 1 and 1/4: faces up to ~600 px) and
 the passes are merged by non-maximum suppression. The frame is padded (bottom/right) to a multiple of 32.
+An optional second graph, the landmark **refiner** (MTCNN O-Net's signature, fine-tuned on occluded faces by
+``trainer/main.py landmarks``), re-places the five points of each kept face from a 48x48 crop of its box.
 
 **SCRFD** (insightface's detector files, e.g. ``det_10g.onnx`` / ``det_500m.onnx``; weights not shipped here:
 insightface's model packs are licensed for non-commercial research only): input ``"input.1"`` float32
@@ -31,6 +33,8 @@ import cv2
 import numpy as np
 
 from sdk.backends import BackendConfig, open_backend
+from sdk.detect import _load_session as load_onet_session
+from sdk.detect import onet_crops, onet_points
 from sdk.errors import BundleError, ModelFileError
 from sdk.frame import as_bgr
 from sdk.preprocess import Preprocess
@@ -107,6 +111,7 @@ class LTDetConfig:
         max_side: the frame is first downscaled so its longest side is at most this (px); None: never.
         min_face_size: detections smaller than this (px, sqrt of box area, frame pixels) are dropped.
         threads: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
+        refine_context: with a landmark refiner, the side of its square crop relative to the box's longer side.
     """
 
     score_threshold: float = 0.5
@@ -116,9 +121,12 @@ class LTDetConfig:
     max_side: int | None = 1280
     min_face_size: float = 12.0
     threads: int = 0
+    refine_context: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pyramid", tuple(float(s) for s in self.pyramid))
+        if not 0.5 <= self.refine_context <= 3.0:
+            raise ValueError(f"refine_context must be in [0.5, 3], got {self.refine_context}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 < self.nms_iou <= 1.0 or not 0.0 < self.nms_contain <= 1.0:
@@ -139,16 +147,23 @@ class LTDetDetector:
         config: :class:`LTDetConfig`.
         providers: ONNX Runtime execution providers, best first.
         preprocess: the graph's input record (default :data:`LTDET_PREPROCESS`; a bundle passes its own).
+        refiner: optional landmark refiner, an ``.onnx`` file with MTCNN O-Net's signature (input
+            ``(N, 48, 48, 3)``; outputs with last axes 4, 10, 2), e.g. ``trainer/main.py landmarks``'s
+            ``refiner.onnx``. Each kept face's box is squared and cut out as O-Net sees it
+            (:func:`sdk.detect.onet_crops`), all faces of a frame in one call, and the refiner's five points
+            replace LTDet's (boxes and scores stay LTDet's).
 
     Raises:
-        ModelFileError: missing / unreadable file, or a graph without LTDet's input and outputs.
+        ModelFileError: missing / unreadable file, or a graph without LTDet's input and outputs (or a refiner
+            without O-Net's).
     """
 
     OUTPUTS = ("scores", "boxes", "landmarks")
     kind = "ltdet"
 
     def __init__(self, model: str | Path, config: LTDetConfig = LTDetConfig(),
-                 providers: Sequence[str] = (), preprocess: Preprocess | None = None):
+                 providers: Sequence[str] = (), preprocess: Preprocess | None = None,
+                 refiner: str | Path | None = None):
         if not isinstance(config, LTDetConfig):
             raise TypeError(f"config must be an LTDetConfig, got {type(config).__name__}")
         self.config = config
@@ -166,10 +181,16 @@ class LTDetDetector:
                                             f"{list(self.OUTPUTS)}, got inputs {[str(i) for i in ins]}, "
                                             f"outputs {names}")
         self._in = ins[0].name
+        self.refiner_path = None if refiner is None else _check_path(refiner, "LTDet landmark refiner")
+        self._refiner = None
+        if self.refiner_path is not None:
+            self._refiner = load_onet_session(self.refiner_path, "onet", config.threads, providers)
 
     def prepare(self) -> "LTDetDetector":
-        """Warm up with one small blank frame; returns self."""
+        """Warm up with one small blank frame (and the refiner with one crop); returns self."""
         self._run(np.zeros((64, 64, 3), np.uint8))
+        if self._refiner is not None:
+            self._refine(np.zeros((64, 64, 3), np.uint8), np.array([[8.0, 8.0, 56.0, 56.0]]))
         return self
 
     def _run(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,7 +232,17 @@ class LTDetDetector:
         ok = side >= cfg.min_face_size
         b, lm, sc = b[ok], lm[ok], sc[ok]
         keep = nms(b, sc, cfg.nms_iou, cfg.nms_contain)
-        return _faces(b[keep], lm[keep], sc[keep], W, H)
+        b, lm, sc = b[keep], lm[keep], sc[keep]
+        if self._refiner is not None and len(b):
+            lm = self._refine(bgr, b)
+        return _faces(b, lm, sc, W, H)
+
+    def _refine(self, bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The refiner's landmarks ``(N, 5, 2)`` (frame pixels) for LTDet's ``boxes`` (N, 4)."""
+        sess, name, outs = self._refiner
+        sq, crops = onet_crops(bgr, boxes, self.config.refine_context)
+        _, lm, _ = sess.run(outs, {name: crops})
+        return onet_points(sq, lm).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -338,12 +369,13 @@ def _providers(values: dict) -> tuple[str, ...]:
 
 
 def _build_ltdet(spec, preprocess: Preprocess, values: dict) -> LTDetDetector:
-    """Files: ``model``. Config: :class:`LTDetConfig` fields (+ ``providers``)."""
+    """Files: ``model``, optional ``refiner`` (landmark refiner). Config: :class:`LTDetConfig` fields
+    (+ ``providers``)."""
     where = f"stage {spec.name!r} ({spec.kind})"
     providers = _providers(values)
     try:
         return LTDetDetector(file_of(spec, "model"), config_from(LTDetConfig, values, where), providers=providers,
-                             preprocess=preprocess)
+                             preprocess=preprocess, refiner=file_of(spec, "refiner", required=False))
     except ValueError as e:
         if isinstance(e, (BundleError, ModelFileError)):
             raise

@@ -11,6 +11,10 @@ Commands so far:
     inpainter  train the contextual-attention inpainter, optionally with the ID-GAN identity loss
                (trainer/inpainter_train.py).
     detector   fine-tune the masked-face detector (LTDet) on composed scenes (trainer/detector/train.py).
+    landmarks  train LTDet's landmark refiner: MTCNN's O-Net fine-tuned on occluded faces
+               (trainer/detector/landmarks.py).
+    detector-stem  make LTDet faster: distil its first stage into a cheap stride-4 stem
+               (trainer/detector/stem.py).
     ablation   the student ablation rows (CE / +pair / +triplet / hard / soft / completed inputs), each
                trained, exported and evaluated on LFW pairs -> one table (trainer/ablation.py).
 
@@ -107,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.detector.train import add_parser as add_detector
 
     add_detector(sub)
+    from trainer.detector.landmarks import add_parser as add_landmarks
+
+    add_landmarks(sub)
+    from trainer.detector.stem import add_parser as add_stem
+
+    add_stem(sub)
     return p
 
 

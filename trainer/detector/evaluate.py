@@ -58,25 +58,29 @@ class Dets:
 
 
 class _Ltdet:
-    """LTDet through the SDK stage; ``pyramid`` overrides the bundle's scales (name ``ltdet@<first scale>``)."""
+    """LTDet through the SDK stage (bundle folder -- its refiner included -- or ``.onnx`` file); ``pyramid``
+    overrides the bundle's scales (name ``ltdet@<first scale>``); ``name`` names a compared bundle."""
 
-    def __init__(self, model: str, threads: int, pyramid: tuple[float, ...] | None = None):
+    def __init__(self, model: str, threads: int, pyramid: tuple[float, ...] | None = None, name: str | None = None):
         from sdk.detect_onnx import LTDetConfig, LTDetDetector
 
         p = Path(model)
-        cfg = {}
-        if p.is_dir():
-            man = json.loads((p / "manifest.json").read_text())
-            st = man["stages"]["detect"]
-            cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in st["config"].items()}
-            p = p / st["files"]["model"]["path"]
-        self.default_threshold = float(cfg.pop("score_threshold", 0.5))
+        opts: dict = {"score_threshold": 0.05, "threads": threads}
         if pyramid:
-            cfg["pyramid"] = tuple(pyramid)
-        self.name = "ltdet" if not pyramid else f"ltdet@{pyramid[0]:g}"
-        cfg["threads"] = threads
-        self.det = LTDetDetector(p, LTDetConfig(score_threshold=0.05, **{k: v for k, v in cfg.items()
-                                                                            if k != "threads"}, threads=threads))
+            opts["pyramid"] = tuple(pyramid)
+        if p.is_dir():
+            from sdk._registry import build_stage
+            from sdk.bundle import load_bundle
+
+            spec = load_bundle(p).stages["detect"]
+            if spec.kind != "ltdet":
+                raise SystemExit(f"{p}: the detect stage is {spec.kind!r}, not ltdet")
+            self.default_threshold = float(spec.config.get("score_threshold", 0.5))
+            self.det = build_stage(spec, opts)
+        else:
+            self.default_threshold = 0.5
+            self.det = LTDetDetector(p, LTDetConfig(**opts))
+        self.name = name or ("ltdet" if not pyramid else f"ltdet@{pyramid[0]:g}")
         self.det.prepare()
 
     def __call__(self, bgr: np.ndarray) -> Dets:
@@ -239,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     neg = SceneRenderer(labels, SceneConfig(**{**scfg.__dict__, "faces": (0, 0), "distractors": (1, 5)}), None)
     pyr = [tuple(float(v) for v in p.split(",")) for p in args.ltdet_pyramids]
     dets = [_Ltdet(args.model, args.threads)] + [_Ltdet(args.model, args.threads, p) for p in pyr] \
+        + [_Ltdet(m, args.threads, name=f"ltdet[{Path(m).name}]") for m in args.compare] \
         + [_Mtcnn(args.threads), _Hog()]
     conds = {"clean": [], "occluded": [], "negatives": []}
     sizes = {"clean": [], "occluded": [], "negatives": []}
@@ -379,10 +384,13 @@ def _plot(res: dict, png: Path) -> None:
     keys = [f"{lo}-{hi}" for lo, hi in BINS]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, c in zip(axes, ("clean", "occluded")):
-        w = 0.27
-        for j, (name, op) in enumerate((("ltdet", "at_mtcnn_fp"), ("mtcnn", "default"), ("dlib_hog", "default"))):
+        shown = [("ltdet", "at_mtcnn_fp")] + [(n, "at_mtcnn_fp") for n in res["scenes"] if n.startswith("ltdet[")] \
+            + [("mtcnn", "default"), ("dlib_hog", "default")]
+        w = 0.8 / len(shown)
+        for j, (name, op) in enumerate(shown):
             r = res["scenes"][name][op][c]["recall"]
-            ax.bar(np.arange(len(keys)) + (j - 1) * w, [r[k]["recall"] for k in keys], w, label=f"{name} ({op})")
+            ax.bar(np.arange(len(keys)) + (j - (len(shown) - 1) / 2) * w, [r[k]["recall"] for k in keys], w,
+                   label=f"{name} ({op})")
         ax.set_xticks(range(len(keys)), [k + " px" for k in keys])
         ax.set_title(f"{c} faces: recall by face size")
         ax.set_ylim(0, 1.02)
@@ -434,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-side", type=int, default=640, help="real photos are downscaled to this longest side (px)")
     p.add_argument("--ltdet-pyramids", nargs="*", default=[], metavar="S1,S2",
                    help="extra LTDet runs with these pyramid scales (e.g. 0.75,0.1875), named ltdet@S1")
+    p.add_argument("--compare", nargs="*", default=[], metavar="BUNDLE",
+                   help="more LTDet bundles (or .onnx files) evaluated in the same run, named ltdet[<folder name>]")
     p.add_argument("--scenes", type=int, default=150, help="640x480 scenes (each clean and occluded)")
     p.add_argument("--negatives", type=int, default=100, help="640x480 scenes without faces")
     p.add_argument("--photos", type=int, default=400, help="held-out photos with held-out occluders")

@@ -27,7 +27,8 @@ from torch import nn
 
 from trainer.detector.tflite_port import TFLiteBackbone, blazeface_path, read_blazeface
 
-__all__ = ["ANCHOR_SIZES", "DetectorNet", "NetConfig", "anchor_grid", "build_net"]
+__all__ = ["ANCHOR_SIZES", "DetectorNet", "FastStem", "NetConfig", "anchor_grid", "build_net", "net_from_onnx",
+           "with_stem"]
 
 #: Nominal anchor sizes (px) per stride, MediaPipe's short-range SSD anchor scales (0.1484375 .. 0.75,
 #: interpolated) times 128.
@@ -59,6 +60,8 @@ class NetConfig:
         anchors: anchors per cell, per stride.
         channels: feature channels, per stride.
         steps, features, input_id: the backbone's op records (:class:`TFLiteBackbone`), weights excluded.
+        stem: empty, or a :class:`FastStem` replacing the backbone up to tensor ``stem["cut"]``:
+            ``{"cut": id, "width": w, "blocks": b, "out": channels of the cut tensor}``.
     """
 
     source: str = "blazeface-front"
@@ -68,6 +71,7 @@ class NetConfig:
     steps: list[dict] = field(default_factory=list)
     features: list[int] = field(default_factory=list)
     input_id: int = 0
+    stem: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -97,6 +101,34 @@ def anchor_grid(h: int, w: int, stride: int, per_cell: int) -> np.ndarray:
     return np.repeat(c, per_cell, axis=1).reshape(-1, 2).astype(np.float32)
 
 
+class FastStem(nn.Module):
+    """A cheap stride-4 stem: a 4x4 stride-4 convolution (3 -> ``width``, ReLU), ``blocks`` residual
+    depthwise-3x3 + pointwise blocks (ReLU) at stride 4, and a 1x1 projection to ``out`` channels (ReLU).
+
+    It stands in for BlazeFace's first stage (a 5x5 stride-2 convolution and three blocks at stride 2, ~290 M
+    multiply-adds on a 640x480 frame, most of LTDet's time) and is trained to reproduce that stage's stride-4
+    output (:mod:`trainer.detector.stem`); everything after the cut is the trained net, unchanged."""
+
+    def __init__(self, width: int = 48, blocks: int = 2, out: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 4, stride=4)
+        self.dw = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1, groups=width) for _ in range(blocks)])
+        self.pw = nn.ModuleList([nn.Conv2d(width, width, 1) for _ in range(blocks)])
+        self.proj = nn.Conv2d(width, out, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for pw in self.pw:  # residual blocks start near identity
+            nn.init.normal_(pw.weight, std=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        for dw, pw in zip(self.dw, self.pw):
+            y = torch.relu(y + pw(dw(y)))
+        return torch.relu(self.proj(y))
+
+
 class DetectorNet(nn.Module):
     """Backbone + per-stride heads; :meth:`forward` returns raw head outputs, :meth:`decode` the boxes.
 
@@ -113,7 +145,9 @@ class DetectorNet(nn.Module):
                 o, i, kh, kw = st["wshape"]
                 st["weight"] = np.zeros((o, i, kh, kw), np.float32)
                 st["bias"] = np.zeros(o, np.float32)
-        self.backbone = TFLiteBackbone(steps, cfg.features, cfg.input_id)
+        st = cfg.stem or {}
+        self.stem = FastStem(st["width"], st["blocks"], st["out"]) if st else None
+        self.backbone = TFLiteBackbone(steps, cfg.features, cfg.input_id, cut=st.get("cut"))
         self.cls = nn.ModuleList()
         self.box = nn.ModuleList()
         self.lmk = nn.ModuleList()
@@ -122,8 +156,14 @@ class DetectorNet(nn.Module):
             self.box.append(nn.Conv2d(c, a * 4, 1))
             self.lmk.append(nn.Conv2d(c, a * 10, 1))
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's feature maps (finest stride first), through the stem when the net has one."""
+        if self.stem is None:
+            return self.backbone(x)
+        return self.backbone(None, start={int(self.cfg.stem["cut"]): self.stem(x)})
+
     def forward(self, x: torch.Tensor):
-        feats = self.backbone(x)
+        feats = self.features(x)
         out = []
         for f, a, cls, box, lmk in zip(feats, self.cfg.anchors, self.cls, self.box, self.lmk):
             n = f.shape[0]
@@ -145,7 +185,7 @@ class DetectorNet(nn.Module):
 
     def decode(self, x: torch.Tensor):
         """``(scores (N, A), boxes (N, A, 4) x1y1x2y2, landmarks (N, A, 5, 2))`` in input pixels."""
-        feats = self.backbone(x)
+        feats = self.features(x)
         S, B, L = [], [], []
         for f, s, a, cls, box, lmk in zip(feats, self.cfg.strides, self.cfg.anchors, self.cls, self.box, self.lmk):
             n, _, h, w = f.shape
@@ -228,3 +268,79 @@ def build_net(init: str = "blazeface", variant: str = "front") -> DetectorNet:
             net.lmk[h.feature].weight.copy_(w[:, idx].reshape(a * 10, *w.shape[2:]))
             net.lmk[h.feature].bias.copy_(b[:, idx].reshape(-1))
     return net
+
+
+def with_stem(teacher: DetectorNet, cut: int = 33, width: int = 48, blocks: int = 2) -> DetectorNet:
+    """A copy of ``teacher`` whose backbone up to tensor ``cut`` is replaced by a new :class:`FastStem` (random
+    init); every weight after the cut and the heads are the teacher's. Tensor 33 of the BlazeFace front graph is
+    the stride-4, 32-channel output of its first stride-2 block."""
+    import copy
+
+    t: dict = {}
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        _run_until(teacher.backbone, x, cut, t)
+    if cut not in t:
+        raise ValueError(f"tensor {cut} is not computed by the backbone")
+    out = int(t[cut].shape[1])
+    cfg = copy.deepcopy(teacher.cfg)
+    cfg.stem = {"cut": int(cut), "width": int(width), "blocks": int(blocks), "out": out}
+    net = DetectorNet(cfg)
+    missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+    if any(not k.startswith("stem.") for k in missing):
+        raise ValueError(f"weights missing after the cut: {[k for k in missing if not k.startswith('stem.')]}")
+    return net
+
+
+def _run_until(backbone, x: torch.Tensor, cut: int, t: dict) -> None:
+    """Run ``backbone``'s steps on ``x`` until tensor ``cut`` exists (filled into ``t``)."""
+    import torch.nn.functional as F
+
+    t[backbone.input_id] = x
+    for k, st in enumerate(backbone.steps):
+        if cut in t:
+            return
+        if any(i not in t for i in st["ins"]) or (st["op"] in ("conv", "dwconv") and str(k) not in backbone.convs):
+            continue
+        a = t[st["ins"][0]]
+        op = st["op"]
+        if op in ("conv", "dwconv"):
+            y = backbone.convs[str(k)](F.pad(a, st["pad"]) if st["pad"] is not None else a)
+        elif op == "add":
+            y = a + t[st["ins"][1]]
+        elif op == "pad":
+            y = F.pad(a, st["pad"])
+        elif op == "maxpool":
+            a = F.pad(a, st["pad"], value=float("-inf")) if st["pad"] is not None else a
+            y = F.max_pool2d(a, st["kernel"], st["stride"])
+        else:
+            y = a
+        t[st["out"]] = F.relu(y) if st.get("relu") else y
+
+
+def net_from_onnx(path, variant: str = "front") -> DetectorNet:
+    """The torch net of an LTDet ONNX file exported by :mod:`export.onnx_detector` (pads folded or not): the
+    op list comes from the ``.tflite`` file, the weights from the graph's ``net.*`` convolutions (each node's own
+    weight and bias inputs, so initializers the exporter shared between nodes are found too).
+
+    Raises:
+        ValueError: the graph lacks one of the net's weights (not an LTDet file of this architecture)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: t for t in m.graph.initializer}
+    state = {}
+    for node in m.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or not node.input[1].startswith("net."):
+            continue
+        key = node.input[1][len("net."):]
+        state[key] = torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).copy())
+        if len(node.input) > 2 and node.input[2] in inits:
+            state[key[:-len("weight")] + "bias"] = torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).copy())
+    net = build_net("random", variant)
+    want = net.state_dict()
+    if set(want) - set(state):
+        raise ValueError(f"{path}: not an LTDet graph of this architecture (missing {sorted(set(want) - set(state))[:4]})")
+    net.load_state_dict({k: state[k].reshape(want[k].shape) for k in want})
+    return net.eval()

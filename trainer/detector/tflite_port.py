@@ -122,11 +122,12 @@ class TFLiteBackbone(nn.Module):
     finest stride first), ``input_id``.
     """
 
-    def __init__(self, steps: list[dict], features: list[int], input_id: int):
+    def __init__(self, steps: list[dict], features: list[int], input_id: int, cut: int | None = None):
         super().__init__()
         self.steps = steps
         self.features = list(features)
         self.input_id = int(input_id)
+        self.cut = None if cut is None else int(cut)
         self.convs = nn.ModuleDict()
         for k, st in enumerate(steps):
             if st["op"] in ("conv", "dwconv"):
@@ -138,21 +139,31 @@ class TFLiteBackbone(nn.Module):
                     conv.weight.copy_(torch.from_numpy(w))
                     conv.bias.copy_(torch.from_numpy(b))
                 self.convs[str(k)] = conv
-        # only what forward needs past the last feature
+        # only what forward needs past the last feature (and, with a cut, nothing before the cut tensor)
         need = set(self.features)
         keep = []
         for st in reversed(self.steps):
-            if st["out"] in need:
+            if st["out"] in need and st["out"] != self.cut:
                 keep.append(st)
                 need.discard(st["out"])
                 need.update(st["ins"])
         self.order = [s for s in self.steps if s in keep]
+        if self.cut is not None:
+            if need - {self.cut}:
+                raise ValueError(f"cut tensor {self.cut} does not separate the input from the features "
+                                 f"(still needed: {sorted(need - {self.cut})})")
+            for k in [k for k in self.convs if self.steps[int(k)] not in self.order]:
+                del self.convs[k]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        t: dict[int, torch.Tensor] = {self.input_id: x}
+    def forward(self, x: torch.Tensor | None, start: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The feature maps from the image ``x`` or, for a backbone with a ``cut``, from ``start`` =
+        ``{cut: tensor}`` (what a replacement stem computed)."""
+        t: dict[int, torch.Tensor] = {self.input_id: x} if start is None else dict(start)
         for k, st in enumerate(self.steps):
             if st not in self.order:
                 continue
+            if start is not None and (st["out"] in t or any(i not in t for i in st["ins"])):
+                continue  # upstream of the given tensors
             op = st["op"]
             a = t[st["ins"][0]]
             if op in ("conv", "dwconv"):

@@ -1,0 +1,105 @@
+"""LTDet's fast stem (issue #14 speed): the ONNX -> torch port of a shipped LTDet graph, the cut backbone, the
+stem net, and a tiny distillation run that exports and bundles."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tflite")
+
+ROOT = Path(__file__).resolve().parents[1]
+LTDET = ROOT / "sdk" / "models" / "ltdet-v1"
+
+
+@pytest.fixture(scope="module")
+def ltdet_net():
+    from trainer.detector.model import net_from_onnx
+
+    return net_from_onnx(LTDET / "detector.onnx")
+
+
+def test_net_from_onnx_reproduces_the_shipped_graph(ltdet_net, astronaut_bgr):
+    """The torch net rebuilt from ``ltdet-v1/detector.onnx`` (pads folded, shared initializers) gives the graph's
+    scores, boxes and landmarks."""
+    import cv2
+    import onnxruntime as ort
+
+    from trainer.detector.data import to_input
+
+    img = cv2.resize(astronaut_bgr, (320, 256))
+    x = to_input(img[None])
+    sess = ort.InferenceSession(str(LTDET / "detector.onnx"), providers=["CPUExecutionProvider"])
+    want = sess.run(["scores", "boxes", "landmarks"], {"image": x.contiguous().numpy()})
+    with torch.no_grad():
+        got = [t.numpy() for t in ltdet_net.decode(x)]
+    assert np.abs(got[0] - want[0]).max() < 1e-4
+    top = want[0][0] > 0.05
+    assert top.any()
+    for g, w in zip(got[1:], want[1:]):
+        assert np.abs(g[0][top] - w[0][top]).max() < 1e-2
+
+
+def test_net_from_a_foreign_graph_is_refused():
+    from sdk.detect import WEIGHTS_DIR
+    from trainer.detector.model import net_from_onnx
+
+    with pytest.raises(ValueError, match="not an LTDet graph"):
+        net_from_onnx(WEIGHTS_DIR / "onet.onnx")
+
+
+def test_stem_net_keeps_everything_after_the_cut(ltdet_net):
+    from trainer.detector.model import DetectorNet, NetConfig, _run_until, with_stem
+
+    net = with_stem(ltdet_net, cut=33, width=16, blocks=1)
+    assert net.cfg.stem == {"cut": 33, "width": 16, "blocks": 1, "out": 32}
+    sd, td = net.state_dict(), ltdet_net.state_dict()
+    assert all(torch.equal(v, td[k]) for k, v in sd.items() if not k.startswith("stem."))
+    assert "backbone.convs.0.weight" not in sd and "backbone.convs.13.weight" not in sd  # before the cut: gone
+    assert "backbone.convs.17.weight" in sd
+    x = torch.zeros(1, 3, 128, 160)
+    t: dict = {}
+    with torch.no_grad():
+        _run_until(ltdet_net.backbone, x, 33, t)
+        assert net.stem(x).shape == t[33].shape
+        s, b, lm = net.decode(x)
+        s0, _, _ = ltdet_net.decode(x)
+    assert s.shape == s0.shape and b.shape[-1] == 4 and lm.shape[-2:] == (5, 2)
+    again = DetectorNet(NetConfig.from_json(json.loads(json.dumps(net.cfg.to_json()))))  # the config round-trips
+    again.load_state_dict(sd)
+    with pytest.raises(ValueError, match="does not separate"):
+        from trainer.detector.tflite_port import TFLiteBackbone
+
+        TFLiteBackbone([dict(st) for st in ltdet_net.backbone.steps if st["op"] not in ("conv", "dwconv")],
+                       ltdet_net.backbone.features, ltdet_net.backbone.input_id, cut=20)
+
+
+@pytest.mark.slow
+def test_tiny_stem_run_resumes_exports_and_bundles(tmp_path, astronaut_bgr):
+    """2 steps then resumed to 3 on the astronaut: CSV with validation columns, a detector checkpoint that the
+    exporter turns into ONNX (parity with torch) and a bundle the SDK runs."""
+    import sdk
+    from export.onnx_detector import export_onnx_bytes, parity, write_bundle
+    from trainer.detector.checkpoint import load_detector
+    from trainer.detector.stem import StemConfig, train
+
+    run = tmp_path / "run"
+    cfg = dict(teacher=str(LTDET), data="astronaut", out=str(run), batch_size=2, crop=128, workers=0, save_every=1,
+               threads=1, val_scenes=2, width=16, blocks=1, progress=False)
+    assert train(StemConfig(steps=2, **cfg))["steps"] == 2
+    r = train(StemConfig(steps=3, **cfg))
+    assert r["steps"] == 3 and 0.0 <= float(r["validation"]["val_agree"]) <= 1.0
+    rows = list(csv.DictReader(open(run / "steps.csv")))
+    assert [int(x["step"]) for x in rows] == [1, 2, 3] and all(x["val_feat"] for x in rows)
+    assert (run / "loss.png").is_file()
+    net, meta = load_detector(run)
+    assert net.cfg.stem["width"] == 16 and meta["step"] == 3
+    data = export_onnx_bytes(net)
+    d = parity(net, data, sizes=((128, 160),))
+    assert d["scores"] < 1e-4
+    b = write_bundle(data, tmp_path / "bundle", "ltdet-v1", "tiny-stem")
+    assert isinstance(sdk.Recognizer(str(b)).detect(astronaut_bgr), list)

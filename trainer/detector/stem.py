@@ -1,0 +1,324 @@
+"""``python trainer/main.py detector-stem``: make LTDet faster by distilling its first stage into a cheap stem.
+
+Most of LTDet's time on a 640x480 frame goes to BlazeFace's first stage (a 5x5 stride-2 convolution and three
+blocks on a 320x240 map). This command keeps the trained net (``--teacher``: a bundle, an LTDet ``.onnx`` or a
+detector run folder) and replaces that stage by a :class:`~trainer.detector.model.FastStem` (4x4 stride-4
+convolution, ``--blocks`` depthwise/pointwise blocks at stride 4), trained with everything after the cut frozen to
+reproduce the teacher:
+
+* ``feat``: mean squared error between the stem's output and the teacher's tensor at the cut (stride 4),
+  divided by the teacher tensor's mean square;
+* ``cls``: binary cross-entropy of the student's anchor logits against the teacher's probabilities (anchors the
+  teacher scores higher weigh more: ``1 + 10 p``);
+* ``reg``: L1 between the student's and the teacher's box and landmark offsets, relative to the teacher's box
+  size, weighted by the teacher's probability (anchors with ``p > 0.05``).
+
+Scenes are the detector's training scenes (:func:`trainer.detector.data.scene_renderer`: training identities,
+training occluder families and backgrounds). Validation at every checkpoint (``val_*`` columns) on fixed scenes
+of held-out identities with held-out occluders: the same three terms and ``val_agree``, the share of the teacher's
+detections (probability >= 0.5) the student scores >= 0.5 too.
+
+Outputs in ``--out``: ``ckpt/last.*`` (resumable), ``detector.safetensors`` + ``detector.json`` (the student as a
+detector checkpoint: ``python -m export.onnx_detector --checkpoint <out>`` bundles it), ``steps.csv``,
+``loss.png``.
+
+Example (~30 min on 2 cores)::
+
+    python trainer/main.py detector-stem --teacher sdk/models/ltdet-v1 --data ../shared/data \
+        --templates ../shared/data/mask_templates --out out/detector/stem-v1 --steps 1500
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from trainer._config_cli import add_dataclass_args, dataclass_from_args
+from trainer.checkpoints import write_json
+from trainer.detector.model import DetectorNet, _run_until, net_from_onnx, with_stem
+from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StemConfig", "StemPlugin", "distill_terms", "load_teacher", "train"]
+
+
+@dataclass
+class StemConfig:
+    """Options of ``trainer/main.py detector-stem`` (every field is a flag)."""
+
+    teacher: str = "sdk/models/ltdet-v1"  #: LTDet bundle folder, LTDet .onnx, or detector run folder / checkpoint
+    data: str = "../shared/data"  #: folder with lfw/ and celeba_subset/, or 'astronaut' (tests, smoke runs)
+    templates: str = ""  #: MaskTheFace templates folder; empty = procedural occluders only
+    out: str = "out/detector/stem"  #: output folder; the run resumes from it
+    cache: str = "out/detector/labels_lfw_celeba.npz"  #: MTCNN label file (shared with the detector)
+    per_identity: int = 2  #: images per identity to label (LFW + CelebA)
+    cut: int = 33  #: teacher tensor the stem replaces (33: stride 4, 32 channels, BlazeFace front)
+    width: int = 48  #: stem channels
+    blocks: int = 2  #: stem residual blocks at stride 4
+    steps: int = 1500  #: optimiser steps
+    batch_size: int = 12  #: scenes per step
+    crop: int = 256  #: scene side (px, multiple of 32)
+    lr: float = 3e-3  #: peak AdamW learning rate (warm-up 50 steps, cosine to 5 %)
+    weight_decay: float = 1e-5  #: AdamW weight decay
+    cls_weight: float = 1.0  #: weight of the score term
+    reg_weight: float = 1.0  #: weight of the box / landmark term
+    occlude_prob: float = 0.7  #: share of pasted faces with a training-family occluder
+    val_scenes: int = 24  #: held-out validation scenes
+    workers: int = 1  #: DataLoader worker processes rendering scenes
+    threads: int = 2  #: torch intra-op threads
+    save_every: int = 250  #: checkpoint (and validation) period, steps
+    seed: int = 0  #: scene seeds and the stem's init
+    resume: bool = True  #: continue from out/ckpt/last when it exists
+    max_minutes: float = 0.0  #: stop (checkpoint, detector.*) after this many minutes; 0 = no limit
+    progress: bool = True  #: tqdm progress bars
+
+
+def load_teacher(path: str | Path) -> DetectorNet:
+    """The trained LTDet net from a bundle folder (its detect stage's ``model`` file), an ``.onnx`` file or a
+    detector run folder / checkpoint."""
+    from trainer.detector.checkpoint import load_net
+
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").is_file():
+        st = json.loads((p / "manifest.json").read_text())["stages"]["detect"]
+        if st.get("kind") != "ltdet":
+            raise SystemExit(f"{p}: the detect stage is {st.get('kind')!r}, not ltdet")
+        ref = st["files"]["model"]["path"]
+        if ref.startswith("pkg:"):
+            ref = str(Path(__file__).resolve().parents[2] / ref[4:])
+        p = p / ref if not Path(ref).is_absolute() else Path(ref)
+    if p.suffix == ".onnx":
+        return net_from_onnx(p)
+    return load_net(p)
+
+
+def _lr_at(cfg: StemConfig, step: int) -> float:
+    warm = min(50, max(1, cfg.steps // 10))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _cut_tensor(net: DetectorNet, x: torch.Tensor, cut: int) -> torch.Tensor:
+    if net.stem is not None:
+        return net.stem(x)
+    t: dict = {}
+    _run_until(net.backbone, x, cut, t)
+    return t[cut]
+
+
+def distill_terms(student: DetectorNet, teacher: DetectorNet, x: torch.Tensor, cut: int) -> dict[str, torch.Tensor]:
+    """``feat``, ``cls``, ``reg`` (see the module doc) and ``agree`` of the student on input ``x``."""
+    with torch.no_grad():
+        tcut = _cut_tensor(teacher, x, cut)
+        tout = teacher.backbone(None, start={cut: tcut})
+        theads = _heads(teacher, tout)
+    s = student.stem(x)
+    sheads = _heads(student, student.backbone(None, start={cut: s}))
+    feat = F.mse_loss(s, tcut) / tcut.pow(2).mean().clamp_min(1e-6)
+    cls, reg, agree_n, agree_d = 0.0, 0.0, 0.0, 0.0
+    for (slg, sbx, slm), (tlg, tbx, tlm) in zip(sheads, theads):
+        p = torch.sigmoid(tlg)
+        cls = cls + (F.binary_cross_entropy_with_logits(slg, p, reduction="none") * (1 + 10 * p)).mean()
+        size = torch.sqrt(tbx[..., 2].abs() * tbx[..., 3].abs()).clamp_min(4.0)
+        w = p * (p > 0.05)
+        err = (sbx - tbx).abs().sum(-1) / size + (slm - tlm).abs().sum((-1, -2)) / size
+        reg = reg + (w * err).sum() / w.sum().clamp_min(1.0)
+        hit = p >= 0.5
+        agree_n = agree_n + float((hit & (torch.sigmoid(slg) >= 0.5)).sum())
+        agree_d = agree_d + float(hit.sum())
+    return {"feat": feat, "cls": cls, "reg": reg, "agree": torch.tensor(agree_n / max(agree_d, 1.0))}
+
+
+def _heads(net: DetectorNet, feats) -> list:
+    out = []
+    for f, cls, box, lmk in zip(feats, net.cls, net.box, net.lmk):
+        n = f.shape[0]
+        out.append((cls(f).permute(0, 2, 3, 1).reshape(n, -1), box(f).permute(0, 2, 3, 1).reshape(n, -1, 4),
+                    lmk(f).permute(0, 2, 3, 1).reshape(n, -1, 5, 2)))
+    return out
+
+
+class _Images:
+    """Map-style dataset of scene images: item ``i`` = uint8 BGR scene ``seed * 10_000_019 + i``."""
+
+    def __init__(self, renderer, length: int, seed: int):
+        self.r, self.length, self.seed = renderer, int(length), int(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.r.render(self.seed * 10_000_019 + int(i)).image
+
+
+class StemPlugin(StepPlugin):
+    """The stem on the loop skeleton (AdamW on the stem only, warm-up + cosine, gradient norm clipped at 5)."""
+
+    kind = "detector"
+    csv_fields = ("step", "loss", "feat", "cls", "reg", "agree", "lr", "val_feat", "val_cls", "val_reg", "val_agree",
+                  "seconds")
+
+    def __init__(self, cfg: StemConfig, teacher: DetectorNet, renderer, val: torch.Tensor):
+        self.cfg, self.teacher, self.val = cfg, teacher.eval(), val
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        self.net = with_stem(teacher, cfg.cut, cfg.width, cfg.blocks)
+        for n, prm in self.net.named_parameters():
+            prm.requires_grad_(n.startswith("stem."))
+        self.opt = torch.optim.AdamW(self.net.stem.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ds = _Images(renderer, cfg.steps * cfg.batch_size, cfg.seed)
+        self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
+        self.lr = _lr_at(cfg, 0)
+
+    def modules(self) -> dict:
+        return {"model": self.net}
+
+    def optimizers(self) -> dict:
+        return {"opt": self.opt}
+
+    def meta(self) -> dict:
+        from trainer.detector.checkpoint import net_meta
+
+        return {**net_meta(self.net), "config": dataclasses.asdict(self.cfg)}
+
+    def start_epoch(self, epoch: int, ctx: DistContext) -> None:
+        self.net.eval()  # no batch norm or dropout anywhere: eval mode only keeps the frozen part as it is
+
+    def step(self, batch, epoch: int, step: int, ctx: DistContext) -> dict:
+        from trainer.detector.data import to_input
+
+        self.lr = _lr_at(self.cfg, step)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        t = distill_terms(self.net, self.teacher, to_input(batch), self.cfg.cut)
+        loss = t["feat"] + self.cfg.cls_weight * t["cls"] + self.cfg.reg_weight * t["reg"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.stem.parameters(), 5.0)
+        self.opt.step()
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in t.items()}}
+
+    def postfix(self, parts: Mapping[str, Any]) -> dict[str, str]:
+        return {k: f"{float(parts[k]):.3f}" for k in ("loss", "feat", "agree")}
+
+    def at_checkpoint(self, step: int) -> dict[str, Any]:
+        with torch.no_grad():
+            t = [distill_terms(self.net, self.teacher, self.val[a:a + 8], self.cfg.cut)
+                 for a in range(0, len(self.val), 8)]
+        return {f"val_{k}": f"{float(np.mean([float(x[k]) for x in t])):.5f}" for k in ("feat", "cls", "reg", "agree")}
+
+    def log_row(self, step: int, epoch: int, batch: int, parts: Mapping[str, Any], extra: Mapping[str, Any],
+                step_seconds: float, total_seconds: float) -> dict:
+        return {"step": step, **{k: round(float(parts[k]), 5) for k in ("loss", "feat", "cls", "reg", "agree")},
+                "lr": f"{self.lr:.6g}", **extra, "seconds": round(step_seconds, 3)}
+
+    def finish(self, step: int, start_step: int, stopped_early: bool, train_seconds: float,
+               weights_sha1) -> tuple[dict, None]:
+        from trainer.detector.checkpoint import FINAL, save_net
+
+        net = copy.deepcopy(self.net).eval()
+        val = self.at_checkpoint(step)
+        save_net(net, self.out / FINAL, {"config": dataclasses.asdict(self.cfg), "step": step, "validation": val})
+        _plot(self.out / "steps.csv", self.out / "loss.png")
+        return {"out": str(self.out), "steps": step, "validation": val, "stopped_early": stopped_early,
+                "seconds": round(train_seconds, 1)}, None
+
+
+def train(cfg: StemConfig) -> dict:
+    """Train (or resume) the stem as configured; returns a summary dict (``steps``, ``validation``, ``seconds``)."""
+    from trainer.detector.data import load_train_labels, scene_renderer, to_input
+    from trainer.detector.labels import build_or_load, is_eval_identity
+    from trainer.detector.occlusion import OccluderSampler
+    from trainer.detector.scenes import SceneConfig, SceneRenderer
+
+    if cfg.crop % 32:
+        raise SystemExit(f"--crop must be a multiple of 32, got {cfg.crop}")
+    torch.set_num_threads(max(1, cfg.threads))
+    teacher = load_teacher(cfg.teacher)
+    labels, table = load_train_labels(cfg.data, cfg.cache, cfg.per_identity)
+    renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob)
+    if cfg.data == "astronaut":
+        val_labels = labels
+    else:
+        root = Path(cfg.data)
+        roots = [(t, root / d) for t, d in (("lfw", "lfw"), ("celeba", "celeba_subset")) if (root / d).is_dir()]
+        ls = build_or_load(Path(cfg.cache), roots, cfg.per_identity)
+        val_labels = ls.subset(np.array([(ls.main[i] >= 0) and is_eval_identity(str(ls.identities[i]))
+                                         for i in range(len(ls))]))
+    loader = (lambda p: table[str(p)]) if table else None
+    vr = SceneRenderer(val_labels, SceneConfig(height=cfg.crop, width=cfg.crop, occlude_prob=1.0,
+                                               background_split="eval"),
+                       OccluderSampler("eval", cfg.templates or None), image_loader=loader)
+    val = to_input(np.stack([vr.render(7_000_000 + i).image for i in range(cfg.val_scenes)]))
+
+    def make(ctx: DistContext, ck) -> StemPlugin:
+        return StemPlugin(cfg, teacher, renderer, val)
+
+    settings = LoopSettings(out=Path(cfg.out), ckpt_every=cfg.save_every, log_every=1, resume=cfg.resume,
+                            progress=cfg.progress, max_minutes=cfg.max_minutes, csv_name="steps.csv")
+    return run_loop(make, settings)
+
+
+def _plot(csv_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    s = np.array([float(r["step"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in ("loss", "feat", "cls", "reg"):
+        v = np.array([float(r[k]) for r in rows])
+        n = max(1, len(v) // 50)
+        ax.plot(s[n - 1:], np.convolve(v, np.ones(n) / n, "valid"), label=k)
+    vs = [(float(r["step"]), float(r["val_agree"])) for r in rows if r.get("val_agree")]
+    if vs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*vs), "k.--", label="held-out agreement")
+        ax2.set_ylabel("teacher detections kept (held-out)")
+        ax2.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right")
+    ax.set_title("stem distillation (moving average)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = dataclass_from_args(args, StemConfig)
+    if cfg.data != "astronaut" and not Path(cfg.data).is_dir():
+        raise SystemExit(f"data folder not found: {cfg.data}")
+    if not Path(cfg.teacher).exists():
+        raise SystemExit(f"teacher not found: {cfg.teacher}")
+    write_json(Path(cfg.out) / "train_config.json", dataclasses.asdict(cfg))
+    print(json.dumps(train(cfg), indent=1))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``detector-stem`` on ``trainer/main.py``."""
+    p = subparsers.add_parser("detector-stem", help="distil LTDet's first stage into a cheap stride-4 stem (speed)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, StemConfig)
+    p.set_defaults(fn=run)
+    return p
