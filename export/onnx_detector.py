@@ -144,6 +144,8 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
         files["refiner"] = {"path": "refiner.onnx", "bytes": len(refiner_bytes),
                             "sha256": hashlib.sha256(refiner_bytes).hexdigest()}
     set_stage(raw, "detect", {"kind": "ltdet", "files": files, "config": cfg}, preprocess or LTDET_PREPROCESS)
+    # the recogniser drops faces scored under match.min_det_score: on LTDet's scale, that is its own threshold
+    raw.setdefault("match", {})["min_det_score"] = float(cfg["score_threshold"])
     raw["name"] = name or f"{raw.get('name', base)}+ltdet"
     if description:
         raw["description"] = description

@@ -27,6 +27,11 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 BUNDLES = ("default-v1", "baseline", "student-v1", "deocclusion-preview")
 #: golden keys recorded under another name: default-v1 was the built-in ``default`` until issue #9.7
 RECORDED_AS = {"default-v1": "default"}
+#: the goldens were recorded on an Intel Xeon; ONNX Runtime's CPU kernels on another processor (an AMD EPYC) round
+#: the last bits differently: seen up to 3.2e-6 on similarities, 1.5e-5 px on boxes, 5e-4 on mask probabilities
+#: and one uint8 step on 4 of 37,632 inpainted pixels. Same-machine runs are still checked bit-exactly below
+#: (bare ONNX Runtime vs the stage).
+CPU_ATOL = 2e-5
 
 pytestmark = pytest.mark.slow  # loads all four built-in bundles (~30 s)
 
@@ -76,23 +81,26 @@ def test_bundles_give_the_recorded_outputs(bundle_run, golden):
     for probe, frame in fr.items():
         key = f"{RECORDED_AS.get(name, name)}/{probe}"
         faces = rec.detect(frame)
-        np.testing.assert_array_equal(np.array([f.box for f in faces]).reshape(-1, 4), golden[f"{key}/boxes"])
-        np.testing.assert_array_equal(np.array([f.landmarks for f in faces]).reshape(-1, 5, 2),
-                                      golden[f"{key}/landmarks"])
+        # 1e-3 px, not bit-equality: recorded on an Intel Xeon; ONNX Runtime's kernels on other CPUs (an AMD EPYC)
+        # round the last bit of a few coordinates differently (seen: 1.5e-5 px)
+        np.testing.assert_allclose(np.array([f.box for f in faces]).reshape(-1, 4), golden[f"{key}/boxes"],
+                                   rtol=0, atol=1e-3)
+        np.testing.assert_allclose(np.array([f.landmarks for f in faces]).reshape(-1, 5, 2),
+                                   golden[f"{key}/landmarks"], rtol=0, atol=1e-3)
         occ = np.array([np.nan if o is None else o for o in rec.occlusion(frame, faces)])
-        np.testing.assert_allclose(occ, golden[f"{key}/occ"], atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(occ, golden[f"{key}/occ"], atol=CPU_ATOL, equal_nan=True)
         matches = rec.identify(frame)
-        np.testing.assert_allclose([m.similarity for m in matches], golden[f"{key}/sim"], atol=1e-6)
+        np.testing.assert_allclose([m.similarity for m in matches], golden[f"{key}/sim"], atol=CPU_ATOL)
         np.testing.assert_array_equal([m.completed for m in matches], golden[f"{key}/completed"])
         emb = rec.embed_faces(frame, faces)
         if golden[f"{key}/completed"].any():
             # recorded before enroll/embed_faces ran the complete stage: now the embedding of a completed face
             # is the one identify matched with, so its similarity to the enrolled face is the recorded one
             enrolled = rec.gallery.matrix[0]
-            np.testing.assert_allclose(emb @ enrolled, golden[f"{key}/sim"], atol=1e-6)
+            np.testing.assert_allclose(emb @ enrolled, golden[f"{key}/sim"], atol=CPU_ATOL)
             assert np.abs(emb - golden[f"{key}/emb"]).max() > 1e-3  # and not the raw masked face's any more
         else:
-            np.testing.assert_allclose(emb, golden[f"{key}/emb"], atol=1e-6)
+            np.testing.assert_allclose(emb, golden[f"{key}/emb"], atol=CPU_ATOL)
 
 
 def test_segmenter_maps_and_completed_crop(bundle_run, golden):
@@ -107,10 +115,11 @@ def test_segmenter_maps_and_completed_crop(bundle_run, golden):
     if name == "default-v1":
         n, h, w = masks.shape
         pooled = masks.reshape(n, h // 4, 4, w // 4, 4).mean(axis=(2, 4))
-        np.testing.assert_allclose(pooled, golden["default/masked/mask_pool4"], atol=1e-6)
+        np.testing.assert_allclose(pooled, golden["default/masked/mask_pool4"], atol=2e-3)  # probabilities
     if rec.completer is not None:
         done = rec.completer.complete(crops, rec.segmenter.binary_masks(masks))
-        np.testing.assert_array_equal(done, golden[f"{name}/masked/completed_crop"])
+        diff = np.abs(done.astype(np.int16) - golden[f"{name}/masked/completed_crop"].astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # uint8 pixels: a rounding step at most, rarely
 
 
 def test_graphs_fed_by_hand_match_the_stages(frames):
