@@ -103,3 +103,10 @@ def test_tiny_stem_run_resumes_exports_and_bundles(tmp_path, astronaut_bgr):
     assert d["scores"] < 1e-4
     b = write_bundle(data, tmp_path / "bundle", "ltdet-v1", "tiny-stem")
     assert isinstance(sdk.Recognizer(str(b)).detect(astronaut_bgr), list)
+    # second phase: from that stem, everything after the cut trained too (--init, --tune-rest)
+    run2 = tmp_path / "run2"
+    train(StemConfig(**{**cfg, "out": str(run2)}, steps=1, init=str(run), tune_rest=0.5))
+    net2, _ = load_detector(run2)
+    assert any(not torch.equal(v, net.state_dict()[k]) for k, v in net2.state_dict().items() if not k.startswith("stem."))
+    with pytest.raises(SystemExit, match="not a net with a stem"):
+        train(StemConfig(**{**cfg, "out": str(tmp_path / "run3")}, steps=1, init=str(LTDET / "detector.onnx")))

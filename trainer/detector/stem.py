@@ -74,6 +74,8 @@ class StemConfig:
     weight_decay: float = 1e-5  #: AdamW weight decay
     cls_weight: float = 1.0  #: weight of the score term
     reg_weight: float = 1.0  #: weight of the box / landmark term
+    tune_rest: float = 0.0  #: also train the layers after the cut and the heads at lr x this (0 = frozen)
+    init: str = ""  #: start from this stem run folder / detector checkpoint with a stem (else a new stem)
     occlude_prob: float = 0.7  #: share of pasted faces with a training-family occluder
     val_scenes: int = 24  #: held-out validation scenes
     workers: int = 1  #: DataLoader worker processes rendering scenes
@@ -176,10 +178,19 @@ class StemPlugin(StepPlugin):
         self.cfg, self.teacher, self.val = cfg, teacher.eval(), val
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
-        self.net = with_stem(teacher, cfg.cut, cfg.width, cfg.blocks)
-        for n, prm in self.net.named_parameters():
-            prm.requires_grad_(n.startswith("stem."))
-        self.opt = torch.optim.AdamW(self.net.stem.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.init:
+            self.net = load_teacher(cfg.init)
+            if self.net.stem is None or self.net.cfg.stem.get("cut") != cfg.cut:
+                raise SystemExit(f"--init {cfg.init}: not a net with a stem at tensor {cfg.cut}")
+        else:
+            self.net = with_stem(teacher, cfg.cut, cfg.width, cfg.blocks)
+        rest = [p for n, p in self.net.named_parameters() if not n.startswith("stem.")]
+        for prm in rest:
+            prm.requires_grad_(cfg.tune_rest > 0)
+        groups = [{"params": list(self.net.stem.parameters()), "mult": 1.0}]
+        if cfg.tune_rest > 0:
+            groups.append({"params": rest, "mult": cfg.tune_rest})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ds = _Images(renderer, cfg.steps * cfg.batch_size, cfg.seed)
         self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = _lr_at(cfg, 0)
@@ -203,12 +214,12 @@ class StemPlugin(StepPlugin):
 
         self.lr = _lr_at(self.cfg, step)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr
+            g["lr"] = self.lr * g["mult"]
         t = distill_terms(self.net, self.teacher, to_input(batch), self.cfg.cut)
         loss = t["feat"] + self.cfg.cls_weight * t["cls"] + self.cfg.reg_weight * t["reg"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.stem.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], 5.0)
         self.opt.step()
         return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in t.items()}}
 
