@@ -153,3 +153,26 @@ def test_tiny_refiner_run_resumes_and_exports(tmp_path, astronaut_bgr):
 
         save_checkpoint(tmp_path / "other", {"model": net}, {"kind": "detector"})
         load_refiner(tmp_path / "other.json")
+
+
+def test_builtin_ltdet_v2_places_points_like_mtcnn_and_identifies_the_masked_astronaut(astronaut_bgr):
+    """``ltdet-v2`` = ltdet-v1's graph + the trained refiner + the default's segmenter and embedder, whose chip is
+    warped from the refined points: on the clean astronaut its five points are within 3 px of MTCNN's (ltdet-v1's
+    own heads are not), and a surgical mask drawn on her still matches her enrolled photo above the bundle's
+    occluded-probe threshold."""
+    import sdk
+    from sdk.bundle import load_bundle
+    from sdk.detect import MTCNNDetector
+    from sdk.occluders import draw_surgical_mask
+
+    spec = load_bundle("ltdet-v2").stages["detect"]
+    assert spec.kind == "ltdet" and "refiner" in spec.files
+    want = MTCNNDetector.from_package().detect(astronaut_bgr)[0].landmarks
+    v1 = sdk.Recognizer("ltdet-v1").detect(astronaut_bgr)[0].landmarks
+    rec = sdk.Recognizer("ltdet-v2")
+    got = rec.detect(astronaut_bgr)[0].landmarks
+    assert np.abs(got - want).max() < 3.0 < np.abs(v1 - want).max()
+    rec.enroll("eileen", astronaut_bgr)
+    masked = draw_surgical_mask(astronaut_bgr, got)[0]
+    [m] = rec.identify(masked)
+    assert m.identity == "eileen" and m.similarity > m.threshold
