@@ -24,7 +24,8 @@ from trainer.detector.scenes import SceneConfig, SceneRenderer
 from trainer.detector.targets import Anchors, match
 from trainer.preprocess import apply_torch
 
-__all__ = ["PREPROCESS", "SceneStream", "astronaut_labels", "load_train_labels", "scene_renderer", "to_input"]
+__all__ = ["PREPROCESS", "SceneStream", "astronaut_labels", "load_eval_labels", "load_train_labels", "scene_renderer",
+           "to_input"]
 
 #: LTDet's input record: the whole frame, RGB, float32 ``x / 127.5 - 1``, NCHW (normalised outside the graph)
 PREPROCESS = LTDET_PREPROCESS
@@ -64,13 +65,28 @@ def load_train_labels(data: str, cache: str | Path, per_identity: int) -> tuple[
     once (``cache``), without the held-out identities and the images where MTCNN found no face."""
     if data == "astronaut":
         return astronaut_labels()
+    ls = _all_labels(data, cache, per_identity)
+    keep = np.array([(ls.main[i] >= 0) and not is_eval_identity(str(ls.identities[i])) for i in range(len(ls))])
+    return ls.subset(keep), None
+
+
+def _all_labels(data: str | Path, cache: str | Path, per_identity: int) -> LabelSet:
+    """The label file of LFW (``<data>/lfw``) and CelebA (``<data>/celeba_subset``), built on first use."""
     root = Path(data)
     roots = [(t, root / d) for t, d in (("lfw", "lfw"), ("celeba", "celeba_subset")) if (root / d).is_dir()]
     if not roots:
         raise SystemExit(f"{root}: neither lfw/ nor celeba_subset/ found")
-    ls = build_or_load(Path(cache), roots, per_identity)
-    keep = np.array([(ls.main[i] >= 0) and not is_eval_identity(str(ls.identities[i])) for i in range(len(ls))])
-    return ls.subset(keep), None
+    return build_or_load(Path(cache), roots, per_identity)
+
+
+def load_eval_labels(data: str | Path, cache: str | Path, per_identity: int) -> LabelSet:
+    """MTCNN labels of the *held-out* identities (:func:`is_eval_identity`) of LFW / CelebA under ``data``, images
+    with a main face only (the same label file as :func:`load_train_labels`; ``data="astronaut"``: the one image)."""
+    if str(data) == "astronaut":
+        return astronaut_labels()[0]
+    ls = _all_labels(data, cache, per_identity)
+    keep = np.array([(ls.main[i] >= 0) and is_eval_identity(str(ls.identities[i])) for i in range(len(ls))])
+    return ls.subset(keep)
 
 
 def scene_renderer(labels: LabelSet, table: dict | None, crop: int, templates: str | None,

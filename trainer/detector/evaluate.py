@@ -218,22 +218,15 @@ def _real_files(folder: Path, split: str, limit: int) -> list[Path]:
     return [files[j] for j in sorted(pick)]
 
 
-def _eval_labels(data: Path, cache: Path, per_identity: int):
-    from trainer.detector.labels import build_or_load, is_eval_identity
-
-    roots = [(t, data / d) for t, d in (("lfw", "lfw"), ("celeba", "celeba_subset")) if (data / d).is_dir()]
-    ls = build_or_load(cache, roots, per_identity)
-    keep = np.array([(ls.main[i] >= 0) and is_eval_identity(str(ls.identities[i])) for i in range(len(ls))])
-    return ls.subset(keep)
-
-
 def run(args: argparse.Namespace) -> dict:
     from trainer.detector.occlusion import OccluderSampler
     from trainer.detector.scenes import SceneConfig, SceneRenderer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = _eval_labels(Path(args.data), Path(args.cache), args.per_identity)
+    from trainer.detector.data import load_eval_labels
+
+    labels = load_eval_labels(args.data, args.cache, args.per_identity)
     log.info("evaluation identities: %d images", len(labels))
     occ = OccluderSampler("eval", args.templates or None)
     scfg = SceneConfig(height=480, width=640, faces=(1, 6), size_bins=list(BINS), context=(1.5, 2.2),

@@ -236,8 +236,7 @@ def _lr_at(cfg: LandmarkConfig, step: int) -> float:
 def _renderers(cfg: LandmarkConfig):
     """``(training renderer, validation renderer)``: training families / backgrounds / identities, and the
     held-out ones (every face occluded)."""
-    from trainer.detector.data import load_train_labels
-    from trainer.detector.labels import build_or_load, is_eval_identity
+    from trainer.detector.data import load_eval_labels, load_train_labels
     from trainer.detector.occlusion import OccluderSampler
     from trainer.detector.scenes import SceneConfig, SceneRenderer
 
@@ -246,14 +245,7 @@ def _renderers(cfg: LandmarkConfig):
     train_cfg = SceneConfig(height=cfg.scene, width=cfg.scene, faces=(2, 5), face_px=(16.0, 180.0),
                             occlude_prob=cfg.occlude_prob)
     tr = SceneRenderer(labels, train_cfg, OccluderSampler("train", cfg.templates or None), image_loader=loader)
-    if cfg.data == "astronaut":
-        val_labels = labels  # smoke runs: the one image (no held-out identity exists)
-    else:
-        root = Path(cfg.data)
-        roots = [(t, root / d) for t, d in (("lfw", "lfw"), ("celeba", "celeba_subset")) if (root / d).is_dir()]
-        ls = build_or_load(Path(cfg.cache), roots, cfg.per_identity)
-        val_labels = ls.subset(np.array([(ls.main[i] >= 0) and is_eval_identity(str(ls.identities[i]))
-                                         for i in range(len(ls))]))
+    val_labels = load_eval_labels(cfg.data, cfg.cache, cfg.per_identity)  # astronaut: the one image again
     val_cfg = dataclasses.replace(train_cfg, occlude_prob=1.0, background_split="eval")
     va = SceneRenderer(val_labels, val_cfg, OccluderSampler("eval", cfg.templates or None), image_loader=loader)
     return tr, va

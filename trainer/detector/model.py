@@ -276,46 +276,15 @@ def with_stem(teacher: DetectorNet, cut: int = 33, width: int = 48, blocks: int 
     the stride-4, 32-channel output of its first stride-2 block."""
     import copy
 
-    t: dict = {}
-    x = torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
-        _run_until(teacher.backbone, x, cut, t)
-    if cut not in t:
-        raise ValueError(f"tensor {cut} is not computed by the backbone")
-    out = int(t[cut].shape[1])
+        out = int(teacher.backbone(torch.zeros(1, 3, 64, 64), until=cut).shape[1])
     cfg = copy.deepcopy(teacher.cfg)
     cfg.stem = {"cut": int(cut), "width": int(width), "blocks": int(blocks), "out": out}
     net = DetectorNet(cfg)
-    missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+    missing, _ = net.load_state_dict(teacher.state_dict(), strict=False)
     if any(not k.startswith("stem.") for k in missing):
         raise ValueError(f"weights missing after the cut: {[k for k in missing if not k.startswith('stem.')]}")
     return net
-
-
-def _run_until(backbone, x: torch.Tensor, cut: int, t: dict) -> None:
-    """Run ``backbone``'s steps on ``x`` until tensor ``cut`` exists (filled into ``t``)."""
-    import torch.nn.functional as F
-
-    t[backbone.input_id] = x
-    for k, st in enumerate(backbone.steps):
-        if cut in t:
-            return
-        if any(i not in t for i in st["ins"]) or (st["op"] in ("conv", "dwconv") and str(k) not in backbone.convs):
-            continue
-        a = t[st["ins"][0]]
-        op = st["op"]
-        if op in ("conv", "dwconv"):
-            y = backbone.convs[str(k)](F.pad(a, st["pad"]) if st["pad"] is not None else a)
-        elif op == "add":
-            y = a + t[st["ins"][1]]
-        elif op == "pad":
-            y = F.pad(a, st["pad"])
-        elif op == "maxpool":
-            a = F.pad(a, st["pad"], value=float("-inf")) if st["pad"] is not None else a
-            y = F.max_pool2d(a, st["kernel"], st["stride"])
-        else:
-            y = a
-        t[st["out"]] = F.relu(y) if st.get("relu") else y
 
 
 def net_from_onnx(path, variant: str = "front") -> DetectorNet:

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from trainer._config_cli import add_dataclass_args, dataclass_from_args
 from trainer.checkpoints import write_json
-from trainer.detector.model import DetectorNet, _run_until, net_from_onnx, with_stem
+from trainer.detector.model import DetectorNet, net_from_onnx, with_stem
 from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,7 @@ def _lr_at(cfg: StemConfig, step: int) -> float:
 
 
 def _cut_tensor(net: DetectorNet, x: torch.Tensor, cut: int) -> torch.Tensor:
-    if net.stem is not None:
-        return net.stem(x)
-    t: dict = {}
-    _run_until(net.backbone, x, cut, t)
-    return t[cut]
+    return net.stem(x) if net.stem is not None else net.backbone(x, until=cut)
 
 
 def distill_terms(student: DetectorNet, teacher: DetectorNet, x: torch.Tensor, cut: int) -> dict[str, torch.Tensor]:
@@ -251,8 +247,7 @@ class StemPlugin(StepPlugin):
 
 def train(cfg: StemConfig) -> dict:
     """Train (or resume) the stem as configured; returns a summary dict (``steps``, ``validation``, ``seconds``)."""
-    from trainer.detector.data import load_train_labels, scene_renderer, to_input
-    from trainer.detector.labels import build_or_load, is_eval_identity
+    from trainer.detector.data import load_eval_labels, load_train_labels, scene_renderer, to_input
     from trainer.detector.occlusion import OccluderSampler
     from trainer.detector.scenes import SceneConfig, SceneRenderer
 
@@ -262,14 +257,7 @@ def train(cfg: StemConfig) -> dict:
     teacher = load_teacher(cfg.teacher)
     labels, table = load_train_labels(cfg.data, cfg.cache, cfg.per_identity)
     renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob)
-    if cfg.data == "astronaut":
-        val_labels = labels
-    else:
-        root = Path(cfg.data)
-        roots = [(t, root / d) for t, d in (("lfw", "lfw"), ("celeba", "celeba_subset")) if (root / d).is_dir()]
-        ls = build_or_load(Path(cfg.cache), roots, cfg.per_identity)
-        val_labels = ls.subset(np.array([(ls.main[i] >= 0) and is_eval_identity(str(ls.identities[i]))
-                                         for i in range(len(ls))]))
+    val_labels = load_eval_labels(cfg.data, cfg.cache, cfg.per_identity)
     loader = (lambda p: table[str(p)]) if table else None
     vr = SceneRenderer(val_labels, SceneConfig(height=cfg.crop, width=cfg.crop, occlude_prob=1.0,
                                                background_split="eval"),

@@ -155,11 +155,15 @@ class TFLiteBackbone(nn.Module):
             for k in [k for k in self.convs if self.steps[int(k)] not in self.order]:
                 del self.convs[k]
 
-    def forward(self, x: torch.Tensor | None, start: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor | None, start: dict[int, torch.Tensor] | None = None,
+                until: int | None = None):
         """The feature maps from the image ``x`` or, for a backbone with a ``cut``, from ``start`` =
-        ``{cut: tensor}`` (what a replacement stem computed)."""
+        ``{cut: tensor}`` (what a replacement stem computed). ``until``: return that one tensor as soon as it is
+        computed instead (e.g. the cut tensor of an uncut backbone: a stem's distillation target)."""
         t: dict[int, torch.Tensor] = {self.input_id: x} if start is None else dict(start)
         for k, st in enumerate(self.steps):
+            if until is not None and until in t:
+                return t[until]
             if st not in self.order:
                 continue
             if start is not None and (st["out"] in t or any(i not in t for i in st["ins"])):
@@ -187,6 +191,10 @@ class TFLiteBackbone(nn.Module):
             if st.get("relu"):
                 y = F.relu(y)
             t[st["out"]] = y
+        if until is not None:
+            if until not in t:
+                raise ValueError(f"tensor {until} is not computed by this backbone")
+            return t[until]
         return [t[i] for i in self.features]
 
 
