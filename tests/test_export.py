@@ -205,6 +205,11 @@ def test_trt_onnx_writes_the_graph_and_its_sidecar(inpainter_run_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- byte-identity
+def _other_cpu_hashes() -> dict:
+    """key -> digest of bbfa1ff's exporters on the second processor (``graphs_recorded_elsewhere``)."""
+    return json.loads(GOLDEN.read_text()).get("graphs_recorded_elsewhere", {}).get("sha256", {})
+
+
 def _golden():
     import torch
 
@@ -235,8 +240,12 @@ def test_onnx_graphs_are_byte_identical_to_the_per_family_exporters(name, torch)
         got[f"onnx-fp16/{name}"] = to_fp16_weights(blob)
     if fam_name == "inpainter":
         got[f"trt-onnx/{name}"] = export_trt_onnx_bytes(net)
+    other = _other_cpu_hashes()
     for key, b in got.items():
-        assert hashlib.sha256(b).hexdigest() == graphs[key]["sha256"], key
+        digest = hashlib.sha256(b).hexdigest()
+        # graphs with BatchNorm folded by the exporter differ in the last bits between CPUs: the same exporters
+        # (bbfa1ff's) were re-run on a second processor and its digests are accepted too, nothing else
+        assert digest == graphs[key]["sha256"] or digest == other.get(key), key
 
 
 def test_the_default_segmenter_graph_is_the_shipped_one_re_exported(torch):
