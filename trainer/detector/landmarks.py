@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,8 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args
-from trainer.checkpoints import load_checkpoint, save_checkpoint, write_json
+from trainer.checkpoints import load_checkpoint, save_checkpoint
+from trainer.detector._common import add_command, warmup_cosine
 from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger(__name__)
@@ -226,11 +224,7 @@ class LandmarkConfig:
 
 
 def _lr_at(cfg: LandmarkConfig, step: int) -> float:
-    warm = min(50, max(1, cfg.steps // 10))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return warmup_cosine(cfg.lr, step, cfg.steps, min(50, max(1, cfg.steps // 10)))
 
 
 def _renderers(cfg: LandmarkConfig):
@@ -411,21 +405,7 @@ def _plot(csv_path: Path, png: Path, onet_nme: float) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(args, LandmarkConfig)
-    if cfg.data != "astronaut" and not Path(cfg.data).is_dir():
-        raise SystemExit(f"data folder not found: {cfg.data}")
-    if cfg.templates and not Path(cfg.templates).is_dir():
-        raise SystemExit(f"templates folder not found: {cfg.templates}")
-    write_json(Path(cfg.out) / "train_config.json", dataclasses.asdict(cfg))
-    print(json.dumps(train(cfg), indent=1))
-    return 0
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``landmarks`` on ``trainer/main.py``."""
-    p = subparsers.add_parser("landmarks", help="train LTDet's landmark refiner (O-Net fine-tuned on occluded faces)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, LandmarkConfig)
-    p.set_defaults(fn=run)
-    return p
+    return add_command(subparsers, "landmarks", "train LTDet's landmark refiner (O-Net fine-tuned on occluded faces)",
+                       __doc__, LandmarkConfig, train)

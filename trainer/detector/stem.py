@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,8 +42,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args
-from trainer.checkpoints import write_json
+from trainer.detector._common import NetPluginMixin, add_command, plot_curves, warmup_cosine
 from trainer.detector.model import DetectorNet, net_from_onnx, with_stem
 from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
@@ -107,11 +104,7 @@ def load_teacher(path: str | Path) -> DetectorNet:
 
 
 def _lr_at(cfg: StemConfig, step: int) -> float:
-    warm = min(50, max(1, cfg.steps // 10))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return warmup_cosine(cfg.lr, step, cfg.steps, min(50, max(1, cfg.steps // 10)))
 
 
 def _cut_tensor(net: DetectorNet, x: torch.Tensor, cut: int) -> torch.Tensor:
@@ -163,7 +156,7 @@ class _Images:
         return self.r.render(self.seed * 10_000_019 + int(i)).image
 
 
-class StemPlugin(StepPlugin):
+class StemPlugin(NetPluginMixin, StepPlugin):
     """The stem on the loop skeleton (AdamW on the stem only, warm-up + cosine, gradient norm clipped at 5)."""
 
     kind = "detector"
@@ -190,17 +183,6 @@ class StemPlugin(StepPlugin):
         self.ds = _Images(renderer, cfg.steps * cfg.batch_size, cfg.seed)
         self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = _lr_at(cfg, 0)
-
-    def modules(self) -> dict:
-        return {"model": self.net}
-
-    def optimizers(self) -> dict:
-        return {"opt": self.opt}
-
-    def meta(self) -> dict:
-        from trainer.detector.checkpoint import net_meta
-
-        return {**net_meta(self.net), "config": dataclasses.asdict(self.cfg)}
 
     def start_epoch(self, epoch: int, ctx: DistContext) -> None:
         self.net.eval()  # no batch norm or dropout anywhere: eval mode only keeps the frozen part as it is
@@ -240,7 +222,8 @@ class StemPlugin(StepPlugin):
         net = copy.deepcopy(self.net).eval()
         val = self.at_checkpoint(step)
         save_net(net, self.out / FINAL, {"config": dataclasses.asdict(self.cfg), "step": step, "validation": val})
-        _plot(self.out / "steps.csv", self.out / "loss.png")
+        plot_curves(self.out / "steps.csv", self.out / "loss.png", ("loss", "feat", "cls", "reg"),
+                    "stem distillation (moving average)", twin=("val_agree", "teacher detections kept (held-out)"))
         return {"out": str(self.out), "steps": step, "validation": val, "stopped_early": stopped_early,
                 "seconds": round(train_seconds, 1)}, None
 
@@ -272,52 +255,12 @@ def train(cfg: StemConfig) -> dict:
     return run_loop(make, settings)
 
 
-def _plot(csv_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    s = np.array([float(r["step"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in ("loss", "feat", "cls", "reg"):
-        v = np.array([float(r[k]) for r in rows])
-        n = max(1, len(v) // 50)
-        ax.plot(s[n - 1:], np.convolve(v, np.ones(n) / n, "valid"), label=k)
-    vs = [(float(r["step"]), float(r["val_agree"])) for r in rows if r.get("val_agree")]
-    if vs:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*vs), "k.--", label="held-out agreement")
-        ax2.set_ylabel("teacher detections kept (held-out)")
-        ax2.set_ylim(0, 1)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend(loc="upper right")
-    ax.set_title("stem distillation (moving average)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(args, StemConfig)
-    if cfg.data != "astronaut" and not Path(cfg.data).is_dir():
-        raise SystemExit(f"data folder not found: {cfg.data}")
+def _check(cfg: StemConfig) -> None:
     if not Path(cfg.teacher).exists():
         raise SystemExit(f"teacher not found: {cfg.teacher}")
-    write_json(Path(cfg.out) / "train_config.json", dataclasses.asdict(cfg))
-    print(json.dumps(train(cfg), indent=1))
-    return 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``detector-stem`` on ``trainer/main.py``."""
-    p = subparsers.add_parser("detector-stem", help="distil LTDet's first stage into a cheap stride-4 stem (speed)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, StemConfig)
-    p.set_defaults(fn=run)
-    return p
+    return add_command(subparsers, "detector-stem", "distil LTDet's first stage into a cheap stride-4 stem (speed)",
+                       __doc__, StemConfig, train, check=_check)

@@ -29,21 +29,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
-import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from trainer._config_cli import add_dataclass_args, dataclass_from_args
 from trainer.checkpoints import write_json
-from trainer.detector.checkpoint import FINAL, load_net, net_meta, save_net
+from trainer.detector._common import NetPluginMixin, add_command, plot_curves, warmup_cosine
+from trainer.detector.checkpoint import FINAL, load_net, save_net
 from trainer.detector.data import SceneStream, astronaut_labels, load_train_labels, scene_renderer, to_input
 from trainer.detector.model import build_net
 from trainer.detector.refit import collect, ridge_refit
@@ -90,13 +86,10 @@ class DetTrainConfig:
 
 
 def _lr_at(cfg: DetTrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return warmup_cosine(cfg.lr, step, cfg.steps, cfg.warmup)
 
 
-class DetectorPlugin(StepPlugin):
+class DetectorPlugin(NetPluginMixin, StepPlugin):
     """LTDet on the loop skeleton: one epoch of ``cfg.steps`` batches of ``cfg.batch_size`` scenes, AdamW with
     warm-up + cosine lr; at the end the optional closed-form refit, ``detector.*``, ``loss.png``."""
 
@@ -121,15 +114,6 @@ class DetectorPlugin(StepPlugin):
         self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = _lr_at(cfg, 0)
         self.parts: dict[str, float] = {}
-
-    def modules(self) -> dict:
-        return {"model": self.net}
-
-    def optimizers(self) -> dict:
-        return {"opt": self.opt}
-
-    def meta(self) -> dict:
-        return {**net_meta(self.net), "config": dataclasses.asdict(self.cfg)}
 
     def start_epoch(self, epoch: int, ctx: DistContext) -> None:
         self.net.train()
@@ -166,7 +150,8 @@ class DetectorPlugin(StepPlugin):
             write_json(self.out / "refit.json", rep)
             extra["refit"] = rep
         save_net(net, self.out / FINAL, extra)
-        _plot(self.out / "steps.csv", self.out / "loss.png")
+        plot_curves(self.out / "steps.csv", self.out / "loss.png", ("loss", "cls", "box", "lmk"),
+                    "detector training loss (moving average)")
         return {"out": str(self.out), "steps": step, "final": self.parts, "stopped_early": stopped_early,
                 "seconds": round(train_seconds, 1)}, None
 
@@ -190,46 +175,7 @@ def train(cfg: DetTrainConfig) -> dict:
     return run_loop(make, settings)
 
 
-def _plot(csv_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    s = np.array([float(r["step"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in ("loss", "cls", "box", "lmk"):
-        v = np.array([float(r[k]) for r in rows])
-        n = max(1, len(v) // 50)
-        ax.plot(s[n - 1:], np.convolve(v, np.ones(n) / n, "valid"), label=k)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("detector training loss (moving average)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(args, DetTrainConfig)
-    if cfg.data != "astronaut" and not Path(cfg.data).is_dir():
-        raise SystemExit(f"data folder not found: {cfg.data}")
-    if cfg.templates and not Path(cfg.templates).is_dir():
-        raise SystemExit(f"templates folder not found: {cfg.templates}")
-    write_json(Path(cfg.out) / "train_config.json", dataclasses.asdict(cfg))
-    print(json.dumps(train(cfg), indent=1))
-    return 0
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``detector`` on ``trainer/main.py``."""
-    p = subparsers.add_parser("detector", help="train the masked-face detector (LTDet) on composed scenes",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, DetTrainConfig)
-    p.set_defaults(fn=run)
-    return p
+    return add_command(subparsers, "detector", "train the masked-face detector (LTDet) on composed scenes", __doc__,
+                       DetTrainConfig, train)
