@@ -184,7 +184,9 @@ class LTDetDetector:
         self.refiner_path = None if refiner is None else _check_path(refiner, "LTDet landmark refiner")
         self._refiner = None
         if self.refiner_path is not None:
-            self._refiner = load_onet_session(self.refiner_path, "onet", config.threads, providers)
+            # one thread: a few 48x48 crops, and a second intra-op pool would spin beside the detector's on the
+            # same cores after every call (measured: +30-45 ms per 640x480 frame on 2 cores with 2 threads each)
+            self._refiner = load_onet_session(self.refiner_path, "onet", 1, providers)
 
     def prepare(self) -> "LTDetDetector":
         """Warm up with one small blank frame (and the refiner with one crop); returns self."""
