@@ -156,7 +156,7 @@ def write_bundle(onnx_bytes: bytes, out: Path, base: str = "default", name: str 
 def _refiner_bytes(args: argparse.Namespace, base_dir: Path, base_detect: dict) -> bytes | None:
     """The refiner graph to bundle: ``--refiner`` (file or run folder), else the base LTDet bundle's, else None;
     checked to have O-Net's signature."""
-    from sdk.detect import _load_session
+    from sdk.detect import load_mtcnn_session
     from sdk.errors import ModelFileError
 
     if args.no_refiner:
@@ -171,7 +171,7 @@ def _refiner_bytes(args: argparse.Namespace, base_dir: Path, base_detect: dict) 
     if not p.is_file():
         raise SystemExit(f"--refiner: {p} is not a file")
     try:
-        _load_session(p, "onet", 1, ())
+        load_mtcnn_session(p, "onet", 1, ())
     except ModelFileError as e:
         raise SystemExit(f"--refiner: {e}") from None
     return p.read_bytes()

@@ -44,7 +44,8 @@ from .preprocess import Preprocess
 from .stages import StageKind, config_from, file_of
 from .types import Face
 
-__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS", "onet_crops", "onet_faces", "onet_points"]
+__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS", "load_mtcnn_session", "onet_crops", "onet_faces",
+           "onet_points"]
 
 #: How the three networks want their input (RGB, (x - 127.5) / 128, (N, W, H, 3)); crops are cut and resized
 #: by the cascade itself, from the whole frame.
@@ -108,7 +109,7 @@ class DetectorConfig:
 # model loading
 
 
-def _load_session(path: str | Path, stage: str, threads: int, providers: Sequence[str]):
+def load_mtcnn_session(path: str | Path, stage: str, threads: int, providers: Sequence[str]):
     """Open one network and check that its signature is MTCNN's; return (backend, input name, output names).
 
     Output names are returned in the order (regression, [landmarks], probabilities), identified by the size
@@ -275,9 +276,9 @@ class MTCNNDetector:
         self.providers = tuple(providers)
         self.kind = "mtcnn"
         self.preprocess = PREPROCESS
-        self._pnet, self._pnet_in, self._pnet_out = _load_session(pnet, "pnet", config.threads, providers)
-        self._rnet, self._rnet_in, self._rnet_out = _load_session(rnet, "rnet", config.threads, providers)
-        self._onet, self._onet_in, self._onet_out = _load_session(onet, "onet", config.threads, providers)
+        self._pnet, self._pnet_in, self._pnet_out = load_mtcnn_session(pnet, "pnet", config.threads, providers)
+        self._rnet, self._rnet_in, self._rnet_out = load_mtcnn_session(rnet, "rnet", config.threads, providers)
+        self._onet, self._onet_in, self._onet_out = load_mtcnn_session(onet, "onet", config.threads, providers)
 
     @classmethod
     def from_package(cls, config: DetectorConfig = DetectorConfig(),

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from sdk.backends import BackendConfig, open_backend
-from sdk.detect import _load_session as load_onet_session
+from sdk.detect import load_mtcnn_session
 from sdk.detect import onet_crops, onet_points
 from sdk.errors import BundleError, ModelFileError
 from sdk.frame import as_bgr
@@ -112,6 +112,9 @@ class LTDetConfig:
         min_face_size: detections smaller than this (px, sqrt of box area, frame pixels) are dropped.
         threads: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
         refine_context: with a landmark refiner, the side of its square crop relative to the box's longer side.
+        upscale_below: frames whose longer side is at most this (px) also run at ``upscale`` x (small photos,
+            where faces are 10-30 px); None: never. Camera frames (>= 640 px) are not affected.
+        upscale: the extra scale for small frames.
     """
 
     score_threshold: float = 0.5
@@ -122,9 +125,15 @@ class LTDetConfig:
     min_face_size: float = 12.0
     threads: int = 0
     refine_context: float = 1.0
+    upscale_below: int | None = None
+    upscale: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pyramid", tuple(float(s) for s in self.pyramid))
+        if self.upscale_below is not None and not 32 <= self.upscale_below <= 1280:
+            raise ValueError(f"upscale_below must be in [32, 1280] px or None, got {self.upscale_below}")
+        if not 1.0 < self.upscale <= 4.0:
+            raise ValueError(f"upscale must be in (1, 4], got {self.upscale}")
         if not 0.5 <= self.refine_context <= 3.0:
             raise ValueError(f"refine_context must be in [0.5, 3], got {self.refine_context}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -186,7 +195,7 @@ class LTDetDetector:
         if self.refiner_path is not None:
             # one thread: a few 48x48 crops, and a second intra-op pool would spin beside the detector's on the
             # same cores after every call (measured: +30-45 ms per 640x480 frame on 2 cores with 2 threads each)
-            self._refiner = load_onet_session(self.refiner_path, "onet", 1, providers)
+            self._refiner = load_mtcnn_session(self.refiner_path, "onet", 1, providers)
 
     def prepare(self) -> "LTDetDetector":
         """Warm up with one small blank frame (and the refiner with one crop); returns self."""
@@ -213,7 +222,10 @@ class LTDetDetector:
         if cfg.max_side is not None and max(H, W) > cfg.max_side:
             base = cfg.max_side / max(H, W)
         B, L, S = [], [], []
-        for p in cfg.pyramid:
+        scales = cfg.pyramid
+        if cfg.upscale_below is not None and max(H, W) <= cfg.upscale_below and cfg.upscale not in scales:
+            scales = (cfg.upscale, *scales)
+        for p in scales:
             s = base * p
             w, h = max(1, round(W * s)), max(1, round(H * s))
             if min(w, h) < 16:

@@ -199,3 +199,29 @@ def test_ltdet_exporter_writes_the_shipped_manifest(tmp_path):
         strip = lambda spec: {**spec, "files": {k: {**f, "path": Path(f["path"]).name}  # noqa: E731
                                                 for k, f in spec["files"].items()}}
         assert strip(got["stages"][st]) == strip(man["stages"][st]), st
+
+
+def test_ltdet_upscales_small_frames_only(monkeypatch):
+    """``upscale_below``: a small photo is also run at 2x (faces of 10-30 px), a camera frame never; the option is
+    off by default (``ltdet-v1`` / ``ltdet-v2`` keep their recorded behaviour) and checked."""
+    from sdk.bundle import BUILTIN_DIR
+    from sdk.detect_onnx import LTDetConfig, LTDetDetector
+
+    model = BUILTIN_DIR / "ltdet-v1" / "detector.onnx"
+    det = LTDetDetector(model, LTDetConfig(upscale_below=320, threads=1))
+    shapes: list[tuple[int, int]] = []
+    real_run = det._run
+    monkeypatch.setattr(det, "_run", lambda img: (shapes.append(img.shape[:2]), real_run(img))[1])
+    det.detect(np.zeros((150, 200, 3), np.uint8))
+    assert shapes == [(300, 400), (150, 200), (38, 50)]
+    shapes.clear()
+    det.detect(np.zeros((480, 640, 3), np.uint8))
+    assert shapes == [(480, 640), (120, 160)]
+    plain = LTDetDetector(model, LTDetConfig(threads=1))
+    monkeypatch.setattr(plain, "_run", lambda img: (shapes.append(img.shape[:2]), real_run(img))[1])
+    shapes.clear()
+    plain.detect(np.zeros((150, 200, 3), np.uint8))
+    assert shapes == [(150, 200), (38, 50)]
+    for bad in ({"upscale_below": 8}, {"upscale": 1.0}, {"upscale": 5.0}):
+        with pytest.raises(ValueError):
+            LTDetConfig(**bad)

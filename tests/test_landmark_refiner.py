@@ -129,7 +129,7 @@ def test_exporter_bundles_keeps_and_drops_the_refiner(tmp_path, astronaut_bgr, o
 def test_tiny_refiner_run_resumes_and_exports(tmp_path, astronaut_bgr):
     """2 steps, then resumed to 3: one CSV, checkpoints, validation against the untouched O-Net, an ONNX file with
     O-Net's signature the SDK loads; a detector checkpoint is refused as a refiner."""
-    from sdk.detect import _load_session
+    from sdk.detect import load_mtcnn_session
     from trainer.detector.landmarks import LandmarkConfig, load_refiner, train
 
     run = tmp_path / "run"
@@ -143,7 +143,7 @@ def test_tiny_refiner_run_resumes_and_exports(tmp_path, astronaut_bgr):
     val = json.loads((run / "refiner.json").read_text())["validation"]
     assert val["faces"] == 4 and np.isfinite(val["nme"]) and np.isfinite(val["nme_onet"])
     assert (run / "nme.png").is_file()
-    _load_session(run / "refiner.onnx", "onet", 1, ())
+    load_mtcnn_session(run / "refiner.onnx", "onet", 1, ())
     net = load_refiner(run)
     with torch.no_grad():
         x = torch.zeros(1, 48, 48, 3)

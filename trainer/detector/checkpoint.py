@@ -23,7 +23,7 @@ from trainer.checkpoints import CheckpointError, Checkpoint, find_checkpoint, lo
 from trainer.detector.data import PREPROCESS
 from trainer.detector.model import DetectorNet, NetConfig
 
-__all__ = ["FINAL", "KIND", "load_net", "load_detector", "net_meta", "save_net"]
+__all__ = ["FINAL", "KIND", "load_net", "load_detector", "load_trained_net", "net_meta", "save_net"]
 
 KIND = "detector"
 #: the trained net's checkpoint stem in a run folder
@@ -104,3 +104,26 @@ def load_detector(path: str | Path) -> tuple[DetectorNet, dict]:
 def load_net(path: str | Path) -> DetectorNet:
     """The trained net behind ``path`` (see :func:`load_detector`), in eval mode."""
     return load_detector(path)[0]
+
+
+def load_trained_net(path: str | Path) -> DetectorNet:
+    """The trained LTDet net from a bundle folder (its detect stage's ``model`` file, ``pkg:`` references
+    resolved), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a detector run folder /
+    checkpoint (:func:`load_net`).
+
+    Raises:
+        SystemExit: a bundle whose detect stage is not ``ltdet``."""
+    from trainer.detector.model import net_from_onnx
+
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").is_file():
+        st = json.loads((p / "manifest.json").read_text())["stages"]["detect"]
+        if st.get("kind") != "ltdet":
+            raise SystemExit(f"{p}: the detect stage is {st.get('kind')!r}, not ltdet")
+        ref = st["files"]["model"]["path"]
+        if ref.startswith("pkg:"):
+            ref = str(Path(__file__).resolve().parents[2] / ref[4:])
+        p = p / ref if not Path(ref).is_absolute() else Path(ref)
+    if p.suffix == ".onnx":
+        return net_from_onnx(p)
+    return load_net(p)

@@ -90,13 +90,17 @@ def load_eval_labels(data: str | Path, cache: str | Path, per_identity: int) -> 
 
 
 def scene_renderer(labels: LabelSet, table: dict | None, crop: int, templates: str | None,
-                   occlude_prob: float = 0.7) -> SceneRenderer:
+                   occlude_prob: float = 0.7, tight_prob: float = 0.0, realistic_prob: float = 0.0,
+                   cutouts: str | None = None) -> SceneRenderer:
     """Square ``crop`` x ``crop`` training scenes (px) over ``labels`` with the training occluder families
     (``templates``: MaskTheFace folder, or None for procedural occluders only), ``occlude_prob`` of the faces
-    occluded; ``table``: in-memory BGR images by path (:func:`astronaut_labels`), None to read files."""
+    occluded; ``table``: in-memory BGR images by path (:func:`astronaut_labels`), None to read files.
+    ``tight_prob``: share of tight one-face crops (:class:`SceneConfig`); ``realistic_prob`` / ``cutouts``: share of
+    occluders from the realistic synthesizer, with harvested real masks (:class:`OccluderSampler`)."""
     loader: Callable | None = (lambda p: table[str(p)]) if table else None
-    return SceneRenderer(labels, SceneConfig(height=crop, width=crop, occlude_prob=occlude_prob),
-                         OccluderSampler("train", templates or None), image_loader=loader)
+    return SceneRenderer(labels, SceneConfig(height=crop, width=crop, occlude_prob=occlude_prob, tight_prob=tight_prob),
+                         OccluderSampler("train", templates or None, realistic_prob=realistic_prob,
+                                         cutouts_dir=cutouts or None), image_loader=loader)
 
 
 class SceneStream:

@@ -12,7 +12,7 @@ the box is the clean MTCNN box jittered like a detector's (centre +- ``jitter`` 
 
 Loss: mean Euclidean point error in units of the crop side (the NME numerator up to the crop / inter-ocular
 ratio). Only the landmark output is trained; the box-regression and face-probability outputs are kept in the file
-(the graph has O-Net's signature, so :func:`sdk.detect._load_session` validates it) but the SDK does not use them.
+(the graph has O-Net's signature, so :func:`sdk.detect.load_mtcnn_session` validates it) but the SDK does not use them.
 
 Validation (``val_nme`` in ``steps.csv`` at every checkpoint, and ``refiner.json``): faces of the held-out
 identities (:func:`~trainer.detector.labels.is_eval_identity`) with *held-out* occluders on the evaluation

@@ -10,6 +10,12 @@ faces cut by the patch edge, covered by a later patch or outside the scene becom
 Labels: ``boxes`` (K, 4) ``x1, y1, x2, y2`` and ``landmarks`` (K, 5, 2) in scene pixels, MTCNN order; the
 landmarks of an occluded face are the clean-image ones (where the mouth and nose are under the mask).
 
+**Tight crops** (``tight_prob``): a share of scenes is instead one photo cut tight around its face, the way
+real masked-face photos are often framed (the square crop is 0.55-1.4x the face size, so the forehead and chin
+may be cut off, down to eyes and mask), scaled to a side of 24 px up to the scene's and placed at the top-left
+corner with black elsewhere -- what the detector sees when such a photo is padded to a multiple of 32. Faces with
+at least 25 % of their box inside the crop are labels (boxes may reach past the crop's edge).
+
 Backgrounds are non-face images that ship with scikit-image, split into a training and an evaluation pool
 (:data:`TRAIN_BACKGROUNDS`, :data:`EVAL_BACKGROUNDS`), plus procedurally rendered textures.
 """
@@ -114,6 +120,10 @@ class SceneConfig:
         flip: mirror half the scenes (landmark order kept image-left first).
         min_label_px: faces smaller than this become ignore regions.
         background_split: ``"train"`` or ``"eval"`` picture pool.
+        tight_prob: probability that a scene is a tight crop of one photo (module doc); 0 keeps every scene
+            the same as without the option.
+        tight_ratio: (min, max) crop side / face size of tight crops.
+        tight_face_px: (min, max) face size in tight crops, drawn log-uniformly (the crop side follows).
     """
 
     height: int = 256
@@ -134,6 +144,9 @@ class SceneConfig:
     flip: bool = True
     min_label_px: float = 10.0
     background_split: str = "train"
+    tight_prob: float = 0.0
+    tight_ratio: tuple[float, float] = (0.55, 1.4)
+    tight_face_px: tuple[float, float] = (18.0, 150.0)
 
 
 @dataclass
@@ -257,6 +270,8 @@ class SceneRenderer:
         """Compose scene ``seed``. ``occlude``: None (each face with ``occlude_prob``), True (every face that
         the occluder sampler can cover) or False (all clean). The layout does not depend on ``occlude``."""
         cfg, rng = self.cfg, np.random.default_rng(seed)
+        if cfg.tight_prob > 0 and np.random.default_rng([seed, 11]).random() < cfg.tight_prob:
+            return self._render_tight(seed, occlude)
         H, W = cfg.height, cfg.width
         canvas = self._background(rng)
         alpha_total = np.zeros((H, W), np.float32)
@@ -350,6 +365,79 @@ class SceneRenderer:
             lm = lm[:, _FLIP].copy()
             lm[..., 0] = W - lm[..., 0]
         return Scene(img, bx, lm, np.array(occl, bool), kinds, ig)
+
+    def _render_tight(self, seed: int, occlude: bool | None) -> Scene:
+        """A tight crop of one photo at the top-left corner, black elsewhere (module doc)."""
+        cfg, rng = self.cfg, np.random.default_rng([seed, 12])
+        H, W = cfg.height, cfg.width
+        src = None
+        for _ in range(4):
+            i = int(self.usable[int(rng.integers(len(self.usable)))])
+            src = self._load(self.labels.paths[i])
+            if src is not None:
+                break
+        canvas = np.zeros((H, W, 3), np.uint8)
+        if src is None:
+            return Scene(canvas, np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, bool),
+                         [], np.zeros((0, 4), np.float32))
+        fb, fl = self.labels.faces_of(i)
+        m = int(self.labels.main[i] - self.labels.first[i])
+        grey = bool(np.array_equal(src[..., 0], src[..., 1]) and np.array_equal(src[..., 1], src[..., 2]))
+        kind = ""
+        do_occ = (rng.random() < cfg.occlude_prob) if occlude is None else occlude
+        occ_seed = int(rng.integers(2 ** 31))
+        if do_occ and self.occ is not None:
+            s = self.occ.draw(src, fl[m], occ_seed)
+            if s is not None:
+                src, kind = s.masked, s.kind
+        src = self._photometric(src, rng, tint=grey and rng.random() < cfg.tint_prob)
+        b = fb[m]
+        face = float(math.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
+        ratio = rng.uniform(*cfg.tight_ratio)
+        t = float(math.exp(rng.uniform(math.log(cfg.tight_face_px[0]), math.log(cfg.tight_face_px[1]))))
+        side = int(min(W, H, max(24, round(t * ratio))))
+        t = side / ratio  # face size in the scene
+        c = (b[:2] + b[2:]) / 2 + rng.uniform(-0.12, 0.12, 2) * face
+        deg = rng.uniform(-cfg.rotate_deg, cfg.rotate_deg) if rng.random() < 0.3 else 0.0
+        M = self._affine(c, np.array([side / 2, side / 2]), t / face, deg)
+        scale = t / face
+        img, Mw = src, M
+        if scale < 0.5:  # pre-shrink: warpAffine's bilinear would alias
+            f = scale * 1.5
+            img = cv2.resize(src, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            Mw = M.copy()
+            Mw[:, :2] /= f
+        crop = cv2.warpAffine(img, Mw, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if rng.random() < 0.3:  # a low-resolution photo shown larger
+            f = rng.uniform(0.3, 0.8)
+            small = cv2.resize(crop, (max(8, int(side * f)),) * 2, interpolation=cv2.INTER_AREA)
+            crop = cv2.resize(small, (side, side), interpolation=cv2.INTER_LINEAR)
+        flip = cfg.flip and rng.random() < 0.5
+        if flip:
+            crop = np.ascontiguousarray(crop[:, ::-1])
+        canvas[:side, :side] = crop
+        boxes, lms, occl, kinds, ignore = [], [], [], [], []
+        for k in range(len(fb)):
+            bb, ll = self._transform_face(fb[k], fl[k], M)
+            if flip:
+                bb = np.array([side - bb[2], bb[1], side - bb[0], bb[3]], np.float32)
+                ll = ll[_FLIP].copy()
+                ll[:, 0] = side - ll[:, 0]
+            sz = math.sqrt(max(bb[2] - bb[0], 0) * max(bb[3] - bb[1], 0))
+            vis = self._visible_frac(bb, side, side)
+            if vis <= 0.05:
+                continue
+            if vis >= 0.25 and sz >= cfg.min_label_px:
+                boxes.append(bb)
+                lms.append(ll)
+                occl.append(bool(kind) and k == m)
+                kinds.append(kind if k == m else "")
+            else:
+                ignore.append(bb)
+        img = canvas.copy()
+        img[:side, :side] = self._finish(canvas[:side, :side].copy(), rng)
+        return Scene(img, np.array(boxes, np.float32).reshape(-1, 4), np.array(lms, np.float32).reshape(-1, 5, 2),
+                     np.array(occl, bool), kinds, np.array(ignore, np.float32).reshape(-1, 4))
 
     def _finish(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg

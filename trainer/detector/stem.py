@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,8 @@ import torch
 from torch.nn import functional as F
 
 from trainer.detector._common import NetPluginMixin, add_command, plot_curves, warmup_cosine
-from trainer.detector.model import DetectorNet, net_from_onnx, with_stem
+from trainer.detector.model import DetectorNet, with_stem
+from trainer.detector.checkpoint import load_trained_net
 from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger(__name__)
@@ -84,23 +84,8 @@ class StemConfig:
     progress: bool = True  #: tqdm progress bars
 
 
-def load_teacher(path: str | Path) -> DetectorNet:
-    """The trained LTDet net from a bundle folder (its detect stage's ``model`` file), an ``.onnx`` file or a
-    detector run folder / checkpoint."""
-    from trainer.detector.checkpoint import load_net
-
-    p = Path(path)
-    if p.is_dir() and (p / "manifest.json").is_file():
-        st = json.loads((p / "manifest.json").read_text())["stages"]["detect"]
-        if st.get("kind") != "ltdet":
-            raise SystemExit(f"{p}: the detect stage is {st.get('kind')!r}, not ltdet")
-        ref = st["files"]["model"]["path"]
-        if ref.startswith("pkg:"):
-            ref = str(Path(__file__).resolve().parents[2] / ref[4:])
-        p = p / ref if not Path(ref).is_absolute() else Path(ref)
-    if p.suffix == ".onnx":
-        return net_from_onnx(p)
-    return load_net(p)
+#: the trained net of a bundle, an LTDet ``.onnx`` or a run folder (:func:`~.checkpoint.load_trained_net`)
+load_teacher = load_trained_net
 
 
 def _lr_at(cfg: StemConfig, step: int) -> float:

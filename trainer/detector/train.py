@@ -23,6 +23,18 @@ Example (the shipped model; ~1 h on 2 busy cores)::
     python trainer/main.py detector --data ../shared/data --templates ../shared/data/mask_templates \
         --out out/detector/v1 --steps 500 --batch-size 8 --crop 160 --freeze 11
 
+Fine-tuning a trained LTDet for real masked photos (``ltdet-v3``; minutes on 2 cores)::
+
+    python trainer/main.py detector --init sdk/models/ltdet-v1 --data ../shared/data \
+        --templates ../shared/data/mask_templates --cutouts <cutouts> --out out/detector/v3 --steps 2000 \
+        --batch-size 8 --crop 160 --freeze 11 --lr 3e-4 --warmup 50 --tight-prob 0.35 --realistic-prob 0.5 \
+        --occlude-prob 0.75
+
+``--init`` takes a bundle folder, an LTDet ``.onnx`` or a run folder; ``--tight-prob`` renders that share of the
+scenes as one photo cut tight around its face (:class:`~trainer.detector.scenes.SceneConfig`), ``--realistic-prob``
+draws that share of the occluders from the realistic synthesizer, with real masks harvested from the *harvest* part
+of the real photos (``--cutouts``, ``tools/harvest_occluders.py``; :class:`~trainer.detector.occlusion.OccluderSampler`).
+
 ``--data astronaut`` trains on scikit-image's astronaut alone (tests, smoke runs; no data folder needed).
 """
 from __future__ import annotations
@@ -39,7 +51,7 @@ import torch
 
 from trainer.checkpoints import write_json
 from trainer.detector._common import NetPluginMixin, add_command, plot_curves, warmup_cosine
-from trainer.detector.checkpoint import FINAL, load_net, save_net
+from trainer.detector.checkpoint import FINAL, load_net, load_trained_net, save_net
 from trainer.detector.data import SceneStream, astronaut_labels, load_train_labels, scene_renderer, to_input
 from trainer.detector.model import build_net
 from trainer.detector.refit import collect, ridge_refit
@@ -64,7 +76,7 @@ class DetTrainConfig:
     out: str = "out/detector/run"  #: output folder (checkpoints, CSV log, config); the run resumes from it
     cache: str = "out/detector/labels_lfw_celeba.npz"  #: MTCNN label file (built on first use)
     per_identity: int = 2  #: images per identity to label (LFW + CelebA)
-    init: str = "blazeface"  #: 'blazeface' (MediaPipe's short-range weights) or 'random'
+    init: str = "blazeface"  #: 'blazeface' (MediaPipe's weights), 'random', or an LTDet bundle / .onnx / run to fine-tune
     steps: int = 3000  #: optimiser steps
     batch_size: int = 10  #: scenes per step
     crop: int = 224  #: training scene side (px, multiple of 32)
@@ -74,6 +86,9 @@ class DetTrainConfig:
     weight_decay: float = 1e-4  #: AdamW weight decay
     warmup: int = 100  #: linear warm-up steps, then cosine decay to 5 % of lr
     occlude_prob: float = 0.7  #: share of pasted faces that get a (training-family) occluder
+    tight_prob: float = 0.0  #: share of scenes that are one photo cut tight around its face (real-photo framing)
+    realistic_prob: float = 0.0  #: share of occluders from the realistic synthesizer (surgical, cloth, harvested...)
+    cutouts: str = ""  #: harvested real masks (tools/harvest_occluders.py, harvest part) for realistic occluders
     lmk_weight: float = 2.0  #: weight of the landmark loss
     workers: int = 1  #: DataLoader worker processes rendering scenes
     threads: int = 2  #: torch intra-op threads
@@ -99,7 +114,7 @@ class DetectorPlugin(NetPluginMixin, StepPlugin):
     def __init__(self, cfg: DetTrainConfig, renderer):
         self.cfg, self.renderer = cfg, renderer
         self.out = Path(cfg.out)
-        self.net = build_net(cfg.init)
+        self.net = build_net(cfg.init) if cfg.init in ("blazeface", "random") else load_trained_net(cfg.init).train()
         self.anchors = make_anchors(cfg.crop, cfg.crop, self.net.cfg.strides, self.net.cfg.anchors)
         for k, conv in enumerate(self.net.backbone.convs.values()):
             if k < cfg.freeze:
@@ -164,7 +179,8 @@ def train(cfg: DetTrainConfig) -> dict:
     torch.set_num_threads(max(1, cfg.threads))
     labels, table = load_train_labels(cfg.data, cfg.cache, cfg.per_identity)
     log.info("training faces: %d images", len(labels))
-    renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob)
+    renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob, cfg.tight_prob,
+                              cfg.realistic_prob, cfg.cutouts)
 
     def make(ctx: DistContext, ck) -> DetectorPlugin:
         torch.manual_seed(cfg.seed)  # the same initial weights (init "random") in every run
@@ -175,7 +191,17 @@ def train(cfg: DetTrainConfig) -> dict:
     return run_loop(make, settings)
 
 
+def _check(cfg: DetTrainConfig) -> None:
+    if cfg.init not in ("blazeface", "random") and not Path(cfg.init).exists():
+        raise SystemExit(f"--init: {cfg.init} is neither 'blazeface', 'random' nor an LTDet bundle / .onnx / run folder")
+    if cfg.realistic_prob > 0 and cfg.cutouts and not Path(cfg.cutouts).is_dir():
+        raise SystemExit(f"--cutouts folder not found: {cfg.cutouts}")
+    for name in ("tight_prob", "realistic_prob", "occlude_prob"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(cfg, name)}")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``detector`` on ``trainer/main.py``."""
     return add_command(subparsers, "detector", "train the masked-face detector (LTDet) on composed scenes", __doc__,
-                       DetTrainConfig, train)
+                       DetTrainConfig, train, _check)

@@ -1,0 +1,118 @@
+"""LTDet fine-tuning for real masked photos: tight one-face scenes, realistic occluders on the detector's training
+side (never its held-out families), and ``--init`` from a trained LTDet (bundle / ``.onnx``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tflite")
+
+ROOT = Path(__file__).resolve().parents[1]
+LTDET = ROOT / "sdk" / "models" / "ltdet-v1"
+
+
+@pytest.fixture(scope="module")
+def astronaut_set():
+    from trainer.detector.data import astronaut_labels
+
+    return astronaut_labels()
+
+
+def _renderer(astronaut_set, **cfg):
+    from trainer.detector.occlusion import OccluderSampler
+    from trainer.detector.scenes import SceneConfig, SceneRenderer
+
+    ls, table = astronaut_set
+    return SceneRenderer(ls, SceneConfig(height=160, width=160, **cfg), OccluderSampler("train"),
+                         image_loader=lambda p: table[str(p)])
+
+
+def test_tight_scenes_are_one_cropped_face_at_the_top_left(astronaut_set):
+    r = _renderer(astronaut_set, tight_prob=1.0)
+    cut = 0
+    for seed in range(12):
+        sc = r.render(seed)
+        img = sc.image
+        assert img.shape == (160, 160, 3) and img.dtype == np.uint8
+        # the crop sits at the top-left corner; the rest is black, as a padded small photo
+        rows, cols = np.flatnonzero(img.any(axis=(1, 2))), np.flatnonzero(img.any(axis=(0, 2)))
+        assert rows.min() == 0 and cols.min() == 0
+        side = max(rows.max(), cols.max()) + 1
+        assert 24 <= side <= 160
+        assert not img[side:].any() and not img[:, side:].any()
+        assert len(sc.boxes) == 1  # the astronaut, labelled even when the crop cuts her box
+        b, lm = sc.boxes[0], sc.landmarks[0]
+        assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]  # image-left first, flipped or not
+        face = np.sqrt((b[2] - b[0]) * (b[3] - b[1]))
+        assert 0.5 * side < face < 2.0 * side  # tight: crop side 0.55-1.4x the face
+        cut += bool(b[0] < 0 or b[1] < 0 or b[2] > side or b[3] > side)
+    assert cut >= 3  # some crops cut the face box, as real tight photos do
+    assert r.render(5).image.tobytes() == r.render(5).image.tobytes()  # a pure function of the seed
+
+
+def test_tight_prob_zero_leaves_the_scenes_as_they_were(astronaut_set):
+    """Evaluation scenes (tight_prob 0) must not change: the option draws from its own random stream."""
+    a, b = _renderer(astronaut_set), _renderer(astronaut_set, tight_prob=0.0)
+    c = _renderer(astronaut_set, tight_prob=0.5)
+    for seed in range(4):
+        assert a.render(seed).image.tobytes() == b.render(seed).image.tobytes()
+    tight = [c.render(s) for s in range(10)]
+    assert any(not t.image[-1].any() for t in tight) and any(t.image[-1].any() for t in tight)
+
+
+def test_realistic_occluders_stay_on_the_training_side(astronaut_bgr):
+    from trainer.data.occluders.registry import is_heldout
+    from trainer.detector.occlusion import REALISTIC_WEIGHTS, OccluderSampler, is_held_out
+    from sdk.detect import MTCNNDetector
+
+    lm = MTCNNDetector.from_package().detect(astronaut_bgr)[0].landmarks
+    s = OccluderSampler("train", realistic_prob=1.0)
+    fams = set()
+    for seed in range(10):
+        d = s.draw(astronaut_bgr, lm, seed)
+        assert d is not None and d.mask.any()
+        fams.add(d.category)
+        assert d.category in REALISTIC_WEIGHTS and not is_heldout(d.category)
+        assert not is_held_out(d.kind) and "text" not in d.kind.split(":") and "logo" not in d.kind.split(":")
+    assert len(fams) >= 2
+    assert not {"hand", "scarf", "kn95"} & set(REALISTIC_WEIGHTS)  # the evaluation holds those concepts out
+    with pytest.raises(ValueError, match="training-side"):
+        OccluderSampler("eval", realistic_prob=0.5)
+    with pytest.raises(ValueError):
+        OccluderSampler("train", realistic_prob=1.5)
+    with pytest.raises(FileNotFoundError, match="harvest"):
+        OccluderSampler("train", realistic_prob=0.5, cutouts_dir=ROOT / "tests")
+
+
+@pytest.mark.skipif(not (LTDET / "detector.onnx").is_file(), reason="ltdet-v1 bundle not built")
+def test_fine_tuning_starts_from_the_shipped_net(tmp_path):
+    """``--init <bundle>`` starts from the shipped graph's weights; a tiny run with tight scenes and realistic
+    occluders trains, checkpoints and moves them."""
+    from trainer.detector.checkpoint import load_net, load_trained_net
+    from trainer.detector.model import net_from_onnx
+    from trainer.detector.train import DetectorPlugin, DetTrainConfig, train
+
+    ref = net_from_onnx(LTDET / "detector.onnx").state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in load_trained_net(LTDET).state_dict().items())
+    cfg = DetTrainConfig(data="astronaut", out=str(tmp_path / "run"), steps=3, batch_size=2, crop=128, workers=0,
+                         save_every=3, threads=1, progress=False, init=str(LTDET), tight_prob=0.5,
+                         realistic_prob=0.5, lr=1e-3, warmup=1)
+    plugin = DetectorPlugin(cfg, renderer=None)
+    assert all(torch.equal(v, ref[k]) for k, v in plugin.net.state_dict().items())
+    out = train(cfg)
+    assert out["steps"] == 3 and np.isfinite(out["final"]["loss"])
+    tuned = load_net(tmp_path / "run").state_dict()
+    assert any(not torch.equal(v, ref[k]) for k, v in tuned.items())
+
+
+def test_bad_fine_tuning_flags_are_clear_errors(tmp_path):
+    from trainer.main import main
+
+    base = ["detector", "--data", "astronaut", "--out", str(tmp_path / "r"), "--steps", "1"]
+    with pytest.raises(SystemExit, match="neither 'blazeface'"):
+        main(base + ["--init", str(tmp_path / "missing.onnx")])
+    with pytest.raises(SystemExit, match="tight-prob"):
+        main(base + ["--tight-prob", "2"])
