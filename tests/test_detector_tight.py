@@ -116,3 +116,32 @@ def test_bad_fine_tuning_flags_are_clear_errors(tmp_path):
         main(base + ["--init", str(tmp_path / "missing.onnx")])
     with pytest.raises(SystemExit, match="tight-prob"):
         main(base + ["--tight-prob", "2"])
+
+
+@pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
+def test_builtin_ltdet_v3_finds_a_tight_masked_crop_and_identifies_her(astronaut_bgr):
+    """``ltdet-v3`` (the fine-tuned net + ltdet-v2's refiner, small photos at 2x): the masked astronaut cut tight
+    around her face (a square 0.6x her face box: forehead and chin off the edge, 128 px, the framing of many real
+    masked photos) is found, where ``ltdet-v2`` and MTCNN find nothing; the masked full photo matches her enrolled
+    one above the bundle's occluded-probe threshold."""
+    import cv2
+
+    import sdk
+    from sdk.bundle import load_bundle
+    from sdk.detect import MTCNNDetector
+    from sdk.occluders import draw_surgical_mask
+
+    spec = load_bundle("ltdet-v3").stages["detect"]
+    assert spec.kind == "ltdet" and "refiner" in spec.files and spec.config["upscale_below"] == 320
+    face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
+    masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
+    x1, y1, x2, y2 = face.box
+    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 0.6 * max(x2 - x1, y2 - y1)
+    crop = masked[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
+    crop = cv2.resize(crop, (128, 128), interpolation=cv2.INTER_AREA)
+    rec = sdk.Recognizer("ltdet-v3")
+    assert len(rec.detect(crop)) == 1
+    assert sdk.Recognizer("ltdet-v2").detect(crop) == [] and MTCNNDetector.from_package().detect(crop) == []
+    rec.enroll("eileen", astronaut_bgr)
+    [m] = rec.identify(masked)
+    assert m.identity == "eileen" and m.similarity > m.threshold
