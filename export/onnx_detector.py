@@ -167,7 +167,10 @@ def _refiner_bytes(args: argparse.Namespace, base_dir: Path, base_detect: dict) 
         ref = (base_detect.get("files") or {}).get("refiner") if base_detect.get("kind") == "ltdet" else None
         if not ref:
             return None
-        p = base_dir / ref["path"]
+        from sdk.bundle import load_bundle
+        from sdk.stages import file_of
+
+        p = file_of(load_bundle(base_dir).stages["detect"], "refiner")  # resolves pkg: references, checks digests
     if not p.is_file():
         raise SystemExit(f"--refiner: {p} is not a file")
     try:
@@ -197,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="landmark refiner: refiner.onnx or the run folder of 'trainer/main.py landmarks' (default: "
                         "the base bundle's refiner, if it has one)")
     p.add_argument("--no-refiner", action="store_true", help="bundle without a landmark refiner")
+    p.add_argument("--upscale-below", type=int, default=None, metavar="PX",
+                   help="photos whose longer side is at most PX also run at 2x (LTDetConfig.upscale_below; ltdet-v3: "
+                        "320); 0 turns it off (default: the base bundle's setting)")
     args = p.parse_args(argv)
     from export._onnx import fold_pads_into_convs
     from sdk.bundle import BUILTIN_DIR
@@ -211,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         config.update(base_detect.get("config") or {})
     if args.score_threshold is not None:
         config["score_threshold"] = args.score_threshold
+    if args.upscale_below is not None:
+        config.pop("upscale_below", None)
+        if args.upscale_below > 0:
+            config["upscale_below"] = args.upscale_below
     refiner = _refiner_bytes(args, base_dir, base_detect)
     if args.from_onnx is not None:
         if not args.from_onnx.is_file():

@@ -145,3 +145,25 @@ def test_builtin_ltdet_v3_finds_a_tight_masked_crop_and_identifies_her(astronaut
     rec.enroll("eileen", astronaut_bgr)
     [m] = rec.identify(masked)
     assert m.identity == "eileen" and m.similarity > m.threshold
+
+
+@pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
+def test_exporter_sets_keeps_and_clears_upscale_below(tmp_path):
+    """``--upscale-below PX`` writes the setting; re-bundling from ltdet-v3 keeps it; ``--upscale-below 0`` drops it."""
+    import json
+
+    from export.onnx_detector import main
+
+    graph = str(ROOT / "sdk" / "models" / "ltdet-v3" / "detector.onnx")
+
+    def cfg(out):
+        return json.loads((out / "manifest.json").read_text())["stages"]["detect"]["config"]
+
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "a"), "--bundle-from", "ltdet-v1",
+                 "--upscale-below", "256"]) == 0
+    assert cfg(tmp_path / "a")["upscale_below"] == 256
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "b"), "--bundle-from", "ltdet-v3"]) == 0
+    assert cfg(tmp_path / "b")["upscale_below"] == 320
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "c"), "--bundle-from", "ltdet-v3",
+                 "--upscale-below", "0"]) == 0
+    assert "upscale_below" not in cfg(tmp_path / "c")
