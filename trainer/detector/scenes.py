@@ -265,6 +265,22 @@ class SceneRenderer:
         x = (x - 128) * rng.uniform(0.7, 1.3) + 128 + rng.uniform(-30, 30)
         return np.clip(x, 0, 255).astype(np.uint8)
 
+    def _occlude_and_grade(self, src: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+                           photo_rng: np.random.Generator, occlude: bool | None) -> tuple[np.ndarray, str]:
+        """A face photo with (per ``occlude`` / ``occlude_prob``, drawn from ``rng``) a training occluder on the face
+        with ``landmarks``, then contrast / brightness jitter (grey photos maybe tinted; ``photo_rng``); returns the
+        photo and the occluder's kind ("" when clean)."""
+        cfg = self.cfg
+        grey = bool(np.array_equal(src[..., 0], src[..., 1]) and np.array_equal(src[..., 1], src[..., 2]))
+        kind = ""
+        do_occ = (rng.random() < cfg.occlude_prob) if occlude is None else occlude
+        occ_seed = int(rng.integers(2 ** 31))
+        if do_occ and self.occ is not None:
+            s = self.occ.draw(src, landmarks, occ_seed)
+            if s is not None:
+                src, kind = s.masked, s.kind
+        return self._photometric(src, photo_rng, tint=grey and photo_rng.random() < cfg.tint_prob), kind
+
     # ------------------------------------------------------------------------------------------------------
     def render(self, seed: int, occlude: bool | None = None) -> Scene:
         """Compose scene ``seed``. ``occlude``: None (each face with ``occlude_prob``), True (every face that
@@ -305,15 +321,7 @@ class SceneRenderer:
             m = int(self.labels.main[i] - self.labels.first[i])
             if src is None:
                 continue
-            grey = bool(np.array_equal(src[..., 0], src[..., 1]) and np.array_equal(src[..., 1], src[..., 2]))
-            kind = ""
-            do_occ = (rng.random() < cfg.occlude_prob) if occlude is None else occlude
-            occ_seed = int(rng.integers(2 ** 31))
-            if do_occ and self.occ is not None:
-                s = self.occ.draw(src, fl[m], occ_seed)
-                if s is not None:
-                    src, kind = s.masked, s.kind
-            src = self._photometric(src, sub, tint=grey and sub.random() < cfg.tint_prob)
+            src, kind = self._occlude_and_grade(src, fl[m], rng, sub, occlude)
             b = fb[m]
             side = float(math.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
             c = (b[:2] + b[2:]) / 2 + rng.uniform(-0.15, 0.15, 2) * side
@@ -382,15 +390,7 @@ class SceneRenderer:
                          [], np.zeros((0, 4), np.float32))
         fb, fl = self.labels.faces_of(i)
         m = int(self.labels.main[i] - self.labels.first[i])
-        grey = bool(np.array_equal(src[..., 0], src[..., 1]) and np.array_equal(src[..., 1], src[..., 2]))
-        kind = ""
-        do_occ = (rng.random() < cfg.occlude_prob) if occlude is None else occlude
-        occ_seed = int(rng.integers(2 ** 31))
-        if do_occ and self.occ is not None:
-            s = self.occ.draw(src, fl[m], occ_seed)
-            if s is not None:
-                src, kind = s.masked, s.kind
-        src = self._photometric(src, rng, tint=grey and rng.random() < cfg.tint_prob)
+        src, kind = self._occlude_and_grade(src, fl[m], rng, rng, occlude)
         b = fb[m]
         face = float(math.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
         ratio = rng.uniform(*cfg.tight_ratio)
