@@ -5,6 +5,7 @@ seed, and the per-process state (``_W``) the workers fill (embedder, synthesizer
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,10 @@ def run_chunks(fn: Callable, tasks: list[tuple], init: Callable, initargs: tuple
                 out.append(fn(t))
                 bar.update(len(t[0]))
         else:
-            with ProcessPoolExecutor(workers, initializer=init, initargs=initargs) as ex:
+            # spawned, not forked: a fork copies the parent's ONNX Runtime / torch thread-pool locks mid-use, and the
+            # workers hung on one (calibrating ltdet-v3: every worker asleep in futex_wait, 0% CPU)
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs) as ex:
                 for t, r in zip(tasks, ex.map(fn, tasks)):
                     out.append(r)
                     bar.update(len(t[0]))
