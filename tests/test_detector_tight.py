@@ -96,7 +96,8 @@ def test_fine_tuning_starts_from_the_shipped_net(tmp_path):
     from trainer.detector.train import DetectorPlugin, DetTrainConfig, train
 
     ref = net_from_onnx(LTDET / "detector.onnx").state_dict()
-    assert all(torch.equal(v, ref[k]) for k, v in load_trained_net(LTDET).state_dict().items())
+    for src in (LTDET, "ltdet-v1", LTDET / "detector.onnx"):  # folder, built-in name, graph
+        assert all(torch.equal(v, ref[k]) for k, v in load_trained_net(src).state_dict().items())
     cfg = DetTrainConfig(data="astronaut", out=str(tmp_path / "run"), steps=3, batch_size=2, crop=128, workers=0,
                          save_every=3, threads=1, progress=False, init=str(LTDET), tight_prob=0.5,
                          realistic_prob=0.5, lr=1e-3, warmup=1)

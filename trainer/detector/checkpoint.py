@@ -107,15 +107,18 @@ def load_net(path: str | Path) -> DetectorNet:
 
 
 def load_trained_net(path: str | Path) -> DetectorNet:
-    """The trained LTDet net from a bundle folder (its detect stage's ``model`` file, ``pkg:`` references
-    resolved), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a detector run folder /
-    checkpoint (:func:`load_net`).
+    """The trained LTDet net from a bundle folder or built-in bundle name (its detect stage's ``model`` file,
+    ``pkg:`` references resolved), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a
+    detector run folder / checkpoint (:func:`load_net`).
 
     Raises:
         SystemExit: a bundle whose detect stage is not ``ltdet``."""
+    from sdk.bundle import BUILTIN_DIR
     from trainer.detector.model import net_from_onnx
 
     p = Path(path)
+    if not p.exists() and (BUILTIN_DIR / str(path) / "manifest.json").is_file():
+        p = BUILTIN_DIR / str(path)
     if p.is_dir() and (p / "manifest.json").is_file():
         st = json.loads((p / "manifest.json").read_text())["stages"]["detect"]
         if st.get("kind") != "ltdet":

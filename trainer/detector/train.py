@@ -76,7 +76,7 @@ class DetTrainConfig:
     out: str = "out/detector/run"  #: output folder (checkpoints, CSV log, config); the run resumes from it
     cache: str = "out/detector/labels_lfw_celeba.npz"  #: MTCNN label file (built on first use)
     per_identity: int = 2  #: images per identity to label (LFW + CelebA)
-    init: str = "blazeface"  #: 'blazeface' (MediaPipe's weights), 'random', or an LTDet bundle / .onnx / run to fine-tune
+    init: str = "blazeface"  #: 'blazeface' (MediaPipe's weights), 'random', or an LTDet bundle / .onnx / run to tune
     steps: int = 3000  #: optimiser steps
     batch_size: int = 10  #: scenes per step
     crop: int = 224  #: training scene side (px, multiple of 32)
@@ -192,8 +192,12 @@ def train(cfg: DetTrainConfig) -> dict:
 
 
 def _check(cfg: DetTrainConfig) -> None:
-    if cfg.init not in ("blazeface", "random") and not Path(cfg.init).exists():
-        raise SystemExit(f"--init: {cfg.init} is neither 'blazeface', 'random' nor an LTDet bundle / .onnx / run folder")
+    from sdk.bundle import BUILTIN_DIR
+
+    if cfg.init not in ("blazeface", "random") and not Path(cfg.init).exists() \
+            and not (BUILTIN_DIR / cfg.init / "manifest.json").is_file():
+        raise SystemExit(f"--init: {cfg.init} is neither 'blazeface', 'random' nor an LTDet bundle (folder or built-in "
+                         "name) / .onnx / run folder")
     if cfg.realistic_prob > 0 and cfg.cutouts and not Path(cfg.cutouts).is_dir():
         raise SystemExit(f"--cutouts folder not found: {cfg.cutouts}")
     for name in ("tight_prob", "realistic_prob", "occlude_prob"):
