@@ -23,7 +23,7 @@ from trainer.checkpoints import CheckpointError, Checkpoint, find_checkpoint, lo
 from trainer.detector.data import PREPROCESS
 from trainer.detector.model import DetectorNet, NetConfig
 
-__all__ = ["FINAL", "KIND", "load_net", "load_detector", "load_trained_net", "net_meta", "save_net"]
+__all__ = ["FINAL", "KIND", "bundle_ref", "load_net", "load_detector", "load_trained_net", "net_meta", "save_net"]
 
 KIND = "detector"
 #: the trained net's checkpoint stem in a run folder
@@ -106,27 +106,37 @@ def load_net(path: str | Path) -> DetectorNet:
     return load_detector(path)[0]
 
 
+def bundle_ref(path: str | Path) -> Path | str | None:
+    """What :func:`sdk.bundle.load_bundle` should get for ``path``: the folder (it holds a ``manifest.json``), the
+    built-in bundle name, or None when ``path`` names no bundle."""
+    from sdk.bundle import BUILTIN_DIR
+
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return p
+    if (BUILTIN_DIR / str(path) / "manifest.json").is_file():
+        return str(path)
+    return None
+
+
 def load_trained_net(path: str | Path) -> DetectorNet:
-    """The trained LTDet net from a bundle folder or built-in bundle name (its detect stage's ``model`` file,
-    ``pkg:`` references resolved), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a
+    """The trained LTDet net from a bundle folder or built-in bundle name (its detect stage's ``model`` file, found
+    by the SDK's bundle loader), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a
     detector run folder / checkpoint (:func:`load_net`).
 
     Raises:
         SystemExit: a bundle whose detect stage is not ``ltdet``."""
-    from sdk.bundle import BUILTIN_DIR
+    from sdk.bundle import load_bundle
+    from sdk.stages import file_of
     from trainer.detector.model import net_from_onnx
 
     p = Path(path)
-    if not p.exists() and (BUILTIN_DIR / str(path) / "manifest.json").is_file():
-        p = BUILTIN_DIR / str(path)
-    if p.is_dir() and (p / "manifest.json").is_file():
-        st = json.loads((p / "manifest.json").read_text())["stages"]["detect"]
-        if st.get("kind") != "ltdet":
-            raise SystemExit(f"{p}: the detect stage is {st.get('kind')!r}, not ltdet")
-        ref = st["files"]["model"]["path"]
-        if ref.startswith("pkg:"):
-            ref = str(Path(__file__).resolve().parents[2] / ref[4:])
-        p = p / ref if not Path(ref).is_absolute() else Path(ref)
+    ref = bundle_ref(path)
+    if ref is not None:
+        spec = load_bundle(ref).stages.get("detect")
+        if spec is None or spec.kind != "ltdet":
+            raise SystemExit(f"{path}: the detect stage is {getattr(spec, 'kind', None)!r}, not ltdet")
+        p = file_of(spec, "model")
     if p.suffix == ".onnx":
         return net_from_onnx(p)
     return load_net(p)

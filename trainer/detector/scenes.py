@@ -415,7 +415,7 @@ class SceneRenderer:
         flip = cfg.flip and rng.random() < 0.5
         if flip:
             crop = np.ascontiguousarray(crop[:, ::-1])
-        canvas[:side, :side] = crop
+        canvas[:side, :side] = self._finish(crop, rng)  # blur / noise / JPEG on the photo, not the padding
         boxes, lms, occl, kinds, ignore = [], [], [], [], []
         for k in range(len(fb)):
             bb, ll = self._transform_face(fb[k], fl[k], M)
@@ -434,9 +434,7 @@ class SceneRenderer:
                 kinds.append(kind if k == m else "")
             else:
                 ignore.append(bb)
-        img = canvas.copy()
-        img[:side, :side] = self._finish(canvas[:side, :side].copy(), rng)
-        return Scene(img, np.array(boxes, np.float32).reshape(-1, 4), np.array(lms, np.float32).reshape(-1, 5, 2),
+        return Scene(canvas, np.array(boxes, np.float32).reshape(-1, 4), np.array(lms, np.float32).reshape(-1, 5, 2),
                      np.array(occl, bool), kinds, np.array(ignore, np.float32).reshape(-1, 4))
 
     def _finish(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

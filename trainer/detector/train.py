@@ -51,7 +51,7 @@ import torch
 
 from trainer.checkpoints import write_json
 from trainer.detector._common import NetPluginMixin, add_command, plot_curves, warmup_cosine
-from trainer.detector.checkpoint import FINAL, load_net, load_trained_net, save_net
+from trainer.detector.checkpoint import FINAL, bundle_ref, load_net, load_trained_net, save_net
 from trainer.detector.data import SceneStream, astronaut_labels, load_train_labels, scene_renderer, to_input
 from trainer.detector.model import build_net
 from trainer.detector.refit import collect, ridge_refit
@@ -192,10 +192,7 @@ def train(cfg: DetTrainConfig) -> dict:
 
 
 def _check(cfg: DetTrainConfig) -> None:
-    from sdk.bundle import BUILTIN_DIR
-
-    if cfg.init not in ("blazeface", "random") and not Path(cfg.init).exists() \
-            and not (BUILTIN_DIR / cfg.init / "manifest.json").is_file():
+    if cfg.init not in ("blazeface", "random") and not Path(cfg.init).exists() and bundle_ref(cfg.init) is None:
         raise SystemExit(f"--init: {cfg.init} is neither 'blazeface', 'random' nor an LTDet bundle (folder or built-in "
                          "name) / .onnx / run folder")
     if cfg.realistic_prob > 0 and cfg.cutouts and not Path(cfg.cutouts).is_dir():
