@@ -124,6 +124,9 @@ class SceneConfig:
             the same as without the option.
         tight_ratio: (min, max) crop side / face size of tight crops.
         tight_face_px: (min, max) face size in tight crops, drawn log-uniformly (the crop side follows).
+        real_prob: probability that a face photo (pasted or cut tight) comes from the renderer's ``real`` pool
+            (pseudo-labelled real masked photos: no synthetic occluder is added, kind ``"realmask"``); 0 keeps every
+            scene the same as without the option.
     """
 
     height: int = 256
@@ -147,6 +150,7 @@ class SceneConfig:
     tight_prob: float = 0.0
     tight_ratio: tuple[float, float] = (0.55, 1.4)
     tight_face_px: tuple[float, float] = (18.0, 150.0)
+    real_prob: float = 0.0
 
 
 @dataclass
@@ -192,16 +196,24 @@ class SceneRenderer:
         labels: MTCNN labels of the face photos (only images with a main face are used).
         config: composition settings.
         occluders: occluder sampler (training or held-out families), or None for clean faces only.
+        real: optional second pool, photos of faces that are already covered (pseudo-labelled real masked photos,
+            :mod:`trainer.detector.real_labels`), drawn with ``config.real_prob``; they get no synthetic occluder.
     """
 
+    REAL_KIND = "realmask"
+
     def __init__(self, labels: LabelSet, config: SceneConfig = SceneConfig(),
-                 occluders: OccluderSampler | None = None, image_loader=None):
+                 occluders: OccluderSampler | None = None, image_loader=None, real: LabelSet | None = None):
         self.labels = labels
         self.cfg = config
         self.occ = occluders
         self.usable = np.flatnonzero(labels.main >= 0)
         if len(self.usable) == 0:
             raise ValueError("no labelled image has a face")
+        self.real = real
+        self.real_usable = np.flatnonzero(real.main >= 0) if real is not None else np.zeros(0, np.intp)
+        if config.real_prob > 0 and len(self.real_usable) == 0:
+            raise ValueError("real_prob > 0 needs a real photo pool with at least one labelled face")
         self._load = image_loader or (lambda p: cv2.imread(str(p), cv2.IMREAD_COLOR))
         self.backgrounds = background_pool(config.background_split)
 
@@ -281,6 +293,28 @@ class SceneRenderer:
                 src, kind = s.masked, s.kind
         return self._photometric(src, photo_rng, tint=grey and photo_rng.random() < cfg.tint_prob), kind
 
+    def _pick_photo(self, rng: np.random.Generator, key: list[int]) -> tuple[LabelSet, int]:
+        """``(pool, image index)`` of the next face photo: the real pool with ``real_prob`` (drawn from its own
+        stream ``key``, so ``real_prob`` 0 leaves ``rng`` untouched), else a labelled LFW / CelebA photo from ``rng``."""
+        if self.cfg.real_prob > 0:
+            alt = np.random.default_rng(key)
+            if alt.random() < self.cfg.real_prob:
+                return self.real, int(self.real_usable[int(alt.integers(len(self.real_usable)))])
+        return self.labels, int(self.usable[int(rng.integers(len(self.usable)))])
+
+    def _face_photo(self, ls: LabelSet, i: int, rng: np.random.Generator, photo_rng: np.random.Generator,
+                    occlude: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str] | None:
+        """Photo ``i`` of pool ``ls`` read, occluded and graded (:meth:`_occlude_and_grade`; real photos keep their own
+        cover, kind :attr:`REAL_KIND`): ``(image, boxes, landmarks, main row, kind)``, None when unreadable."""
+        src = self._load(ls.paths[i])
+        if src is None:
+            return None
+        fb, fl = ls.faces_of(i)
+        m = int(ls.main[i] - ls.first[i])
+        real = ls is not self.labels
+        src, kind = self._occlude_and_grade(src, fl[m], rng, photo_rng, False if real else occlude)
+        return src, fb, fl, m, (self.REAL_KIND if real else kind)
+
     # ------------------------------------------------------------------------------------------------------
     def render(self, seed: int, occlude: bool | None = None) -> Scene:
         """Compose scene ``seed``. ``occlude``: None (each face with ``occlude_prob``), True (every face that
@@ -315,13 +349,10 @@ class SceneRenderer:
                 wa = self._paste(canvas, alpha_total, src, rect, M, rng)
                 self._cover(boxes, lms, occl, kinds, ignore, wa)
                 continue
-            i = int(self.usable[int(rng.integers(len(self.usable)))])
-            src = self._load(self.labels.paths[i])
-            fb, fl = self.labels.faces_of(i)
-            m = int(self.labels.main[i] - self.labels.first[i])
-            if src is None:
+            got = self._face_photo(*self._pick_photo(rng, [seed, j, 13]), rng, sub, occlude)
+            if got is None:
                 continue
-            src, kind = self._occlude_and_grade(src, fl[m], rng, sub, occlude)
+            src, fb, fl, m, kind = got
             b = fb[m]
             side = float(math.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
             c = (b[:2] + b[2:]) / 2 + rng.uniform(-0.15, 0.15, 2) * side
@@ -378,19 +409,16 @@ class SceneRenderer:
         """A tight crop of one photo at the top-left corner, black elsewhere (module doc)."""
         cfg, rng = self.cfg, np.random.default_rng([seed, 12])
         H, W = cfg.height, cfg.width
-        src = None
-        for _ in range(4):
-            i = int(self.usable[int(rng.integers(len(self.usable)))])
-            src = self._load(self.labels.paths[i])
-            if src is not None:
+        got = None
+        for k in range(4):
+            got = self._face_photo(*self._pick_photo(rng, [seed, 12, k, 13]), rng, rng, occlude)
+            if got is not None:
                 break
         canvas = np.zeros((H, W, 3), np.uint8)
-        if src is None:
+        if got is None:
             return Scene(canvas, np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, bool),
                          [], np.zeros((0, 4), np.float32))
-        fb, fl = self.labels.faces_of(i)
-        m = int(self.labels.main[i] - self.labels.first[i])
-        src, kind = self._occlude_and_grade(src, fl[m], rng, rng, occlude)
+        src, fb, fl, m, kind = got
         b = fb[m]
         face = float(math.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
         ratio = rng.uniform(*cfg.tight_ratio)

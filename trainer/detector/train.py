@@ -35,6 +35,11 @@ scenes as one photo cut tight around its face (:class:`~trainer.detector.scenes.
 draws that share of the occluders from the realistic synthesizer, with real masks harvested from the *harvest* part
 of the real photos (``--cutouts``, ``tools/harvest_occluders.py``; :class:`~trainer.detector.occlusion.OccluderSampler`).
 
+``--real-photos <folder> --real-prob P`` draws that share of the face photos from real masked photos: the *harvest* part
+of the real-photo split, pseudo-labelled once by ``--real-labeller`` (an LTDet bundle, default ``ltdet-v3``) and MTCNN
+(:mod:`trainer.detector.real_labels`; the validation part the evaluation scores is never read); they are cut tight,
+shrunk and pasted like the LFW / CelebA photos, without a synthetic occluder.
+
 ``--data astronaut`` trains on scikit-image's astronaut alone (tests, smoke runs; no data folder needed).
 """
 from __future__ import annotations
@@ -89,6 +94,10 @@ class DetTrainConfig:
     tight_prob: float = 0.0  #: share of scenes that are one photo cut tight around its face (real-photo framing)
     realistic_prob: float = 0.0  #: share of occluders from the realistic synthesizer (surgical, cloth, harvested...)
     cutouts: str = ""  #: harvested real masks (tools/harvest_occluders.py, harvest part) for realistic occluders
+    real_photos: str = ""  #: real-photo dataset folder (with_mask/): its harvest part, pseudo-labelled, as face photos
+    real_prob: float = 0.0  #: share of face photos drawn from the pseudo-labelled real masked photos (--real-photos)
+    real_labeller: str = "ltdet-v3"  #: LTDet bundle (folder or built-in name) that pseudo-labels them, with MTCNN
+    real_cache: str = ""  #: pseudo-label file; empty = out/detector/realmask_<labeller name>.npz
     lmk_weight: float = 2.0  #: weight of the landmark loss
     workers: int = 1  #: DataLoader worker processes rendering scenes
     threads: int = 2  #: torch intra-op threads
@@ -179,8 +188,15 @@ def train(cfg: DetTrainConfig) -> dict:
     torch.set_num_threads(max(1, cfg.threads))
     labels, table = load_train_labels(cfg.data, cfg.cache, cfg.per_identity)
     log.info("training faces: %d images", len(labels))
+    real = None
+    if cfg.real_prob > 0:
+        from trainer.detector.real_labels import build_or_load_real
+
+        cache = cfg.real_cache or f"out/detector/realmask_{Path(cfg.real_labeller).name}.npz"
+        real = build_or_load_real(cfg.real_photos, cfg.real_labeller, cache, progress=cfg.progress)
+        log.info("real masked photos: %d with a sure face (%s)", len(real), cache)
     renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob, cfg.tight_prob,
-                              cfg.realistic_prob, cfg.cutouts)
+                              cfg.realistic_prob, cfg.cutouts, real, cfg.real_prob)
 
     def make(ctx: DistContext, ck) -> DetectorPlugin:
         torch.manual_seed(cfg.seed)  # the same initial weights (init "random") in every run
@@ -197,7 +213,12 @@ def _check(cfg: DetTrainConfig) -> None:
                          "name) / .onnx / run folder")
     if cfg.realistic_prob > 0 and cfg.cutouts and not Path(cfg.cutouts).is_dir():
         raise SystemExit(f"--cutouts folder not found: {cfg.cutouts}")
-    for name in ("tight_prob", "realistic_prob", "occlude_prob"):
+    if cfg.real_prob > 0 and not (Path(cfg.real_photos) / "with_mask").is_dir():
+        raise SystemExit(f"--real-prob needs --real-photos, the real-photo dataset folder with with_mask/ "
+                         f"(tools/get_extra_data.py --source face-mask-detection); got {cfg.real_photos!r}")
+    if cfg.real_prob > 0 and not Path(cfg.real_labeller).is_dir() and bundle_ref(cfg.real_labeller) is None:
+        raise SystemExit(f"--real-labeller: {cfg.real_labeller} is not an LTDet bundle (folder or built-in name)")
+    for name in ("tight_prob", "realistic_prob", "occlude_prob", "real_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(cfg, name)}")
 
