@@ -230,7 +230,9 @@ class LTDetDetector:
             w, h = max(1, round(W * s)), max(1, round(H * s))
             if min(w, h) < 16:
                 continue
-            img = bgr if (w, h) == (W, H) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+            # shrink area-averaged; enlarge bilinearly (INTER_AREA enlarges nearest-neighbour: blocky small photos)
+            how = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+            img = bgr if (w, h) == (W, H) else cv2.resize(bgr, (w, h), interpolation=how)
             sc, bx, lm = self._run(img)
             k = sc >= cfg.score_threshold
             if not k.any():

@@ -225,3 +225,25 @@ def test_ltdet_upscales_small_frames_only(monkeypatch):
     for bad in ({"upscale_below": 8}, {"upscale": 1.0}, {"upscale": 5.0}):
         with pytest.raises(ValueError):
             LTDetConfig(**bad)
+
+
+def test_small_photos_are_enlarged_bilinearly_and_large_ones_shrunk_by_area(monkeypatch):
+    """The ``upscale_below`` pass enlarges bilinearly (nearest-neighbour blocks cost real masked photos: ``ltdet-v3``
+    found 89.8 vs 90.7% of the validation part); shrinking stays area-averaged."""
+    import cv2
+
+    import sdk.detect_onnx as d
+    from sdk.bundle import BUILTIN_DIR
+
+    seen = []
+    real_resize = cv2.resize
+
+    def spy(img, size, interpolation=None, **kw):
+        seen.append((img.shape[1] < size[0], interpolation))
+        return real_resize(img, size, interpolation=interpolation, **kw)
+
+    det = d.LTDetDetector(BUILTIN_DIR / "ltdet-v1" / "detector.onnx", d.LTDetConfig(upscale_below=320, threads=1))
+    monkeypatch.setattr(d.cv2, "resize", spy)
+    det.detect(np.zeros((200, 300, 3), np.uint8))
+    assert (True, cv2.INTER_LINEAR) in seen and (False, cv2.INTER_AREA) in seen
+    assert all(interp == (cv2.INTER_LINEAR if up else cv2.INTER_AREA) for up, interp in seen)

@@ -104,6 +104,10 @@ def test_pseudo_labels_are_cached_and_used_as_covered_faces(real_dataset, tmp_pa
     monkeypatch.setattr(rl, "pseudo_label", boom)
     again = rl.build_or_load_real(root, "ltdet-v3", cache, progress=False)
     assert again.paths.tolist() == ls.paths.tolist()
+    with pytest.raises(AssertionError, match="labelled again"):  # another labeller's labels are not reused
+        rl.build_or_load_real(root, "ltdet-v2", cache, progress=False)
+    with pytest.raises(AssertionError, match="labelled again"):  # nor other settings
+        rl.build_or_load_real(root, "ltdet-v3", cache, rl.PseudoLabelConfig(small_side=200), progress=False)
 
     labels, table = astronaut_set
     r = scene_renderer(labels, table, 160, None, occlude_prob=0.0, tight_prob=0.5, real=ls, real_prob=1.0)
@@ -152,3 +156,22 @@ def test_tiny_training_run_with_real_photos(real_dataset, tmp_path, monkeypatch)
                          real_prob=0.5, real_cache=str(tmp_path / "real.npz"), tight_prob=0.5, lr=1e-3, warmup=1)
     out = train(cfg)
     assert out["steps"] == 2 and np.isfinite(out["final"]["loss"]) and (tmp_path / "real.npz").is_file()
+
+
+def test_lowres_scenes_keep_their_labels_and_zero_changes_nothing(astronaut_set):
+    from trainer.detector.data import scene_renderer
+
+    labels, table = astronaut_set
+    a = scene_renderer(labels, table, 160, None)
+    b = scene_renderer(labels, table, 160, None, lowres_prob=0.0)
+    c = scene_renderer(labels, table, 160, None, lowres_prob=1.0)
+    for seed in range(4):
+        sa, sb, sc = a.render(seed), b.render(seed), c.render(seed)
+        assert sa.image.tobytes() == sb.image.tobytes()
+        assert sc.image.shape == sa.image.shape and sc.image.tobytes() != sa.image.tobytes()
+        assert np.array_equal(sc.boxes, sa.boxes) and np.array_equal(sc.landmarks, sa.landmarks)
+        # shrunk and enlarged back: less fine detail than the sharp scene
+        lap = [float(np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_BGR2GRAY), cv2.CV_32F)).mean())
+               for x in (sa.image, sc.image)]
+        assert lap[1] < lap[0]
+

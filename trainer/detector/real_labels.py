@@ -8,7 +8,8 @@ This module labels the real masked photos of the **harvest** part of the real-ph
 shrink them and paste them like the labelled LFW / CelebA photos (:class:`trainer.detector.scenes.SceneRenderer`'s
 ``real`` pool).
 
-Labelling (:func:`pseudo_label`): each photo, downscaled to at most ``side`` px (the size the evaluation sees), is run
+Labelling (:func:`pseudo_label`): each photo, downscaled to at most ``side`` px (the size the evaluation sees) or, when
+small, enlarged (:class:`PseudoLabelConfig`), is run
 through a trained LTDet bundle (boxes + its refined landmarks, faces scoring >= ``keep_score``) and MTCNN (the SDK's,
 faces scoring >= ``mtcnn_score``); faces found by both are merged (LTDet's box and points kept), faces found by one
 are kept too, so that no found face is taught as background. A photo is used only when it has a *main* face that one
@@ -16,12 +17,14 @@ detector is sure of (LTDet >= ``main_score`` or MTCNN >= ``mtcnn_main_score``): 
 and points are stored in the photo's own pixels (the compositor reads the file at full size).
 
 The result is an ordinary :class:`~trainer.detector.labels.LabelSet` (source ``"realmask"``, identity
-``"realmask:<sha1>"``), cached as one ``.npz`` next to the other label files.
+``"realmask:<sha1>"``), cached as one ``.npz`` next to the other label files, with a ``.json`` naming the labeller and
+its settings.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -39,7 +42,9 @@ SOURCE = "realmask"
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
-    """How real photos are pseudo-labelled (module doc). Scores in [0, 1]; ``side`` in px."""
+    """How real photos are pseudo-labelled (module doc). Scores in [0, 1]; sizes in px: photos are labelled at most
+    ``side`` px long, and photos shorter than ``small_side`` are enlarged to it (at most ``max_enlarge`` x: their faces are
+    often 10-20 px, which both detectors find more surely when enlarged)."""
 
     keep_score: float = 0.6
     main_score: float = 0.9
@@ -47,6 +52,8 @@ class PseudoLabelConfig:
     mtcnn_main_score: float = 0.97
     merge_iou: float = 0.4
     side: int = 640
+    small_side: int = 320
+    max_enlarge: float = 4.0
 
 
 def real_photo_items(root: str | Path, part: str = "harvest", split: str | Path | None = None
@@ -135,7 +142,10 @@ def pseudo_label(items: list[tuple[str, str, str]], labeller: str, cfg: PseudoLa
         if img is not None and min(img.shape[:2]) >= 24:
             h, w = img.shape[:2]
             f = min(1.0, cfg.side / max(h, w))
-            small = img if f == 1.0 else cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            if max(h, w) < cfg.small_side:
+                f = min(cfg.max_enlarge, cfg.small_side / max(h, w))
+            small = img if f == 1.0 else cv2.resize(img, None, fx=f, fy=f,
+                                                    interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
             lt = arrays(lt_det.detect(small), f)
             mt = arrays([x for x in mt_det.detect(small) if x.score >= cfg.mtcnn_score], f)
             b, lm, sure, m = merge_faces(lt, mt, cfg, w, h)
@@ -155,16 +165,19 @@ def pseudo_label(items: list[tuple[str, str, str]], labeller: str, cfg: PseudoLa
 
 def build_or_load_real(root: str | Path, labeller: str, cache: str | Path,
                        cfg: PseudoLabelConfig = PseudoLabelConfig(), progress: bool = True) -> LabelSet:
-    """The pseudo-labels of the harvest part's masked photos under ``root``: read from ``cache`` when it exists and
-    lists the same photos, else computed (:func:`pseudo_label`) and written there. Only photos with a main face are
-    returned."""
+    """The pseudo-labels of the harvest part's masked photos under ``root``: read from ``cache`` when it exists, lists
+    the same photos and was made by the same labeller and settings (``<cache>.json``), else computed
+    (:func:`pseudo_label`) and written there. Only photos with a main face are returned."""
     items = real_photo_items(root)
     cache = Path(cache)
+    meta_path = cache.with_suffix(".json")
+    meta = {"labeller": str(labeller), "config": asdict(cfg)}
     ls = None
     if cache.is_file():
         ls = load_labels(cache)
-        if sorted(map(str, ls.identities)) != sorted(i for _, i, _ in items):
-            log.info("%s lists other photos; labelling again", cache)
+        old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        if sorted(map(str, ls.identities)) != sorted(i for _, i, _ in items) or old != meta:
+            log.info("%s holds other photos or another labeller's labels; labelling again", cache)
             ls = None
         else:
             # the same photos, maybe at another path: point at this root's files
@@ -174,5 +187,6 @@ def build_or_load_real(root: str | Path, labeller: str, cache: str | Path,
         ls = pseudo_label(items, labeller, cfg, progress)
         cache.parent.mkdir(parents=True, exist_ok=True)
         ls.save(cache)
+        meta_path.write_text(json.dumps(meta, indent=1))
         log.info("pseudo-labels written: %s", cache)
     return ls.subset(ls.main >= 0)

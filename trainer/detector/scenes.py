@@ -16,6 +16,9 @@ may be cut off, down to eyes and mask), scaled to a side of 24 px up to the scen
 corner with black elsewhere -- what the detector sees when such a photo is padded to a multiple of 32. Faces with
 at least 25 % of their box inside the crop are labels (boxes may reach past the crop's edge).
 
+**Small photos enlarged** (``lowres_prob``): a share of composed scenes is shrunk and enlarged back, as a 100-300 px
+photo is when the detector runs it at 2x.
+
 Backgrounds are non-face images that ship with scikit-image, split into a training and an evaluation pool
 (:data:`TRAIN_BACKGROUNDS`, :data:`EVAL_BACKGROUNDS`), plus procedurally rendered textures.
 """
@@ -124,6 +127,10 @@ class SceneConfig:
             the same as without the option.
         tight_ratio: (min, max) crop side / face size of tight crops.
         tight_face_px: (min, max) face size in tight crops, drawn log-uniformly (the crop side follows).
+        lowres_prob: probability that a composed scene is shown as a small photo enlarged: shrunk by
+            ``lowres_factor`` (drawn uniformly) and enlarged back, nearest-neighbour or bilinear (what the detector's
+            ``upscale_below`` pass sees); drawn from its own stream, 0 keeps every scene the same.
+        lowres_factor: (min, max) shrink factor of ``lowres_prob``.
         real_prob: probability that a face photo (pasted or cut tight) comes from the renderer's ``real`` pool
             (pseudo-labelled real masked photos: no synthetic occluder is added, kind ``"realmask"``); 0 keeps every
             scene the same as without the option.
@@ -150,6 +157,8 @@ class SceneConfig:
     tight_prob: float = 0.0
     tight_ratio: tuple[float, float] = (0.55, 1.4)
     tight_face_px: tuple[float, float] = (18.0, 150.0)
+    lowres_prob: float = 0.0
+    lowres_factor: tuple[float, float] = (0.3, 0.7)
     real_prob: float = 0.0
 
 
@@ -394,6 +403,8 @@ class SceneRenderer:
                 else:
                     ignore.append(bb)
         img = self._finish(canvas, rng)
+        if cfg.lowres_prob > 0:
+            img = self._lowres(img, np.random.default_rng([seed, 14]))
         bx = np.array(boxes, np.float32).reshape(-1, 4)
         lm = np.array(lms, np.float32).reshape(-1, 5, 2)
         ig = np.array(ignore, np.float32).reshape(-1, 4)
@@ -464,6 +475,17 @@ class SceneRenderer:
                 ignore.append(bb)
         return Scene(canvas, np.array(boxes, np.float32).reshape(-1, 4), np.array(lms, np.float32).reshape(-1, 5, 2),
                      np.array(occl, bool), kinds, np.array(ignore, np.float32).reshape(-1, 4))
+
+    def _lowres(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``img`` shrunk and enlarged back with ``lowres_prob`` (:class:`SceneConfig`), else as it is."""
+        cfg = self.cfg
+        if rng.random() >= cfg.lowres_prob:
+            return img
+        H, W = img.shape[:2]
+        f = rng.uniform(*cfg.lowres_factor)
+        small = cv2.resize(img, (max(8, round(W * f)), max(8, round(H * f))), interpolation=cv2.INTER_AREA)
+        how = cv2.INTER_NEAREST if rng.random() < 0.5 else cv2.INTER_LINEAR
+        return np.ascontiguousarray(cv2.resize(small, (W, H), interpolation=how))
 
     def _finish(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg
