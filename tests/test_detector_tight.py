@@ -119,10 +119,10 @@ def test_bad_fine_tuning_flags_are_clear_errors(tmp_path):
         main(base + ["--tight-prob", "2"])
 
 
-@pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
-def test_builtin_ltdet_v3_finds_a_tight_masked_crop_and_identifies_her(astronaut_bgr):
-    """``ltdet-v3`` (the fine-tuned net + ltdet-v2's refiner, small photos at 2x): the masked astronaut cut tight
-    around her face (a square 0.6x her face box: forehead and chin off the edge, 128 px, the framing of many real
+@pytest.mark.parametrize("name", ["ltdet-v3", "ltdet-v4"])
+def test_builtin_ltdet_finds_a_tight_masked_crop_and_identifies_her(astronaut_bgr, name):
+    """``ltdet-v3`` / ``ltdet-v4`` (fine-tuned nets + ltdet-v2's refiner, small photos at 2x): the masked astronaut
+    cut tight around her face (a square 0.6x her face box: forehead and chin off the edge, 128 px, the framing of many real
     masked photos) is found, where ``ltdet-v2`` and MTCNN find nothing; the masked full photo matches her enrolled
     one above the bundle's occluded-probe threshold."""
     import cv2
@@ -132,7 +132,9 @@ def test_builtin_ltdet_v3_finds_a_tight_masked_crop_and_identifies_her(astronaut
     from sdk.detect import MTCNNDetector
     from sdk.occluders import draw_surgical_mask
 
-    spec = load_bundle("ltdet-v3").stages["detect"]
+    if not (ROOT / "sdk" / "models" / name / "manifest.json").is_file():
+        pytest.skip(f"{name} not built")
+    spec = load_bundle(name).stages["detect"]
     assert spec.kind == "ltdet" and "refiner" in spec.files and spec.config["upscale_below"] == 320
     face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
     masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
@@ -140,7 +142,7 @@ def test_builtin_ltdet_v3_finds_a_tight_masked_crop_and_identifies_her(astronaut
     cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 0.6 * max(x2 - x1, y2 - y1)
     crop = masked[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
     crop = cv2.resize(crop, (128, 128), interpolation=cv2.INTER_AREA)
-    rec = sdk.Recognizer("ltdet-v3")
+    rec = sdk.Recognizer(name)
     assert len(rec.detect(crop)) == 1
     assert sdk.Recognizer("ltdet-v2").detect(crop) == [] and MTCNNDetector.from_package().detect(crop) == []
     rec.enroll("eileen", astronaut_bgr)

@@ -43,8 +43,8 @@ SOURCE = "realmask"
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     """How real photos are pseudo-labelled (module doc). Scores in [0, 1]; sizes in px: photos are labelled at most
-    ``side`` px long, and photos shorter than ``small_side`` are enlarged to it (at most ``max_enlarge`` x: their faces are
-    often 10-20 px, which both detectors find more surely when enlarged)."""
+    ``side`` px long, and photos shorter than ``small_side`` are enlarged to it (at most ``max_enlarge`` x: their faces
+    are often 10-20 px, which both detectors find more surely when enlarged)."""
 
     keep_score: float = 0.6
     main_score: float = 0.9

@@ -304,7 +304,8 @@ class SceneRenderer:
 
     def _pick_photo(self, rng: np.random.Generator, key: list[int]) -> tuple[LabelSet, int]:
         """``(pool, image index)`` of the next face photo: the real pool with ``real_prob`` (drawn from its own
-        stream ``key``, so ``real_prob`` 0 leaves ``rng`` untouched), else a labelled LFW / CelebA photo from ``rng``."""
+        stream ``key``, so ``real_prob`` 0 leaves ``rng`` untouched), else a labelled LFW / CelebA photo from
+        ``rng``."""
         if self.cfg.real_prob > 0:
             alt = np.random.default_rng(key)
             if alt.random() < self.cfg.real_prob:
