@@ -28,17 +28,20 @@ def real_dataset(tmp_path_factory, astronaut_bgr):
 
     root = tmp_path_factory.mktemp("realmask")
     (root / "with_mask").mkdir()
+    (root / "without_mask").mkdir()
     face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
     masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
     x1, y1, x2, y2 = face.box.astype(int)
     photos = {"a.jpg": (masked, "harvest"), "b.png": (masked[max(0, y1 - 40):y2 + 40, max(0, x1 - 40):x2 + 40],
                                                        "harvest"),
-              "v.jpg": (masked, "validation"), "blank.png": (np.full((200, 200, 3), 90, np.uint8), "harvest")}
+              "v.jpg": (masked, "validation"), "blank.png": (np.full((200, 200, 3), 90, np.uint8), "harvest"),
+              "v2.png": (np.full((200, 200, 3), 90, np.uint8), "validation")}
     rows = []
-    for name, (img, part) in photos.items():
-        cv2.imwrite(str(root / "with_mask" / name), img)
-        rows.append({"folder": "with_mask", "name": name, "part": part, "group": len(rows),
-                     "sha1": hashlib.sha1((root / "with_mask" / name).read_bytes()).hexdigest()})
+    for name, (img, part) in list(photos.items()) + [("u.jpg", (astronaut_bgr, "validation"))]:
+        folder = "without_mask" if name == "u.jpg" else "with_mask"
+        cv2.imwrite(str(root / folder / name), img)
+        rows.append({"folder": folder, "name": name, "part": part, "group": len(rows),
+                     "sha1": hashlib.sha1((root / folder / name).read_bytes()).hexdigest()})
     split = root / "split.json"
     split.write_text(json.dumps({"files": rows}))
     return root, split
@@ -175,3 +178,25 @@ def test_lowres_scenes_keep_their_labels_and_zero_changes_nothing(astronaut_set)
                for x in (sa.image, sc.image)]
         assert lap[1] < lap[0]
 
+
+
+@pytest.mark.skipif(not HAVE_V3, reason="ltdet-v3 not built")
+def test_real_photo_check_counts_validation_photos_only(real_dataset, tmp_path):
+    """``tools/check_real_photos.py``: the validation part's photos with a face at the bundle's threshold; the blank
+    one is a miss, and the harvest part is not read."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from check_real_photos import main
+    finally:
+        sys.path.pop(0)
+    root, split = real_dataset
+    out = tmp_path / "check.json"
+    assert main(["--model", "ltdet-v3", "--photos", str(root), "--split", str(split), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["threshold"] == 0.75
+    assert res["with_mask"] == {"photos": 2, "found": 1, "found_pct": 50.0, "missed": ["v2.png"]}
+    assert res["without_mask"]["photos"] == 1 and res["without_mask"]["found"] == 1
+    with pytest.raises(SystemExit, match="no validation photos"):
+        main(["--model", "ltdet-v3", "--photos", str(tmp_path), "--split", str(split)])
