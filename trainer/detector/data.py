@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
