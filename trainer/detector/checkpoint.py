@@ -23,7 +23,8 @@ from trainer.checkpoints import CheckpointError, Checkpoint, find_checkpoint, lo
 from trainer.detector.data import PREPROCESS
 from trainer.detector.model import DetectorNet, NetConfig
 
-__all__ = ["FINAL", "KIND", "bundle_ref", "load_net", "load_detector", "load_trained_net", "net_meta", "save_net"]
+__all__ = ["FINAL", "KIND", "bundle_ref", "load_net", "load_detector", "load_trained_net", "ltdet_spec", "net_meta",
+           "save_net"]
 
 KIND = "detector"
 #: the trained net's checkpoint stem in a run folder
@@ -119,6 +120,23 @@ def bundle_ref(path: str | Path) -> Path | str | None:
     return None
 
 
+def ltdet_spec(path: str | Path):
+    """The ``ltdet`` detect stage (:class:`sdk.bundle.StageSpec`) of the bundle ``path`` (folder or built-in name), None
+    when ``path`` names no bundle.
+
+    Raises:
+        SystemExit: a bundle whose detect stage is not ``ltdet``."""
+    from sdk.bundle import load_bundle
+
+    ref = bundle_ref(path)
+    if ref is None:
+        return None
+    spec = load_bundle(ref).stages.get("detect")
+    if spec is None or spec.kind != "ltdet":
+        raise SystemExit(f"{path}: the detect stage is {getattr(spec, 'kind', None)!r}, not ltdet")
+    return spec
+
+
 def load_trained_net(path: str | Path) -> DetectorNet:
     """The trained LTDet net from a bundle folder or built-in bundle name (its detect stage's ``model`` file, found
     by the SDK's bundle loader), an LTDet ``.onnx`` file (:func:`~trainer.detector.model.net_from_onnx`) or a
@@ -126,16 +144,12 @@ def load_trained_net(path: str | Path) -> DetectorNet:
 
     Raises:
         SystemExit: a bundle whose detect stage is not ``ltdet``."""
-    from sdk.bundle import load_bundle
     from sdk.stages import file_of
     from trainer.detector.model import net_from_onnx
 
     p = Path(path)
-    ref = bundle_ref(path)
-    if ref is not None:
-        spec = load_bundle(ref).stages.get("detect")
-        if spec is None or spec.kind != "ltdet":
-            raise SystemExit(f"{path}: the detect stage is {getattr(spec, 'kind', None)!r}, not ltdet")
+    spec = ltdet_spec(path)
+    if spec is not None:
         p = file_of(spec, "model")
     if p.suffix == ".onnx":
         return net_from_onnx(p)

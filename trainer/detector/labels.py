@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LabelSet", "is_eval_identity", "label_images", "load_labels"]
+__all__ = ["LabelSet", "is_eval_identity", "label_images", "load_labels", "main_face"]
 
 
 def is_eval_identity(identity: str, percent: int = 20) -> bool:
@@ -79,7 +79,8 @@ def load_labels(path: str | Path) -> LabelSet:
         return LabelSet(**{k: z[k] for k in LabelSet.__dataclass_fields__})
 
 
-def _main_face(boxes: np.ndarray, w: int, h: int) -> int:
+def main_face(boxes: np.ndarray, w: int, h: int) -> int:
+    """Row of the main face among ``boxes`` (N, 4) of a ``w`` x ``h`` photo: the largest near the centre; -1 if none."""
     if len(boxes) == 0:
         return -1
     side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
@@ -104,7 +105,7 @@ def label_images(items: list[tuple[str, str, str]], min_score: float = 0.9) -> L
         first.append(n)
         count.append(len(faces))
         b = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
-        m = _main_face(b, *(img.shape[1::-1] if img is not None else (1, 1)))
+        m = main_face(b, *(img.shape[1::-1] if img is not None else (1, 1)))
         main.append(n + m if m >= 0 else -1)
         boxes.append(b)
         lms.append(np.array([f.landmarks for f in faces], np.float32).reshape(-1, 5, 2))

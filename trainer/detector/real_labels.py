@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from trainer.detector.labels import LabelSet, load_labels
+from sdk.track import iou_matrix
+from trainer.detector.labels import LabelSet, load_labels, main_face
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,11 @@ def real_photo_items(root: str | Path, part: str = "harvest", split: str | Path 
     return [(str(p), f"{SOURCE}:{sha}", SOURCE) for p, sha in rows]
 
 
-def _nms_union(a_boxes: np.ndarray, b_boxes: np.ndarray, iou: float) -> np.ndarray:
+def _unmatched(a_boxes: np.ndarray, b_boxes: np.ndarray, iou: float) -> np.ndarray:
     """For each box of ``b`` (M, 4), True when no box of ``a`` (N, 4) overlaps it by more than ``iou``."""
     if len(a_boxes) == 0 or len(b_boxes) == 0:
         return np.ones(len(b_boxes), bool)
-    x1 = np.maximum(a_boxes[:, None, 0], b_boxes[None, :, 0])
-    y1 = np.maximum(a_boxes[:, None, 1], b_boxes[None, :, 1])
-    x2 = np.minimum(a_boxes[:, None, 2], b_boxes[None, :, 2])
-    y2 = np.minimum(a_boxes[:, None, 3], b_boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
-    ov = inter / np.maximum(area(a_boxes)[:, None] + area(b_boxes)[None] - inter, 1e-9)
-    return ov.max(0) <= iou
+    return iou_matrix(a_boxes, b_boxes).max(0) <= iou
 
 
 def merge_faces(lt: tuple[np.ndarray, np.ndarray, np.ndarray], mt: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -90,21 +84,17 @@ def merge_faces(lt: tuple[np.ndarray, np.ndarray, np.ndarray], mt: tuple[np.ndar
     first; an MTCNN face is added when it overlaps none of them by more than ``cfg.merge_iou``."""
     lb, ll, ls = lt
     mb, ml, ms = mt
-    add = _nms_union(lb, mb, cfg.merge_iou)
+    add = _unmatched(lb, mb, cfg.merge_iou)
     boxes = np.concatenate([lb, mb[add]]).astype(np.float32).reshape(-1, 4)
     lms = np.concatenate([ll, ml[add]]).astype(np.float32).reshape(-1, 5, 2)
     sure_lt = ls >= cfg.main_score
     # an LTDet face MTCNN is sure of is sure too
     if len(lb) and len(mb):
-        sure_mt_of_lt = ~_nms_union(mb[ms >= cfg.mtcnn_main_score], lb, cfg.merge_iou)
+        sure_mt_of_lt = ~_unmatched(mb[ms >= cfg.mtcnn_main_score], lb, cfg.merge_iou)
         sure_lt = sure_lt | sure_mt_of_lt
     sure = np.concatenate([sure_lt, ms[add] >= cfg.mtcnn_main_score]).astype(bool)
-    if not sure.any():
-        return boxes, lms, sure, -1
-    side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    d = np.hypot(c[:, 0] - w / 2, c[:, 1] - h / 2) / max(w, h)
-    return boxes, lms, sure, int(np.argmax(np.where(sure, side * (1.0 - d), -np.inf)))
+    m = main_face(boxes[sure], w, h)  # the main face among the sure ones
+    return boxes, lms, sure, int(np.flatnonzero(sure)[m]) if m >= 0 else -1
 
 
 def pseudo_label(items: list[tuple[str, str, str]], labeller: str, cfg: PseudoLabelConfig = PseudoLabelConfig(),
@@ -112,17 +102,12 @@ def pseudo_label(items: list[tuple[str, str, str]], labeller: str, cfg: PseudoLa
     """Label ``items`` (``(path, identity, source)``) with the LTDet bundle ``labeller`` (folder or built-in name) and
     MTCNN (module doc). Unreadable photos and photos without a main face get ``main = -1``."""
     from sdk._registry import build_stage
-    from sdk.bundle import load_bundle
     from sdk.detect import DetectorConfig, MTCNNDetector
+    from trainer.detector.checkpoint import ltdet_spec
 
-    from trainer.detector.checkpoint import bundle_ref
-
-    ref = bundle_ref(labeller)
-    if ref is None:
+    spec = ltdet_spec(labeller)
+    if spec is None:
         raise SystemExit(f"{labeller}: not an LTDet bundle (folder or built-in name)")
-    spec = load_bundle(ref).stages["detect"]
-    if spec.kind != "ltdet":
-        raise SystemExit(f"{labeller}: the detect stage is {spec.kind!r}, not ltdet")
     lt_det = build_stage(spec, {"score_threshold": cfg.keep_score, "threads": 1})
     mt_det = MTCNNDetector.from_package(DetectorConfig(threads=1))
 

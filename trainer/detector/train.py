@@ -217,7 +217,7 @@ def _check(cfg: DetTrainConfig) -> None:
     if cfg.real_prob > 0 and not (Path(cfg.real_photos) / "with_mask").is_dir():
         raise SystemExit(f"--real-prob needs --real-photos, the real-photo dataset folder with with_mask/ "
                          f"(tools/get_extra_data.py --source face-mask-detection); got {cfg.real_photos!r}")
-    if cfg.real_prob > 0 and not Path(cfg.real_labeller).is_dir() and bundle_ref(cfg.real_labeller) is None:
+    if cfg.real_prob > 0 and bundle_ref(cfg.real_labeller) is None:
         raise SystemExit(f"--real-labeller: {cfg.real_labeller} is not an LTDet bundle (folder or built-in name)")
     for name in ("tight_prob", "realistic_prob", "occlude_prob", "real_prob", "lowres_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
