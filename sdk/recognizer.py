@@ -233,7 +233,7 @@ class Recognizer:
         return self._run(as_bgr(frame), faces, until="segment").occlusion
 
     def embed_faces(self, frame: np.ndarray, faces: Sequence[Face], *,
-                    timings: dict[str, float] | None = None) -> np.ndarray:
+                    timings: dict[str, float] | None = None, occlusion: list | None = None) -> np.ndarray:
         """``(N, template_dim)`` float32 unit-norm gallery templates for ``faces`` of ``frame``, after the same face
         stages as :meth:`identify` (with a complete stage, occluded faces are completed first): the embeddings
         (``template_dim == embedder.dim``), or with ``match.mask_aware`` the full and upper-face views side by side
@@ -241,8 +241,12 @@ class Recognizer:
 
         Args:
             timings: a dict to add per-stage seconds to (keys from :data:`STAGE_NAMES`).
+            occlusion: a list to append each face's occlusion probability to (``None`` each without a segment
+                stage; see :meth:`is_occluded`), from the same pass -- :meth:`occlusion` would run the stages again.
         """
         batch = self._run(as_bgr(frame), faces, timings)
+        if occlusion is not None:
+            occlusion.extend(batch.occlusion)
         return self._templates(batch, np.ones(len(batch.faces), bool))
 
     def _templates(self, batch: FaceBatch, upper_for: np.ndarray) -> np.ndarray:

@@ -147,3 +147,55 @@ def test_real_mask_protocol(tiny_real, tmp_path):
     md = (out / "report.md").read_text()
     assert "Detector recall" in md and "Segmenter on occluders pasted" in md
     assert (out / "real_mask.png").stat().st_size > 1000 and (out / "examples.png").is_file()
+
+
+def test_wild_lfw_paints_on_the_photo_and_counts_lost_faces(tiny_lfw, cutouts, tmp_path):  # noqa: F811
+    """``--protocol wild-lfw``: every bundle end to end on photos with the held-out occluder painted before detection;
+    rows per bundle, found rates, a face not found scores -1, the MTCNN reference cached once."""
+    out = tmp_path / "wild"
+    args = ["--protocol", "wild-lfw", "--data", str(tiny_lfw), "--occluders", str(cutouts), "--model", "default",
+            "--compare", "ltdet-v3", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    assert evaluate_main(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    res, meta = rep["results"], rep["meta"]
+    assert set(res) == {f"{b}: {c}" for b in ("default-v2", "ltdet-v3")
+                        for c in ("unmasked", "heldout (probe, on photo)")}
+    assert meta["reference faces"] == meta["photos"] == 8 and meta["pairs"] == 8
+    for b in ("default-v2", "ltdet-v3"):
+        assert res[f"{b}: unmasked"]["verification"]["accuracy_mean"] == 1.0
+        assert meta["faces found"][b]["clean photos (%)"] == 100.0
+        row = res[f"{b}: heldout (probe, on photo)"]
+        assert 0.0 <= row["verification"]["accuracy_mean"] <= 1.0 and len(row["tar_at_far"]) == 2
+        lost = 100.0 - meta["faces found"][b]["masked photos (%)"]
+        assert (row["pairs with a face not found (%)"] > 0) == (lost > 0)
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "examples.png").stat().st_size > 1000
+    assert len(list((tmp_path / "cache").glob("wild-ref-*.npz"))) == 1
+    with pytest.raises(SystemExit, match="occluders"):
+        evaluate_main([a for a in args if a != str(cutouts) and a != "--occluders"])
+    with pytest.raises(SystemExit, match="--compare is for"):
+        evaluate_main(["--data", str(tiny_lfw), "--compare", "ltdet-v3", "--out", str(out)])
+
+
+def test_wild_lfw_painted_photo_and_face_matching(astronaut_bgr, cutouts):
+    import sdk
+    from trainer.eval.wild import MISSING, BundleRun, masked_photo, match_reference, pair_scores
+
+    rec = sdk.Recognizer("default")
+    face = max(rec.detect(astronaut_bgr), key=lambda f: f.width * f.height)
+    a = masked_photo(astronaut_bgr, face.landmarks, 5, None, str(cutouts))
+    assert a.shape == astronaut_bgr.shape and (a != astronaut_bgr).any()
+    assert np.array_equal(a, masked_photo(astronaut_bgr, face.landmarks, 5, None, str(cutouts)))  # seeded
+    box = np.asarray(face.box, np.float32)
+    assert match_reference([face], box) is face
+    shifted = Face(box + np.float32(box[2] - box[0]), face.landmarks, face.score)
+    big = Face(np.array([box[0] - 200, box[1] - 200, box[2] + 200, box[3] + 200], np.float32), face.landmarks, 0.9)
+    assert match_reference([shifted, big], box) is None
+    # a pair whose probe was not found scores MISSING, whatever the templates say
+    t = rec.embed_faces(astronaut_bgr, [face])
+    ok = BundleRun(np.ones(1, bool), t, np.zeros(1, bool), box[None])
+    lost = BundleRun(np.zeros(1, bool), t, np.zeros(1, bool), box[None])
+    idx = np.zeros(1, int)
+    s, thr = pair_scores(rec, ok, ok, idx, idx)
+    assert s[0] > 0.99 and s[0] >= thr[0]
+    s, _ = pair_scores(rec, ok, lost, idx, idx)
+    assert s[0] == MISSING

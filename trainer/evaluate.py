@@ -11,6 +11,9 @@ Any embedder (a bundle: the built-in ``baseline`` dlib teacher or a trained bund
 * ``--protocol real-mask``: real masked / unmasked photos (the validation part of the committed split): detector
   recall as photos and pasted into scenes, segmenter presence, segmenter IoU on occluders pasted with exact masks
   (``trainer/eval/realmask.py``).
+* ``--protocol wild-lfw``: LFW pairs with the held-out occluders painted on the probe *photo* before detection, each
+  bundle (``--model``, ``--compare``) end to end through ``sdk.Recognizer``: lost faces, landmarks under the mask,
+  the bundle's own occlusion call and thresholds (``trainer/eval/wild.py``).
 
 Conditions (``--conditions``, comma separated): ``unmasked``; ``template`` (real mask templates fitted to the
 landmarks, needs ``--templates``); one per synthesis category: ``simple``, ``complex``, ``human_body``,
@@ -368,12 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="dataset folder (LFW, or a folder-per-identity tree)")
-    p.add_argument("--protocol", choices=("lfw-pairs", "rank1", "heldout-lfw", "real-mask"), default="lfw-pairs",
+    p.add_argument("--protocol", choices=("lfw-pairs", "rank1", "heldout-lfw", "wild-lfw", "real-mask"),
+                   default="lfw-pairs",
                    help="lfw-pairs, rank1, heldout-lfw (LFW pairs with held-out occluder families, probe and both "
-                        "sides) or real-mask (real masked photos: detector recall, segmenter presence / IoU)")
+                        "sides), wild-lfw (the held-out occluders painted on the probe *photo*, before detection; "
+                        "every bundle end to end through sdk.Recognizer) or real-mask (real masked photos: detector "
+                        "recall, segmenter presence / IoU)")
     p.add_argument("--pairs", type=Path, help="pairs.txt (default: <data>/pairs.txt)")
     p.add_argument("--model", default=None, help="bundle whose embedder is evaluated (default: built-in baseline; "
-                                                 "real-mask: default, whose detector + segmenter are measured)")
+                                                 "real-mask and wild-lfw: default, whose detector + segmenter are "
+                                                 "measured too)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="BUNDLE",
+                   help="wild-lfw: more bundles measured in the same run on the same masked photos")
     p.add_argument("--conditions", default="unmasked,simple,block",
                    help=f"comma-separated, from {', '.join(CONDITIONS)} (default unmasked,simple,block)")
     p.add_argument("--templates", default=None, help="mask_templates folder (real masks); procedural masks without it")
@@ -409,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.model is None:
-        args.model = "default" if args.protocol == "real-mask" else "baseline"
+        args.model = "default" if args.protocol in ("real-mask", "wild-lfw") else "baseline"
+    if args.compare and args.protocol != "wild-lfw":
+        raise SystemExit("--compare is for --protocol wild-lfw")
     if args.protocol == "heldout-lfw" and args.conditions == build_parser().get_default("conditions"):
         args.conditions = "unmasked,heldout"
     args.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
@@ -431,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.eval.realmask import run_real_mask
 
         return run_real_mask(args, argv)
+    if args.protocol == "wild-lfw":
+        from trainer.eval.wild import run_wild_lfw
+
+        return run_wild_lfw(args, argv)
     bundle = load_bundle(args.model)
     detector = build_stage(bundle.stages["detect"], {"max_side": None})
     embedder = build_stage(bundle.stages["embed"])
