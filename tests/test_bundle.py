@@ -28,15 +28,23 @@ def test_previous_default_keeps_the_segmenter_and_the_baseline_embedder():
     assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
 
 
-def test_default_bundle_is_the_mask_aware_student():
-    """Issue #9.7: the default is maskaware-v3 (student-v4 + mask-aware matching + per-state thresholds) under its
-    own name, sharing the files of the built-in bundles (no second copy of the weights)."""
-    d, m, old = load_bundle(), load_bundle("maskaware-v3"), load_bundle("default-v1")
-    assert d.name == "default-v2" and d.mode == "occlusion-aware" and d.stages["complete"] is None
-    assert d.mask_aware == m.mask_aware and d.mask_aware is not None
-    assert d.stages["embed"].files["model"].path == m.stages["embed"].files["model"].path
-    assert d.stages["segment"].files["model"].path == old.stages["segment"].files["model"].path
-    assert d.threshold == m.threshold and d.operating_points == m.operating_points
+def test_default_bundle_is_ltdet_v3_and_default_v2_is_the_mask_aware_student():
+    """Issue #14: the default is ltdet-v3 (LTDet + refiner, then maskaware-v3's segmenter, student and mask-aware
+    matching) under its own name; the previous default stays as default-v2 (issue #9.7: maskaware-v3 with MTCNN).
+    Both share the files of the built-in bundles (no second copy of the weights)."""
+    d, v3, m, old = load_bundle(), load_bundle("ltdet-v3"), load_bundle("maskaware-v3"), load_bundle("default-v1")
+    assert d.name == "default-v3" and d.mode == "occlusion-aware" and d.stages["complete"] is None
+    assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v3.stages["detect"]
+    assert d.stages["embed"] == v3.stages["embed"] and d.stages["embed"].config["chip_landmarks"] == "mtcnn5"
+    assert d.threshold == v3.threshold and d.operating_points == v3.operating_points
+    assert d.match["min_det_score"] == v3.match["min_det_score"] == 0.75
+    prev = load_bundle("default-v2")
+    assert prev.name == "default-v2" and prev.stages["detect"].kind == "mtcnn"
+    for b in (d, prev):
+        assert b.mask_aware == m.mask_aware and b.mask_aware is not None
+        assert b.stages["embed"].files["model"].path == m.stages["embed"].files["model"].path
+        assert b.stages["segment"].files["model"].path == old.stages["segment"].files["model"].path
+    assert prev.threshold == m.threshold and prev.operating_points == m.operating_points
 
 
 def test_builtin_bundle_loads_in_baseline_mode():

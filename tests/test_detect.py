@@ -52,7 +52,7 @@ def _check_geometry(f: Face) -> None:
 def test_shipped_networks_are_the_bundles_and_the_record_is_the_manifests(det):
     """from_package() loads the files every built-in bundle names (same bytes), and every built-in manifest
     states the networks' input convention (PREPROCESS), which the cascade's normalisation is built from."""
-    for name in ("default", "baseline"):
+    for name in ("default-v2", "baseline", "default-v1"):  # the MTCNN bundles (the default detects with LTDet)
         spec = load_bundle(name).stages["detect"]
         for role in ("pnet", "rnet", "onet"):
             ref = spec.files[role]

@@ -62,8 +62,8 @@ def test_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "export", "triton", "--bundle", "default", "--out", str(tmp_path / "r")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "r" / "default_v2_segment" / "config.pbtxt").is_file()
-    assert (tmp_path / "r" / "default_v2_embed" / "config.pbtxt").is_file()
+    assert (tmp_path / "r" / "default_v3_segment" / "config.pbtxt").is_file()
+    assert (tmp_path / "r" / "default_v3_embed" / "config.pbtxt").is_file()
     bad = subprocess.run([sys.executable, "-m", "export", "triton", "--bundle", "baseline", "--out",
                           str(tmp_path / "b")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no ONNX stage" in bad.stderr

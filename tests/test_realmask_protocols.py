@@ -153,15 +153,15 @@ def test_wild_lfw_paints_on_the_photo_and_counts_lost_faces(tiny_lfw, cutouts, t
     """``--protocol wild-lfw``: every bundle end to end on photos with the held-out occluder painted before detection;
     rows per bundle, found rates, a face not found scores -1, the MTCNN reference cached once."""
     out = tmp_path / "wild"
-    args = ["--protocol", "wild-lfw", "--data", str(tiny_lfw), "--occluders", str(cutouts), "--model", "default",
-            "--compare", "ltdet-v3", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    args = ["--protocol", "wild-lfw", "--data", str(tiny_lfw), "--occluders", str(cutouts), "--model", "default-v2",
+            "--compare", "default", "--out", str(out), "--cache", str(tmp_path / "cache")]
     assert evaluate_main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     res, meta = rep["results"], rep["meta"]
-    assert set(res) == {f"{b}: {c}" for b in ("default-v2", "ltdet-v3")
+    assert set(res) == {f"{b}: {c}" for b in ("default-v2", "default-v3")
                         for c in ("unmasked", "heldout (probe, on photo)")}
     assert meta["reference faces"] == meta["photos"] == 8 and meta["pairs"] == 8
-    for b in ("default-v2", "ltdet-v3"):
+    for b in ("default-v2", "default-v3"):
         assert res[f"{b}: unmasked"]["verification"]["accuracy_mean"] == 1.0
         assert meta["faces found"][b]["clean photos (%)"] == 100.0
         row = res[f"{b}: heldout (probe, on photo)"]

@@ -51,15 +51,24 @@ def actor_tracks(scene, frames_tracks):
     return out
 
 
-def test_people_constants_match_the_detector(rec):
+@pytest.fixture(scope="module")
+def mtcnn_rec():
+    """The previous default (MTCNN + the same segmenter and student): PEOPLE holds MTCNN's boxes, and MTCNN's O-Net
+    is the detector with a ``refine`` (LTDet, today's default, re-detects in a crop instead)."""
+    from sdk.recognizer import Recognizer
+
+    return Recognizer("default-v2").prepare()
+
+
+def test_people_constants_match_the_detector(mtcnn_rec):
     for name, info in PEOPLE.items():
-        [f] = rec.detect(person_image(name))
+        [f] = mtcnn_rec.detect(person_image(name))
         np.testing.assert_allclose(f.box, info["box"], atol=1.0)
         np.testing.assert_allclose(f.landmarks, info["landmarks"], atol=1.0)
 
 
-def test_refine_follows_a_face_and_rejects_background(rec, astronaut_bgr):
-    det = rec.detector
+def test_refine_follows_a_face_and_rejects_background(mtcnn_rec, astronaut_bgr):
+    det = mtcnn_rec.detector
     [f0] = det.detect(astronaut_bgr)
     [same] = det.refine(astronaut_bgr, [f0.box])
     assert same.score > 0.99 and iou_matrix([f0.box], [same.box])[0, 0] > 0.9

@@ -199,7 +199,7 @@ def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_pat
     shutil.copytree(data, mine)
     paths = [str(s.path) for s in select_samples(mine, 10)]
     (mine / "camera" / "0.png").write_bytes(b"not a png")
-    embedder = build_stage(load_bundle(None).stages["embed"])
+    embedder = build_stage(load_bundle("baseline").stages["embed"])
     n = len(paths)
     eye = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
     status = np.zeros(n, np.int8)
@@ -211,7 +211,7 @@ def test_prepare_data_leaves_out_and_counts_unreadable_images(tiny_tree, tmp_pat
                np.tile(np.array([0, 0, 150, 150], np.float32), (n, 1)), eye, eye.copy()
                ).save(tmp_path / "cache" / f"aligned-{cache_key(paths, geometry)}.npz")
     teacher = DlibResNet.from_dat().eval()
-    det = build_stage(load_bundle(None).stages["detect"], {"max_side": None})
+    det = build_stage(load_bundle("baseline").stages["detect"], {"max_side": None})
     prep = prepare_data(student_cfg(data=str(mine), cache=str(tmp_path / "cache")), teacher, det, embedder)
     assert len(prep.paths) == 8 and str(mine / "camera" / "0.png") not in prep.paths
     assert prep.counts == {"images": 9, "detected": 7, "fallback_no_face": 1, "unreadable": 1, "used": 8}
@@ -311,8 +311,8 @@ def test_extra_unlabelled_faces_join_every_batch_and_exclusions_hold(tiny_tree, 
                 FaceEntry(paths[4], "utkface", None, "no_face")]
     write_face_list(entries, tmp_path / "list")
     (tmp_path / "exclude.txt").write_text(f"# test matches\n{paths[1]}\n{paths[8]}\n")
-    embedder = build_stage(load_bundle(None).stages["embed"])
-    det = build_stage(load_bundle(None).stages["detect"], {"max_side": None})
+    embedder = build_stage(load_bundle("baseline").stages["embed"])
+    det = build_stage(load_bundle("baseline").stages["detect"], {"max_side": None})
     cfg = student_cfg(data=str(data), cache=str(tmp_path / "cache"), extra_faces=str(tmp_path / "list/faces.jsonl"),
                       extra_per_batch=2, exclude=str(tmp_path / "exclude.txt"))
     import shutil

@@ -1,7 +1,8 @@
 """Cut real occluders out of the real masked photos into texture-space RGBA cutouts (never into the repository).
 
-Uses the SDK's detector and occlusion segmenter of ``--model`` (default: the built-in ``default`` bundle) and the
-committed split file: ``--part harvest`` cuts the training cutouts (family ``harvested``), ``--part validation`` the
+Uses the SDK's detector and occlusion segmenter of ``--model`` (default: the built-in ``default-v2`` bundle, MTCNN +
+segmenter: the bundle every committed cutout-based number was made with, pinned so that a rerun cuts the same
+cutouts now that ``default`` detects with LTDet) and the committed split file: ``--part harvest`` cuts the training cutouts (family ``harvested``), ``--part validation`` the
 evaluation-only ones (family ``real_val``; never used for training). See trainer/data/occluders/harvest.py.
 
     python tools/harvest_occluders.py --data /work/shared-extra/face_mask_detection/dataset \
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="cutout folder (outside the repository)")
     p.add_argument("--part", choices=("harvest", "validation"), required=True)
     p.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split file (default: the committed one)")
-    p.add_argument("--model", default="default", help="bundle whose detector + segmenter are used (default: default)")
+    p.add_argument("--model", default="default-v2",
+                   help="bundle whose detector + segmenter are used (default: default-v2, MTCNN; see above)")
     p.add_argument("--limit", type=int, default=0, help="first N photos only (0 = all)")
     p.add_argument("--min-eye-dist", type=float, default=24.0, help="skip faces with eyes closer than this (px)")
     args = p.parse_args(argv)

@@ -49,7 +49,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         from sdk.bundle import load_bundle
         from trainer.data.faces import align_images
 
-        bundle = load_bundle(args.model)
+        bundle = load_bundle(args.model or "baseline")
         det = build_stage(bundle.stages["detect"], {"max_side": None})
         emb = build_stage(bundle.stages["embed"])
         aligned = align_images([s.path for s in samples], det, emb, args.cache)

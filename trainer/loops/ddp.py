@@ -80,6 +80,8 @@ class DistContext:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if exc[0] is None:  # all ranks leave together: a rank tearing gloo down while another still talks
+                    dist.barrier()  # to it aborted the process at exit ("terminate called without an active exception")
                 dist.destroy_process_group()
             self._own = False
 

@@ -69,7 +69,7 @@ def prepare_data(cfg: StudentConfig, teacher, detector=None, embedder=None) -> P
         from sdk._registry import build_stage
         from sdk.bundle import load_bundle
 
-        bundle = load_bundle(cfg.model)
+        bundle = load_bundle(cfg.model or "baseline")  # MTCNN + dlib5 chips, as every shipped student was trained
         detector = build_stage(bundle.stages["detect"], {"max_side": None})
         embedder = build_stage(bundle.stages["embed"])
     paths = [str(s.path) for s in samples]
