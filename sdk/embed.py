@@ -30,7 +30,12 @@ from sdk.types import Face
 log = logging.getLogger(__name__)
 
 #: chip landmark sources: dlib's own 5-point shape predictor, or the detector's landmarks
-CHIP_LANDMARKS = ("dlib5", "mtcnn5")
+CHIP_LANDMARKS = ("dlib5", "mtcnn5", "mtcnn5w")
+#: ``mtcnn5w``: least-squares weights of the 5 detector points (eyes, nose, mouth corners) in the chip fit, as
+#: repeat counts (weights 2 / 1 / 0.5). Measured on LFW people in no test pair (LTDet's refined points vs the chip
+#: of MTCNN + dlib's predictor): chip placement error 0.096 -> 0.075 IOD on clean faces, 0.118 -> 0.104 with a
+#: training-family occluder painted on the photo (the mouth corners move with expression and hide under masks).
+CHIP_POINT_REPEATS = {"mtcnn5w": (4, 4, 2, 1, 1)}
 #: dlib's ResNet reads uint8 RGB 150x150 chips and normalises inside the network
 DLIB_PREPROCESS = raw_uint8("dlib150", "rgb", "nhwc")
 
@@ -44,7 +49,8 @@ class EmbedConfig(RunConfig):
             inside the detector's box and cuts exactly the chip dlib's ResNet was trained on
             (``get_face_chip(150, 0.25)``); ``"mtcnn5"`` warps the detector's 5 landmarks onto
             :data:`sdk.align.DLIB_150` (no second landmark model; slightly different chips: median descriptor
-            distance 0.13 to dlib's pipeline). Other crops always use the detector's landmarks.
+            distance 0.13 to dlib's pipeline); ``"mtcnn5w"`` does the same with the eyes weighted 2, the nose 1
+            and the mouth corners 0.5 (:data:`CHIP_POINT_REPEATS`). Other crops always use the detector's landmarks.
         dim: embedding width (checked against the graph when it is static).
         jitters: dlib's test-time augmentation count (``dlib_resnet`` only; 0 = off).
     """
@@ -57,7 +63,7 @@ class EmbedConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.chip_landmarks not in CHIP_LANDMARKS:
-            raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {self.chip_landmarks!r}")
+            raise ValueError(f"chip_landmarks must be one of {CHIP_LANDMARKS}, got {self.chip_landmarks!r}")
         if int(self.dim) < 1 or int(self.jitters) < 0:
             raise ValueError(f"dim must be >= 1 and jitters >= 0, got {self.dim}, {self.jitters}")
 
@@ -84,7 +90,7 @@ class ChipGeometry:
 
     Args:
         crop: ``"dlib150"`` or ``"arcface112"`` (:data:`sdk.align.TEMPLATES`).
-        chip_landmarks: ``"dlib5"`` | ``"mtcnn5"`` (``dlib150`` only; see :class:`EmbedConfig`).
+        chip_landmarks: ``"dlib5"`` | ``"mtcnn5"`` | ``"mtcnn5w"`` (``dlib150`` only; see :class:`EmbedConfig`).
         shape_predictor: dlib's ``shape_predictor_5_face_landmarks.dat`` (``dlib150`` with ``"dlib5"``).
 
     Attributes:
@@ -95,7 +101,7 @@ class ChipGeometry:
         if crop not in align.TEMPLATES:
             raise ValueError(f"crop must be one of {sorted(align.TEMPLATES)}, got {crop!r}")
         if chip_landmarks not in CHIP_LANDMARKS:
-            raise ValueError(f"chip_landmarks must be 'dlib5' or 'mtcnn5', got {chip_landmarks!r}")
+            raise ValueError(f"chip_landmarks must be one of {CHIP_LANDMARKS}, got {chip_landmarks!r}")
         self.crop = crop
         self.crop_spec = align.TEMPLATES[crop]
         self.landmarks = chip_landmarks if crop == "dlib150" else "mtcnn5"
@@ -117,6 +123,10 @@ class ChipGeometry:
                 x1, y1, x2, y2 = (int(round(float(v))) for v in face.box)
                 shape = self._sp(frame, self._dlib.rectangle(x1, y1, x2, y2))  # colour order is irrelevant here
                 out.append(dlib_chip_transform(self._dlib.get_face_chip_details(shape, 150, 0.25)))
+            elif self.landmarks in CHIP_POINT_REPEATS:  # weighted least squares = the points repeated
+                rep = CHIP_POINT_REPEATS[self.landmarks]
+                src = np.repeat(np.asarray(face.landmarks, np.float64), rep, axis=0)
+                out.append(align.similarity_to_template(src, np.repeat(self.crop_spec.template, rep, axis=0)))
             else:
                 out.append(align.similarity_to_template(face.landmarks, self.crop_spec.template))
         return out

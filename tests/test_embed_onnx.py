@@ -198,3 +198,31 @@ def test_registry_builds_the_onnx_embedder(dat_path, sp_path, onnx_emb):
     e.prepare()
     with pytest.raises(BundleError, match="jitters"):
         _registry.build_stage(dataclasses.replace(spec, config={"jitters": 2}))
+
+
+def test_weighted_chip_fit_trusts_the_eyes_over_the_mouth():
+    """``mtcnn5w`` (eyes 2, nose 1, mouth 0.5): on exact landmarks it is ``mtcnn5``'s chip; with the mouth corners
+    moved (a smile, a guess under a mask) the eyes stay nearer their template places than with equal weights."""
+    from sdk.align import DLIB_150
+    from sdk.embed import ChipGeometry
+
+    plain, weighted = ChipGeometry("dlib150", "mtcnn5"), ChipGeometry("dlib150", "mtcnn5w")
+    assert weighted.geometry_id == "dlib150:mtcnn5w" != plain.geometry_id
+    a = np.deg2rad(12)
+    rot = 1.7 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    lm = DLIB_150.astype(np.float64) @ rot.T + [120.0, 80.0]
+    face = Face(box=np.array([100, 60, 400, 400], np.float32), landmarks=lm.astype(np.float32), score=1.0)
+    frame = np.zeros((500, 500, 3), np.uint8)
+    [mp], [mw] = plain.transforms(frame, [face]), weighted.transforms(frame, [face])
+    np.testing.assert_allclose(mw, mp, atol=1e-5)
+    moved = lm.copy()
+    moved[3:] += [[-9.0, 14.0], [9.0, 14.0]]  # mouth corners wider and lower
+    face2 = dataclasses.replace(face, landmarks=moved.astype(np.float32))
+    [mp], [mw] = plain.transforms(frame, [face2]), weighted.transforms(frame, [face2])
+
+    def eye_error(m):
+        return float(np.abs(lm[:2] @ m[:, :2].T + m[:, 2] - DLIB_150[:2]).max())
+
+    assert eye_error(mw) < 0.75 * eye_error(mp)  # 2.03 vs 3.05 px
+    with pytest.raises(ValueError, match="mtcnn5w"):
+        EmbedConfig(chip_landmarks="mtcnn6")
