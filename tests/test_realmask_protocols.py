@@ -199,3 +199,41 @@ def test_wild_lfw_painted_photo_and_face_matching(astronaut_bgr, cutouts):
     assert s[0] > 0.99 and s[0] >= thr[0]
     s, _ = pair_scores(rec, ok, lost, idx, idx)
     assert s[0] == MISSING
+
+
+def test_validate_wild_reads_only_calibration_people_and_training_occluders(tiny_lfw, cutouts, tmp_path,  # noqa: F811
+                                                                            monkeypatch):
+    """``tools/validate_wild.py``: people named in pairs.txt are never read; training families on the photo; every
+    genuine pair counted, impostors drawn; one row per bundle with TARs and the masked faces found."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import validate_wild
+
+    import trainer.eval.wild as wild
+
+    lfw = tmp_path / "lfw"
+    shutil.copytree(tiny_lfw, lfw)
+    (lfw / "Test_Person").mkdir()  # a person named in pairs.txt: never read
+    cv2.imwrite(str(lfw / "Test_Person" / "Test_Person_0001.jpg"), np.full((250, 250, 3), 128, np.uint8))
+    (lfw / "pairs.txt").write_text("1\t1\nTest_Person\t1\t1\n")
+    out = tmp_path / "val.json"
+    args = ["--lfw", str(lfw), "--occluders", str(cutouts), "--model", "default", "--impostors", "50", "--cache",
+            str(tmp_path / "cache"), "--out", str(out)]
+    painted = []
+    real = wild.masked_photo
+    monkeypatch.setattr(wild, "masked_photo", lambda *a, **k: painted.append(a[5:] or k) or real(*a, **k))
+    assert validate_wild.main(args) == 0
+    assert painted and all(c == ("trainmix",) for c in painted)  # training families only
+    rep = json.loads(out.read_text())
+    assert rep["data"].endswith(", 8 images") and rep["genuine pairs"] == 2 * 4 * 3 and 0 < rep["impostor pairs"] <= 50
+    [(name, row)] = rep["results"].items()
+    assert name.startswith("default (default-v3,")
+    assert row["unmasked"]["genuine mean"] > 0.9 and 0 <= row["masked photos: face found (%)"] <= 100
+    for cond in ("unmasked", "probe masked (trainmix on the photo)"):
+        assert all(0 <= row[cond][k] <= 100 for k in ("TAR@FAR=0.01 (%)", "TAR@FAR=0.001 (%)"))
+    (lfw / "pairs.txt").write_text("1\t1\nCamera_Man\t1\t2\n")  # one calibration person left: no impostors
+    with pytest.raises(SystemExit, match="two people"):
+        validate_wild.main(args)

@@ -95,11 +95,12 @@ def reference_faces(paths: list[str], cache_dir: Path | None, progress: bool = T
 
 
 def masked_photo(img: np.ndarray, landmarks: np.ndarray, seed: int, templates: str | None,
-                 occluders: str | None) -> np.ndarray:
-    """``img`` (BGR uint8) with the held-out occluder of ``seed`` painted on the face with ``landmarks`` (5, 2)."""
+                 occluders: str | None, condition: str = CONDITION) -> np.ndarray:
+    """``img`` (BGR uint8) with the occluder of ``seed`` (of the ``condition`` mix: held out by default,
+    ``"trainmix"`` for validation) painted on the face with ``landmarks`` (5, 2)."""
     from trainer.eval.heldout import render_occluder
 
-    out, _ = render_occluder(img, landmarks, CONDITION, seed, templates, occluders)
+    out, _ = render_occluder(img, landmarks, condition, seed, templates, occluders)
     return out
 
 
@@ -119,8 +120,9 @@ def match_reference(faces, box: np.ndarray):
 
 
 def run_bundle(rec, paths: list[str], ref: Reference, masked: bool, args: argparse.Namespace,
-               progress: bool = True) -> BundleRun:
-    """``rec`` (a prepared :class:`sdk.Recognizer`) on every photo with a reference face, clean or masked."""
+               progress: bool = True, condition: str = CONDITION) -> BundleRun:
+    """``rec`` (a prepared :class:`sdk.Recognizer`) on every photo with a reference face, clean or masked (with an
+    occluder of ``condition``)."""
     from trainer.data.faces import read_bgr
 
     n = len(paths)
@@ -133,7 +135,8 @@ def run_bundle(rec, paths: list[str], ref: Reference, masked: bool, args: argpar
         if img is None:
             continue
         if masked:
-            img = masked_photo(img, ref.landmarks[i], args.seed * 1_000_003 + int(i), args.templates, args.occluders)
+            img = masked_photo(img, ref.landmarks[i], args.seed * 1_000_003 + int(i), args.templates, args.occluders,
+                               condition)
         face = match_reference(rec.detect(img), ref.boxes[i])
         if face is None:
             continue
