@@ -70,11 +70,12 @@ def pct(values, q) -> float | None:
 
 
 class HalfResDetector:
-    """MTCNN on frames halved in each side (~4x fewer pixels): a stand-in for a faster detector."""
+    """The detector on frames halved in each side (~4x fewer pixels): a stand-in for a faster detector."""
 
     def __init__(self, det):
         self.det = det
         self.refine = det.refine
+        self.refine_reach = getattr(det, "refine_reach", 0.0)
 
     def detect(self, frame):
         h, w = frame.shape[:2]
@@ -88,6 +89,7 @@ class WithDetector:
 
     def __init__(self, rec, detector):
         self.bundle, self.threshold, self.detector = rec.bundle, rec.threshold, detector
+        self.min_det_score = getattr(rec, "min_det_score", None)
         self.identify_faces = rec.identify_faces
 
 

@@ -7,8 +7,10 @@ Data flow (one capture thread per source, everything else in the thread that cal
       (sdk.batch) -> identity voting (sdk.identity) -> events (sdk.events) [-> annotated video]
 
 Detection runs on full frames only when needed. Between detections each track is re-detected around its
-Kalman prediction (``detector.refine``: MTCNN's O-Net on one 48x48 crop, ~1 ms; a detector without
-``refine`` is run on a crop around the prediction instead). The detector itself runs only where a new face
+Kalman prediction (``detector.refine``: MTCNN's O-Net on one 48x48 crop, ~1 ms; LTDet's net on a 128x128
+window twice the box, ~3 ms with its landmark refiner; a detector without ``refine`` is run on a crop around
+the prediction instead). Tracks are born at the tracker's ``birth_score`` capped at the recognizer's
+``min_det_score`` (the detectors score on different scales). The detector itself runs only where a new face
 may have appeared (:mod:`sdk.schedule`): on a region where something moved outside the tracked faces or a
 track was just lost, on the full frame after a scene change and at least every ``max_interval_s``, paced by
 a time budget measured from the detector's real cost (a slow detector runs rarely, a fast one often).
@@ -19,6 +21,7 @@ over the best look recognised so far, and every ``recognize_every`` frames; neve
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -51,6 +54,15 @@ __all__ = ["StreamConfig", "Stream", "StreamError", "STAGES"]
 
 #: stages timed per frame (milliseconds; ``Stream.stats``)
 STAGES = ("motion", "detect", "refine", "track", "recognize", "draw", "total")
+
+
+
+def _tracker_config(cfg: TrackerConfig, min_det_score: float | None) -> TrackerConfig:
+    """``cfg`` with ``birth_score`` (and ``low_score``, which may not exceed it) capped at ``min_det_score``."""
+    if min_det_score is None or not min_det_score < cfg.birth_score:
+        return cfg
+    m = float(min_det_score)
+    return dataclasses.replace(cfg, birth_score=m, low_score=min(cfg.low_score, m))
 
 
 class StreamError(LookThroughError, ValueError):
@@ -163,6 +175,12 @@ class Stream:
         self.config = config
         self.threshold = float(getattr(recognizer, "threshold", recognizer.bundle.threshold))
         self._refine = getattr(recognizer.detector, "refine", None)
+        #: shifts (box sides) a detector's ``refine`` already covers (LTDet's window is twice the box; MTCNN: 0)
+        self._refine_reach = float(getattr(recognizer.detector, "refine_reach", 0.0))
+        #: the tracker's settings: ``config.tracker`` with ``birth_score`` capped at the recognizer's
+        #: ``min_det_score`` (a face the recognizer accepts can start a track: LTDet bundles score on another
+        #: scale than MTCNN, whose 0.9 the default ``birth_score`` is)
+        self.tracker_config = _tracker_config(config.tracker, getattr(recognizer, "min_det_score", None))
         self.sink = events if isinstance(events, EventSink) else EventSink(events)
         if on_event is not None:
             self.sink.callbacks.append(on_event)
@@ -181,7 +199,7 @@ class Stream:
             for s in sources:
                 src = s if isinstance(s, Source) else open_source(s, config=config.source, wake=self._wake)
                 src.on_event, src.wake = self.sink.emit, self._wake
-                self._lanes.append(_Lane(src, Tracker(config.tracker, self._ids), MotionGate(config.motion)))
+                self._lanes.append(_Lane(src, Tracker(self.tracker_config, self._ids), MotionGate(config.motion)))
             names = [ln.source.name for ln in self._lanes]
             for i, ln in enumerate(self._lanes):
                 if names.count(ln.source.name) > 1:
@@ -381,15 +399,17 @@ class Stream:
         """Faces found around predicted boxes: ``detector.refine`` or, without it, detection on a crop.
 
         ``search[i] > 0`` asks for a wider search around box ``i`` (its prediction is unsure: frames were
-        skipped since the track was last seen, and a new track has no velocity yet): with ``refine`` the box is also tried
-        shifted by ``search[i]`` box sides left, right, up and down, and the best-scoring face is kept.
+        skipped since the track was last seen, and a new track has no velocity yet): with ``refine`` the box is
+        also tried shifted by ``search[i]`` box sides left, right, up and down (unless the detector's
+        ``refine_reach`` already covers that shift: LTDet searches a window twice the box), and the best-scoring
+        face is kept.
         """
         if self._refine is not None:
             tries, owner = [], []
             for i, (b, r) in enumerate(zip(boxes, search)):
                 b = np.asarray(b, np.float64)
                 side = max(b[2] - b[0], b[3] - b[1])
-                shifts = [(0.0, 0.0)] + ([(r, 0.0), (-r, 0.0), (0.0, r), (0.0, -r)] if r > 0 else [])
+                shifts = [(0.0, 0.0)] + ([(r, 0.0), (-r, 0.0), (0.0, r), (0.0, -r)] if r > self._refine_reach else [])
                 for dx, dy in shifts:
                     tries.append(b + side * np.array([dx, dy, dx, dy]))
                     owner.append(i)

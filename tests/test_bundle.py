@@ -30,13 +30,15 @@ def test_previous_default_keeps_the_segmenter_and_the_baseline_embedder():
 
 def test_default_bundle_is_ltdet_v3_and_default_v2_is_the_mask_aware_student():
     """Issue #14: the default is ltdet-v3 (LTDet + refiner, then maskaware-v3's segmenter, student and mask-aware
-    matching, the chip fitted with weighted points) under its own name; the previous default stays as default-v2 (issue #9.7: maskaware-v3 with MTCNN).
+    matching, the chip fitted with weighted points) under its own name; the previous default stays as default-v2
+    (issue #9.7: maskaware-v3 with MTCNN).
     Both share the files of the built-in bundles (no second copy of the weights)."""
     d, v3, m, old = load_bundle(), load_bundle("ltdet-v3"), load_bundle("maskaware-v3"), load_bundle("default-v1")
     assert d.name == "default-v3" and d.mode == "occlusion-aware" and d.stages["complete"] is None
     assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v3.stages["detect"]
     # the same embedder; the chip is fitted with the eyes weighted over the mouth (mtcnn5w), calibrated for it
-    assert d.stages["embed"].files == v3.stages["embed"].files and v3.stages["embed"].config["chip_landmarks"] == "mtcnn5"
+    assert d.stages["embed"].files == v3.stages["embed"].files
+    assert v3.stages["embed"].config["chip_landmarks"] == "mtcnn5"
     assert d.stages["embed"].config["chip_landmarks"] == "mtcnn5w"
     assert d.match["calibration"]["embedder"].endswith(":dlib150:mtcnn5w")
     assert d.operating_points.far == v3.operating_points.far == 1e-3 and abs(d.threshold - v3.threshold) < 0.01

@@ -89,6 +89,65 @@ def test_refine_follows_a_face_and_rejects_background(mtcnn_rec, astronaut_bgr):
         det.refine(astronaut_bgr, [[0, 0, np.nan, 10]])
 
 
+
+def test_ltdet_refine_follows_a_face_and_rejects_background(rec, astronaut_bgr):
+    """The default detector (LTDet) re-detects around a box with one small net call on a window twice the box."""
+    det = rec.detector
+    assert det.kind == "ltdet" and det.refine_reach > 0
+    [f0] = det.detect(astronaut_bgr)
+    [same] = det.refine(astronaut_bgr, [f0.box])
+    assert same.score > 0.9 and iou_matrix([f0.box], [same.box])[0, 0] > 0.8
+    assert np.abs(same.landmarks - f0.landmarks).max() < 4  # both from the landmark refiner
+    b = f0.box.copy()
+    for _ in range(20):  # fed its own output, it does not drift
+        b = det.refine(astronaut_bgr, [b])[0].box
+    assert iou_matrix([f0.box], [b])[0, 0] > 0.8
+    side = f0.box[2] - f0.box[0]
+    moved, background, outside = det.refine(astronaut_bgr, [f0.box + 0.3 * side * np.array([1, 0, 1, 0]),
+                                                            [400, 400, 480, 480], [600, 600, 700, 700]])
+    assert moved.score > 0.9 and iou_matrix([f0.box], [moved.box])[0, 0] > 0.7  # within its reach: found again
+    assert background.score < 0.6 and outside.score == 0.0  # below the tracker's low_score: not a face
+    assert det.refine(astronaut_bgr, np.zeros((0, 4))) == []
+    with pytest.raises(ValueError, match="finite"):
+        det.refine(astronaut_bgr, [[0, 0, np.nan, 10]])
+
+
+def test_tracks_are_born_at_the_recognizers_detection_score(rec, mtcnn_rec, tmp_path):
+    """LTDet scores faces on another scale than MTCNN: the tracker's birth_score (0.9, MTCNN's) is capped at the
+    recognizer's min_det_score, so every face the recognizer accepts can start a track."""
+    from sdk.track import TrackerConfig
+
+    video = render(make_scene((320, 240), faces=1, frames=5, masked=0.0, leave_after=None, seed=3), tmp_path / "v.mp4")
+    assert Stream(rec, [video]).tracker_config.birth_score == rec.min_det_score == 0.75
+    assert Stream(mtcnn_rec, [video]).tracker_config == TrackerConfig()  # MTCNN bundles: unchanged (0.9)
+    strict = StreamConfig(tracker=TrackerConfig(birth_score=0.95, low_score=0.8))
+    cfg = Stream(rec, [video], config=strict).tracker_config
+    assert (cfg.birth_score, cfg.low_score) == (0.75, 0.75)
+
+
+def test_ltdet_stream_tries_one_window_per_track(rec, two_people, tmp_path):
+    """With LTDet's refine (reach 0.4 box sides) the stream sends one box per track, never the shifted tries."""
+    scene, video = two_people
+    calls = []
+    real = rec.detector.refine
+
+    class Det:
+        refine_reach = rec.detector.refine_reach
+        detect = staticmethod(rec.detector.detect)
+
+        def refine(self, frame, boxes, context=1.0):
+            calls.append(len(boxes))
+            return real(frame, boxes, context)
+
+    class Proxy:
+        bundle, threshold, detector, min_det_score = rec.bundle, rec.threshold, Det(), rec.min_det_score
+        identify_faces = staticmethod(rec.identify_faces)
+
+    summary = Stream(Proxy(), [str(video)], events=tmp_path / "ev.jsonl").run()
+    assert calls and max(calls) <= 2 and summary["events"]["track_started"] == 2
+    events = read_jsonl(tmp_path / "ev.jsonl")
+    assert sorted(e["identity"] for e in events if e["event"] == "identified") == ["astronaut", "cameraman"]
+
 def test_identify_batch_equals_per_frame_calls(rec, astronaut_bgr, camera_bgr):
     [fa] = rec.detect(astronaut_bgr)
     masked, _ = draw_surgical_mask(astronaut_bgr, fa.landmarks)
