@@ -99,8 +99,9 @@ def test_bench_writes_per_stage_json(tmp_path):
     rep = json.loads(out.read_text())
     for st in ("detect", "align", "embed", "match"):
         assert rep["stages"][st]["n"] == 6 and rep["stages"][st]["p95_ms"] >= rep["stages"][st]["p50_ms"] > 0
+    assert rep["detector"] == "ltdet" and rep["baselines"]["detect_mtcnn"]["n"] > 0
     assert rep["gallery_rows"] == 500 and set(rep["ratios_baseline_over_ours_p50"]) == {
-        "detect (dlib HOG / MTCNN)", "align (cv2 / C++)", "match (numpy / C++)"}
+        "detect (MTCNN / ours)", "detect (dlib HOG / ours)", "align (cv2 / C++)", "match (numpy / C++)"}
 
 
 @pytest.mark.slow
