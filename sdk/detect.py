@@ -468,12 +468,9 @@ class MTCNNDetector:
             (the cascade keeps faces above ``config.thresholds[2]``); box clipped to the frame, landmarks in
             frame pixels. Boxes that are empty after clipping give a face with score 0.
         """
-        bgr = as_bgr(frame)
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        bgr, b = refine_inputs(frame, boxes)
         if b.shape[0] == 0:
             return []
-        if not np.isfinite(b).all():
-            raise ValueError("refine: boxes must be finite (x1, y1, x2, y2) pixels")
         sq, crops = onet_crops(bgr, b, context)
         reg, lm, prob = self._run_batched(self._onet, self._onet_in, self._onet_out, crops)
         return onet_faces(sq, reg, lm, prob, bgr.shape[1], bgr.shape[0])
@@ -482,6 +479,15 @@ class MTCNNDetector:
 # ------------------------------------------------------------------------------------------------------
 # O-Net on given boxes: MTCNNDetector.refine and LTDet's landmark refiner (sdk.detect_onnx) share these, and
 # the refiner's trainer (trainer.detector.landmarks) cuts its training crops with them.
+
+
+def refine_inputs(frame: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
+    """A ``refine`` call's checked inputs: ``(bgr frame, boxes (N, 4) float64)``; ValueError on non-finite boxes."""
+    bgr = as_bgr(frame)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise ValueError("refine: boxes must be finite (x1, y1, x2, y2) pixels")
+    return bgr, b
 
 
 def onet_crops(bgr: np.ndarray, boxes: np.ndarray, context: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from sdk.backends import BackendConfig, open_backend
 from sdk.detect import load_mtcnn_session
-from sdk.detect import onet_crops, onet_points
+from sdk.detect import onet_crops, onet_points, refine_inputs
 from sdk.errors import BundleError, ModelFileError
 from sdk.frame import as_bgr
 from sdk.preprocess import Preprocess
@@ -278,12 +278,9 @@ class LTDetDetector:
             One :class:`Face` per box, in order, *not* thresholded (``score`` is the net's face probability; 0 with
             the given box when no face qualifies); boxes clipped to the frame.
         """
-        bgr = as_bgr(frame)
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        bgr, b = refine_inputs(frame, boxes)
         if b.shape[0] == 0:
             return []
-        if not np.isfinite(b).all():
-            raise ValueError("refine: boxes must be finite (x1, y1, x2, y2) pixels")
         H, W = bgr.shape[:2]
         S = self.REFINE_SIDE
         out_b, out_lm, out_s = np.zeros((len(b), 4)), np.zeros((len(b), 5, 2)), np.zeros(len(b))

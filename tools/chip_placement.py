@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.eval.wild import add_validation_args  # noqa: E402
 
 log = logging.getLogger("tools.chip_placement")
 
@@ -51,9 +50,7 @@ def weighted_similarity(src: np.ndarray, dst: np.ndarray, w) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lfw", type=Path, required=True, help="LFW folder (one sub-folder per person, pairs.txt)")
-    p.add_argument("--occluders", required=True, help="cutout folder (harvested training cutouts are in trainmix)")
-    p.add_argument("--templates", default="../shared/data/mask_templates", help="MaskTheFace templates folder")
+    add_validation_args(p)
     p.add_argument("--model", default="default", help="bundle whose detector's points are fitted (LTDet)")
     p.add_argument("--reference", default="default-v2", help="bundle whose chip is the reference")
     p.add_argument("--n", type=int, default=300, help="images drawn (seeded) from the calibration split")
@@ -68,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import sdk
     from sdk.align import DLIB_150
     from trainer.calibrate import calibration_images
+    from trainer.eval.report import write_json_run
     from trainer.eval.heldout import render_occluder
     from trainer.eval.wild import match_reference
 
@@ -108,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                        "cosine to the reference chip": round(float(np.mean(cos[c][k])), 4), "faces": len(err[c][k])}
                    for k in WEIGHTINGS} for c in err}
     report = {"data": f"{args.lfw}: {len(pick)} images of people in no pair of pairs.txt", "model": args.model,
-              "reference": args.reference, "weights (eyes, nose, mouth corners)": WEIGHTINGS, "results": results,
-              "seconds": round(time.perf_counter() - t0, 1),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-              "command": "python tools/chip_placement.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+              "reference": args.reference, "weights (eyes, nose, mouth corners)": WEIGHTINGS, "results": results}
+    write_json_run(report, args.out, "python tools/chip_placement.py", argv, time.perf_counter() - t0)
     print(json.dumps(results, indent=1))
     return 0
 

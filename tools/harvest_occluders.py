@@ -2,7 +2,8 @@
 
 Uses the SDK's detector and occlusion segmenter of ``--model`` (default: the built-in ``default-v2`` bundle, MTCNN +
 segmenter: the bundle every committed cutout-based number was made with, pinned so that a rerun cuts the same
-cutouts now that ``default`` detects with LTDet) and the committed split file: ``--part harvest`` cuts the training cutouts (family ``harvested``), ``--part validation`` the
+cutouts now that ``default`` detects with LTDet) and the committed split file: ``--part harvest`` cuts the training
+cutouts (family ``harvested``), ``--part validation`` the
 evaluation-only ones (family ``real_val``; never used for training). See trainer/data/occluders/harvest.py.
 
     python tools/harvest_occluders.py --data /work/shared-extra/face_mask_detection/dataset \

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.eval.wild import add_validation_args  # noqa: E402
 
 log = logging.getLogger("tools.validate_wild")
 #: training occluder families only: this is validation
@@ -49,9 +48,7 @@ def pairs(ids: np.ndarray, ok: np.ndarray, impostors: int, seed: int) -> tuple[n
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lfw", type=Path, required=True, help="LFW folder (one sub-folder per person, pairs.txt)")
-    p.add_argument("--occluders", required=True, help="cutout folder (harvested training cutouts are in trainmix)")
-    p.add_argument("--templates", default="../shared/data/mask_templates", help="MaskTheFace templates folder")
+    add_validation_args(p)
     p.add_argument("--model", nargs="+", required=True, help="bundles (built-in names or folders)")
     p.add_argument("--impostors", type=int, default=400_000, help="random impostor pairs drawn")
     p.add_argument("--seed", type=int, default=0)
@@ -63,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import sdk
     import trainer.eval.wild as wild
     from trainer.calibrate import calibration_images
+    from trainer.eval.report import write_json_run
     from trainer.eval import roc_curve
 
     t0 = time.perf_counter()
@@ -92,11 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         rec.close()
     report = {"data": f"{args.lfw}: people in no pair of pairs.txt, {len(paths)} images",
               "occluders": "trainmix painted on the probe photo", "genuine pairs": int(same.sum()),
-              "impostor pairs": int((~same).sum()), "results": results, "seconds": round(time.perf_counter() - t0, 1),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-              "command": "python tools/validate_wild.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+              "impostor pairs": int((~same).sum()), "results": results}
+    write_json_run(report, args.out, "python tools/validate_wild.py", argv, time.perf_counter() - t0)
     print(json.dumps(results, indent=1))
     return 0
 

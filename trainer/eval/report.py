@@ -290,3 +290,24 @@ def write_report(
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(parts), encoding="utf-8")
     return json_path, md_path
+
+
+def machine_line() -> str:
+    """``"<arch>, <n> cores, load <1-min load average>"``: where and under what load a number was measured."""
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+
+
+def write_json_run(report: Mapping[str, Any], out: Path, command: str, argv: Sequence[str] | None,
+                   seconds: float) -> None:
+    """Write ``report`` as JSON to ``out`` (folders made) with the run's record appended: ``seconds``,
+    ``machine`` (:func:`machine_line`) and ``command`` (``command`` + ``argv``, default ``sys.argv[1:]``)."""
+    import sys
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    full = {**report, "seconds": round(float(seconds), 1), "machine": machine_line(),
+            "command": " ".join([command, *args])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_jsonable(full), indent=2) + "\n")

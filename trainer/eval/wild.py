@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +66,14 @@ class BundleRun:
     templates: np.ndarray
     occluded: np.ndarray
     boxes: np.ndarray
+
+
+def add_validation_args(p: argparse.ArgumentParser) -> None:
+    """The options every validation tool on LFW's calibration split shares (``tools/validate_wild.py``,
+    ``tools/chip_placement.py``): ``--lfw``, ``--occluders``, ``--templates``."""
+    p.add_argument("--lfw", type=Path, required=True, help="LFW folder (one sub-folder per person, pairs.txt)")
+    p.add_argument("--occluders", required=True, help="cutout folder (harvested training cutouts are in trainmix)")
+    p.add_argument("--templates", default="../shared/data/mask_templates", help="MaskTheFace templates folder")
 
 
 def reference_faces(paths: list[str], cache_dir: Path | None, progress: bool = True) -> Reference:
@@ -213,6 +219,7 @@ def run_wild_lfw(args: argparse.Namespace, argv: list[str] | None) -> int:
     import sdk
     from trainer.data.readers import read_lfw_pairs
     from trainer.eval import plot_roc, roc_curve, write_report
+    from trainer.eval.report import machine_line
 
     if not args.occluders:
         raise SystemExit("wild-lfw paints the held-out mix, which includes real_val cutouts: pass --occluders "
@@ -261,7 +268,7 @@ def run_wild_lfw(args: argparse.Namespace, argv: list[str] | None) -> int:
             "models": [args.model, *args.compare], "photos": len(paths), "reference faces": int(ref.ok.sum()),
             "pairs": int(len(ia)), "folds": int(len(np.unique(folds))), "seed": args.seed, "faces found": found,
             "seconds": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+            "machine": machine_line(),
             "command": "python -m trainer.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     write_report(results, args.out / "report.json", args.out / "report.md", title=f"in-the-wild LFW on {args.data.name}",
                  meta=meta)
