@@ -56,7 +56,6 @@ __all__ = ["StreamConfig", "Stream", "StreamError", "STAGES"]
 STAGES = ("motion", "detect", "refine", "track", "recognize", "draw", "total")
 
 
-
 def _tracker_config(cfg: TrackerConfig, min_det_score: float | None) -> TrackerConfig:
     """``cfg`` with ``birth_score`` (and ``low_score``, which may not exceed it) capped at ``min_det_score``."""
     if min_det_score is None or not min_det_score < cfg.birth_score:
