@@ -60,6 +60,15 @@ def similarity_to_template(landmarks: np.ndarray, template: np.ndarray) -> np.nd
     return _native.estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(template, np.float64))
 
 
+def weighted_similarity_to_template(landmarks: np.ndarray, template: np.ndarray,
+                                    repeats: tuple[int, ...]) -> np.ndarray:
+    """:func:`similarity_to_template` with integer point weights: weighted least squares is the plain fit of the
+    points repeated ``repeats[i]`` times (0 drops a point). Returns the (2, 3) float64 frame -> crop matrix."""
+    rep = np.asarray(repeats, np.intp)
+    return similarity_to_template(np.repeat(np.asarray(landmarks, np.float64), rep, axis=0),
+                                  np.repeat(np.asarray(template, np.float64), rep, axis=0))
+
+
 def warp(frame: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Warp ``frame`` (uint8, HxWxC) by the 2x3 frame->crop ``matrix`` into a crop of ``size = (w, h)``."""
     return _native.warp_affine(frame, matrix, size)

@@ -123,10 +123,9 @@ class ChipGeometry:
                 x1, y1, x2, y2 = (int(round(float(v))) for v in face.box)
                 shape = self._sp(frame, self._dlib.rectangle(x1, y1, x2, y2))  # colour order is irrelevant here
                 out.append(dlib_chip_transform(self._dlib.get_face_chip_details(shape, 150, 0.25)))
-            elif self.landmarks in CHIP_POINT_REPEATS:  # weighted least squares = the points repeated
-                rep = CHIP_POINT_REPEATS[self.landmarks]
-                src = np.repeat(np.asarray(face.landmarks, np.float64), rep, axis=0)
-                out.append(align.similarity_to_template(src, np.repeat(self.crop_spec.template, rep, axis=0)))
+            elif self.landmarks in CHIP_POINT_REPEATS:
+                out.append(align.weighted_similarity_to_template(face.landmarks, self.crop_spec.template,
+                                                                 CHIP_POINT_REPEATS[self.landmarks]))
             else:
                 out.append(align.similarity_to_template(face.landmarks, self.crop_spec.template))
         return out

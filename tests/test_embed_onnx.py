@@ -228,22 +228,24 @@ def test_weighted_chip_fit_trusts_the_eyes_over_the_mouth():
         EmbedConfig(chip_landmarks="mtcnn6")
 
 
-def test_chip_placement_tool_fit_is_the_sdks_weighted_fit():
-    """``tools/chip_placement.py``'s weighted Umeyama fit equals the SDK's (points repeated) for mtcnn5w's weights,
-    and the plain fit for equal weights."""
+
+def test_chip_placement_tool_fits_with_the_sdks_weights():
+    """``tools/chip_placement.py`` measures the SDK's own weighted fit: its mtcnn5w row uses ChipGeometry's repeats,
+    and the equal-weight row is the plain 5-point fit."""
     import sys
 
-    from sdk.align import DLIB_150, similarity_to_template
-    from sdk.embed import CHIP_POINT_REPEATS
+    from sdk.align import DLIB_150, similarity_to_template, weighted_similarity_to_template
+    from sdk.embed import CHIP_POINT_REPEATS, ChipGeometry
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from chip_placement import WEIGHTINGS, weighted_similarity
+    from chip_placement import WEIGHTINGS
 
+    assert WEIGHTINGS["eyes 2, nose 1, mouth 0.5 (mtcnn5w)"] == CHIP_POINT_REPEATS["mtcnn5w"]
     rng = np.random.default_rng(0)
     lm = DLIB_150.astype(np.float64) * 1.3 + [40.0, 20.0] + rng.normal(0, 3, (5, 2))
-    np.testing.assert_allclose(weighted_similarity(lm, DLIB_150.astype(np.float64), WEIGHTINGS["equal (mtcnn5)"]),
+    np.testing.assert_allclose(weighted_similarity_to_template(lm, DLIB_150, WEIGHTINGS["equal (mtcnn5)"]),
                                similarity_to_template(lm, DLIB_150), atol=1e-9)
-    rep = CHIP_POINT_REPEATS["mtcnn5w"]
-    np.testing.assert_allclose(
-        weighted_similarity(lm, DLIB_150.astype(np.float64), WEIGHTINGS["eyes 2, nose 1, mouth 0.5 (mtcnn5w)"]),
-        similarity_to_template(np.repeat(lm, rep, axis=0), np.repeat(DLIB_150, rep, axis=0)), atol=1e-9)
+    face = Face(box=np.array([0, 0, 300, 300], np.float32), landmarks=lm.astype(np.float32), score=1.0)
+    [m] = ChipGeometry("dlib150", "mtcnn5w").transforms(np.zeros((300, 300, 3), np.uint8), [face])
+    np.testing.assert_allclose(m, weighted_similarity_to_template(lm, DLIB_150, CHIP_POINT_REPEATS["mtcnn5w"]),
+                               atol=1e-5)

@@ -27,24 +27,11 @@ from trainer.eval.wild import add_validation_args  # noqa: E402
 
 log = logging.getLogger("tools.chip_placement")
 
-#: point weights tried (left eye, right eye, nose, left mouth corner, right mouth corner)
+#: point weights tried, as repeat counts (left eye, right eye, nose, left mouth corner, right mouth corner): the
+#: fit is :func:`sdk.align.weighted_similarity_to_template`, the one ``chip_landmarks: mtcnn5w`` uses
 WEIGHTINGS = {"equal (mtcnn5)": (1, 1, 1, 1, 1), "eyes + nose": (1, 1, 1, 0, 0), "eyes": (1, 1, 0, 0, 0),
-              "eyes 2, nose 1, mouth 0.5 (mtcnn5w)": (2, 2, 1, 0.5, 0.5), "eyes 4, nose 1, mouth 1": (4, 4, 1, 1, 1)}
+              "eyes 2, nose 1, mouth 0.5 (mtcnn5w)": (4, 4, 2, 1, 1), "eyes 4, nose 1, mouth 1": (4, 4, 1, 1, 1)}
 GRID = np.array([[x, y] for x in (0, 75, 150) for y in (0, 75, 150)], np.float64)
-
-
-def weighted_similarity(src: np.ndarray, dst: np.ndarray, w) -> np.ndarray:
-    """Weighted least-squares similarity (Umeyama) mapping ``src`` (N, 2) onto ``dst`` (N, 2): (2, 3) float64."""
-    w = np.asarray(w, np.float64) / float(np.sum(w))
-    ms, md = w @ src, w @ dst
-    s, d = src - ms, dst - md
-    var = float(w @ (s ** 2).sum(1))
-    cov = np.einsum("n,ni,nj->ij", w, d, s)
-    u, sv, vt = np.linalg.svd(cov)
-    e = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-    r = u @ e @ vt
-    c = float(np.trace(np.diag(sv) @ e)) / var
-    return np.hstack([c * r, (md - c * r @ ms)[:, None]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     import sdk
-    from sdk.align import DLIB_150
+    from sdk.align import DLIB_150, weighted_similarity_to_template
     from trainer.calibrate import calibration_images
     from trainer.eval.report import write_json_run
     from trainer.eval.heldout import render_occluder
@@ -95,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f = match_reference(rec.detect(photo), np.asarray(f0.box))
             if f is None:
                 continue
-            mats = [weighted_similarity(np.asarray(f.landmarks, np.float64), DLIB_150.astype(np.float64), w)
-                    for w in WEIGHTINGS.values()]
+            mats = [weighted_similarity_to_template(f.landmarks, DLIB_150, w) for w in WEIGHTINGS.values()]
             descs = emb.embed_crops(emb.geometry.warp(img, mats))
             for k, m, d in zip(WEIGHTINGS, mats, descs):
                 b = cv2.invertAffineTransform(m)
@@ -106,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                        "cosine to the reference chip": round(float(np.mean(cos[c][k])), 4), "faces": len(err[c][k])}
                    for k in WEIGHTINGS} for c in err}
     report = {"data": f"{args.lfw}: {len(pick)} images of people in no pair of pairs.txt", "model": args.model,
-              "reference": args.reference, "weights (eyes, nose, mouth corners)": WEIGHTINGS, "results": results}
+              "reference": args.reference, "point repeats (eyes, nose, mouth corners)": WEIGHTINGS, "results": results}
     write_json_run(report, args.out, "python tools/chip_placement.py", argv, time.perf_counter() - t0)
     print(json.dumps(results, indent=1))
     return 0
