@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upscale-below", type=int, default=None, metavar="PX",
                    help="photos whose longer side is at most PX also run at 2x (LTDetConfig.upscale_below; ltdet-v3: "
                         "320); 0 turns it off (default: the base bundle's setting)")
+    p.add_argument("--pad-below", type=int, default=None, metavar="PX",
+                   help="photos whose longer side is at most PX also run once centred on a black canvas 1.5x their "
+                        "side, at 192 px (LTDetConfig.pad_below: faces that fill the photo; ltdet-v5: 320); 0 turns it "
+                        "off (default: the base bundle's setting)")
     args = p.parse_args(argv)
     from export._onnx import fold_pads_into_convs
     from sdk.bundle import BUILTIN_DIR
@@ -221,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         config.pop("upscale_below", None)
         if args.upscale_below > 0:
             config["upscale_below"] = args.upscale_below
+    if args.pad_below is not None:
+        config.pop("pad_below", None)
+        if args.pad_below > 0:
+            config["pad_below"] = args.pad_below
     refiner = _refiner_bytes(args, base_dir, base_detect)
     if args.from_onnx is not None:
         if not args.from_onnx.is_file():

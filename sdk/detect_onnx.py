@@ -115,6 +115,12 @@ class LTDetConfig:
         upscale_below: frames whose longer side is at most this (px) also run at ``upscale`` x (small photos,
             where faces are 10-30 px); None: never. Camera frames (>= 640 px) are not affected.
         upscale: the extra scale for small frames.
+        pad_below: frames whose longer side is at most this (px) also run once centred on a black square canvas
+            ``pad_canvas`` times their longer side, shrunk or enlarged to ``pad_side`` px: a face that fills or
+            overflows the photo (a tight crop, an ID photo, another detector's crop) is then seen whole, with room
+            around it; None: never (camera frames are never affected when this is <= 320).
+        pad_canvas: the canvas side relative to the frame's longer side (> 1).
+        pad_side: the side (px, multiple of 32) the canvas is run at.
     """
 
     score_threshold: float = 0.5
@@ -127,9 +133,18 @@ class LTDetConfig:
     refine_context: float = 1.0
     upscale_below: int | None = None
     upscale: float = 2.0
+    pad_below: int | None = None
+    pad_canvas: float = 1.5
+    pad_side: int = 192
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pyramid", tuple(float(s) for s in self.pyramid))
+        if self.pad_below is not None and not 32 <= self.pad_below <= 1280:
+            raise ValueError(f"pad_below must be in [32, 1280] px or None, got {self.pad_below}")
+        if not 1.0 < self.pad_canvas <= 4.0:
+            raise ValueError(f"pad_canvas must be in (1, 4], got {self.pad_canvas}")
+        if not (64 <= self.pad_side <= 1280 and self.pad_side % 32 == 0):
+            raise ValueError(f"pad_side must be a multiple of 32 in [64, 1280] px, got {self.pad_side}")
         if self.upscale_below is not None and not 32 <= self.upscale_below <= 1280:
             raise ValueError(f"upscale_below must be in [32, 1280] px or None, got {self.upscale_below}")
         if not 1.0 < self.upscale <= 4.0:
@@ -241,6 +256,12 @@ class LTDetDetector:
             B.append(bx[k] * np.array([sx, sy, sx, sy], np.float32))
             L.append(lm[k] * np.array([sx, sy], np.float32))
             S.append(sc[k])
+        if cfg.pad_below is not None and max(H, W) <= cfg.pad_below:
+            got = self._padded(bgr)
+            if got is not None:
+                B.append(got[0])
+                L.append(got[1])
+                S.append(got[2])
         if not B:
             return []
         b, lm, sc = np.concatenate(B), np.concatenate(L), np.concatenate(S)
@@ -252,6 +273,27 @@ class LTDetDetector:
         if self._refiner is not None and len(b):
             lm = self._refine(bgr, b)
         return _faces(b, lm, sc, W, H)
+
+    def _padded(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The ``pad_below`` pass (:class:`LTDetConfig`): faces ``(boxes, landmarks, scores)`` in frame pixels whose
+        box centre lies inside the frame and whose score passes the threshold, or None."""
+        cfg = self.config
+        H, W = bgr.shape[:2]
+        L = max(int(round(cfg.pad_canvas * max(H, W))), H + 2, W + 2)
+        top, left = (L - H) // 2, (L - W) // 2
+        canvas = cv2.copyMakeBorder(bgr, top, L - H - top, left, L - W - left, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        k = cfg.pad_side / L
+        how = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+        canvas = cv2.resize(canvas, (cfg.pad_side, cfg.pad_side), interpolation=how)
+        sc, bx, lm = self._run(canvas)
+        off = np.array([left, top], np.float32)
+        bx = bx / k - np.tile(off, 2)
+        lm = lm / k - off
+        ctr = (bx[:, :2] + bx[:, 2:]) / 2
+        ok = (sc >= cfg.score_threshold) & (ctr[:, 0] >= 0) & (ctr[:, 0] < W) & (ctr[:, 1] >= 0) & (ctr[:, 1] < H)
+        if not ok.any():
+            return None
+        return bx[ok].astype(np.float32), lm[ok].astype(np.float32), sc[ok]
 
     #: side (px) of the square window :meth:`refine` runs the net on: twice the box, so the face is ~64 px there
     REFINE_SIDE = 128

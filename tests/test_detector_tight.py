@@ -170,3 +170,91 @@ def test_exporter_sets_keeps_and_clears_upscale_below(tmp_path):
     assert main(["--from-onnx", graph, "--out", str(tmp_path / "c"), "--bundle-from", "ltdet-v3",
                  "--upscale-below", "0"]) == 0
     assert "upscale_below" not in cfg(tmp_path / "c")
+
+
+def test_pad_pass_finds_a_face_that_overflows_a_small_photo(astronaut_bgr, monkeypatch):
+    """``pad_below``: a small photo also runs once centred on a black canvas 1.5x its side (at 192 px), so a face
+    larger than the photo is seen whole: the masked astronaut cut at 0.7x her face box (160 px) scores under
+    ``ltdet-v3``'s threshold without the pass and above it with the pass; camera frames never run it; bad values are
+    errors."""
+    import cv2
+
+    from sdk._registry import build_stage
+    from sdk.bundle import load_bundle
+    from sdk.detect import MTCNNDetector
+    from sdk.detect_onnx import LTDetConfig
+    from sdk.occluders import draw_surgical_mask
+
+    face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
+    masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
+    x1, y1, x2, y2 = face.box
+    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 0.7 * max(x2 - x1, y2 - y1)
+    crop = masked[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
+    crop = cv2.resize(crop, (160, 160), interpolation=cv2.INTER_AREA)
+    spec = load_bundle("ltdet-v3").stages["detect"]
+    plain = build_stage(spec, {"score_threshold": 0.3})
+    padded = build_stage(spec, {"score_threshold": 0.3, "pad_below": 320})
+    without = max((f.score for f in plain.detect(crop)), default=0.0)
+    [f] = padded.detect(crop)
+    assert without < 0.75 < f.score, (without, f.score)
+    assert 0 <= f.box[0] < f.box[2] <= 160 and 0 <= f.box[1] < f.box[3] <= 160  # clipped to the photo
+    assert f.landmarks[0, 0] < f.landmarks[1, 0] and f.landmarks[:2, 1].max() < f.landmarks[3:, 1].min()
+
+    shapes: list[tuple[int, int]] = []
+    real_run = padded._run
+    monkeypatch.setattr(padded, "_run", lambda img: (shapes.append(img.shape[:2]), real_run(img))[1])
+    padded.detect(crop)
+    assert (192, 192) in shapes
+    shapes.clear()
+    padded.detect(np.zeros((480, 640, 3), np.uint8))
+    assert shapes == [(480, 640), (120, 160)]
+    for bad in ({"pad_below": 8}, {"pad_canvas": 1.0}, {"pad_side": 100}):
+        with pytest.raises(ValueError):
+            LTDetConfig(**bad)
+
+
+@pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
+def test_exporter_sets_and_clears_pad_below(tmp_path):
+    import json
+
+    from export.onnx_detector import main
+
+    graph = str(ROOT / "sdk" / "models" / "ltdet-v3" / "detector.onnx")
+
+    def cfg(out):
+        return json.loads((out / "manifest.json").read_text())["stages"]["detect"]["config"]
+
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "a"), "--bundle-from", "ltdet-v3",
+                 "--pad-below", "320"]) == 0
+    assert cfg(tmp_path / "a")["pad_below"] == 320 and cfg(tmp_path / "a")["upscale_below"] == 320
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "b"), "--bundle-from", str(tmp_path / "a"),
+                 "--pad-below", "0"]) == 0
+    assert "pad_below" not in cfg(tmp_path / "b")
+
+
+def test_hard_negative_scenes(astronaut_set):
+    """``hard_prob``: rendered text and star fields (never the evaluation pictures) as backgrounds, a quarter of the
+    share small non-face photos alone; 0 leaves every scene as it was (own random stream); pure function of the seed."""
+    from trainer.detector.scenes import render_hard_negative
+
+    base, off = _renderer(astronaut_set), _renderer(astronaut_set, hard_prob=0.0)
+    for seed in range(6):
+        assert base.render(seed).image.tobytes() == off.render(seed).image.tobytes()
+    pics = [render_hard_negative(np.random.default_rng(s), 96, 128) for s in range(20)]
+    assert all(p.shape == (96, 128, 3) and p.dtype == np.uint8 for p in pics)
+    means = np.array([p.mean() for p in pics])
+    assert (means < 60).any() and (means > 100).any()  # star fields (dark) and pages of text (light or inverted)
+    assert render_hard_negative(np.random.default_rng(3), 96, 128).tobytes() == pics[3].tobytes()
+    r = _renderer(astronaut_set, hard_prob=1.0)
+    alone, with_faces = 0, 0
+    for seed in range(24):
+        sc = r.render(seed)
+        assert sc.image.tobytes() == r.render(seed).image.tobytes()
+        if len(sc.boxes) == 0 and len(sc.ignore) == 0:
+            img = sc.image
+            rows, cols = np.flatnonzero(img.any(axis=(1, 2))), np.flatnonzero(img.any(axis=(0, 2)))
+            if len(rows) and rows.min() == 0 and cols.min() == 0 and not img[rows.max() + 1:].any():
+                alone += 1
+        else:
+            with_faces += 1
+    assert alone >= 2 and with_faces >= 12

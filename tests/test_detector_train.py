@@ -309,3 +309,20 @@ def test_shipped_detector_finds_the_astronaut_masked(astronaut_bgr, mtcnn_face):
         assert _iou(f.box, mtcnn_face.box) > 0.6
         err = np.linalg.norm(f.landmarks - mtcnn_face.landmarks, axis=1)
         assert err.max() < tol * io, err / io  # mouth corners under the mask included
+
+
+def test_small_negative_photos_and_their_column():
+    """The evaluation's small photos without a face: seeded crops of 64-320 px (longer side) of the face-free scenes,
+    and the report's column for them."""
+    from trainer.detector.evaluate import markdown, small_negative_photos
+
+    scenes = [np.full((480, 640, 3), k, np.uint8) for k in range(3)]
+    crops = small_negative_photos(scenes, 30)
+    assert len(crops) == 30 and all(c.flags.c_contiguous for c in crops)
+    assert all(64 * 0.6 <= max(c.shape[:2]) <= 320 and min(c.shape[:2]) >= 24 for c in crops)
+    assert [int(c[0, 0, 0]) for c in crops[:6]] == [0, 1, 2, 0, 1, 2]  # round robin over the scenes
+    assert all(a.shape == b.shape for a, b in zip(crops, small_negative_photos(scenes, 30)))
+    res = {"scenes": {}, "photos_heldout_occluders": {"ltdet": {"recall": 0.9, "images": 10}},
+           "small_negatives": {"photos": 30, "ltdet": {"with_detection": 3, "share": 0.1}}}
+    assert "| ltdet | 90.0 % of 10 | – | – | – | 10.0 % |" in markdown(res)
+    assert "small photos without a face (30)" in markdown(res)

@@ -92,7 +92,7 @@ def load_eval_labels(data: str | Path, cache: str | Path, per_identity: int) -> 
 def scene_renderer(labels: LabelSet, table: dict | None, crop: int, templates: str | None,
                    occlude_prob: float = 0.7, tight_prob: float = 0.0, realistic_prob: float = 0.0,
                    cutouts: str | None = None, real: LabelSet | None = None, real_prob: float = 0.0,
-                   lowres_prob: float = 0.0) -> SceneRenderer:
+                   lowres_prob: float = 0.0, hard_prob: float = 0.0) -> SceneRenderer:
     """Square ``crop`` x ``crop`` training scenes (px) over ``labels`` with the training occluder families
     (``templates``: MaskTheFace folder, or None for procedural occluders only), ``occlude_prob`` of the faces
     occluded; ``table``: in-memory BGR images by path (:func:`astronaut_labels`), None to read files.
@@ -100,14 +100,14 @@ def scene_renderer(labels: LabelSet, table: dict | None, crop: int, templates: s
     occluders from the realistic synthesizer, with harvested real masks (:class:`OccluderSampler`); ``real`` /
     ``real_prob``: pseudo-labelled real masked photos (:mod:`trainer.detector.real_labels`) and the share of face
     photos drawn from them (always read from files); ``lowres_prob``: share of composed scenes shown as a small photo
-    enlarged."""
+    enlarged; ``hard_prob``: share of scenes on rendered hard negatives (text, star fields; :class:`SceneConfig`)."""
     if table:
         def loader(p):
             return table[str(p)] if str(p) in table else cv2.imread(str(p), cv2.IMREAD_COLOR)
     else:
         loader = None
     cfg = SceneConfig(height=crop, width=crop, occlude_prob=occlude_prob, tight_prob=tight_prob, real_prob=real_prob,
-                      lowres_prob=lowres_prob)
+                      lowres_prob=lowres_prob, hard_prob=hard_prob)
     return SceneRenderer(labels, cfg, OccluderSampler("train", templates or None, realistic_prob=realistic_prob,
                                                       cutouts_dir=cutouts or None), image_loader=loader, real=real)
 

@@ -13,6 +13,9 @@ Protocols (all on identities held out from training, :func:`~trainer.detector.la
   detector find that face.
 * **real_masked**: real photos of people wearing masks (``--real``, e.g. the ``with_mask`` folder of
   chandrikadeb7/Face-Mask-Detection; no boxes): share of photos where a face is found.
+* **small_negatives**: ``--small-negatives`` small photos without a face (64-320 px crops of the negative scenes,
+  seeded): share with any detection at each detector's operating point -- the false positives of the passes that
+  run on small photos only (LTDet's ``upscale_below`` / ``pad_below``), which the 640x480 scenes never trigger.
 
 Matching (detector-convention agnostic: HOG boxes are tighter than MTCNN's): a detection matches a face when
 IoU >= 0.5, or its centre is within 0.3 face sizes of the face's centre and its size is 0.5-2x the face's; greedy
@@ -329,6 +332,14 @@ def run(args: argparse.Namespace) -> dict:
         res[key] = {"folder": str(folder), "split": str(args.real_split or ""), "images": real[dets[0].name]["n"],
                     **{k: {"found_any": round(v["any"] / max(v["n"], 1), 4),
                            "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4)} for k, v in real.items()}}
+    if args.small_negatives and conds["negatives"]:
+        crops = small_negative_photos([sc.image for sc in conds["negatives"]], args.small_negatives)
+        hits = {d.name: 0 for d in dets}
+        for c in tqdm(crops, desc="small photos without a face", unit="img"):
+            for d in dets:
+                hits[d.name] += bool((d(c).scores >= thr[d.name]).any())
+        res["small_negatives"] = {"photos": len(crops), **{k: {"with_detection": v, "share": round(v / len(crops), 4)}
+                                                           for k, v in hits.items()}}
     res["setup"] = {"scenes": args.scenes, "negatives": args.negatives, "model": str(args.model),
                     "held_out_occluders": list(__import__("trainer.detector.occlusion", fromlist=["x"]).HELD_OUT_TAGS),
                     "templates": bool(args.templates), "threads": args.threads, "machine": platform.machine(),
@@ -338,6 +349,21 @@ def run(args: argparse.Namespace) -> dict:
     (out / "detection_eval.md").write_text(markdown(res))
     _examples(examples, dets, thr, out)
     return res
+
+
+def small_negative_photos(scenes: list[np.ndarray], n: int, seed: int = 3) -> list[np.ndarray]:
+    """``n`` crops (longer side 64-320 px, aspect 0.6-1.4) of the face-free ``scenes``, round robin, seeded."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(n):
+        img = scenes[j % len(scenes)]
+        H, W = img.shape[:2]
+        side = int(rng.integers(64, 321))
+        a = float(rng.uniform(0.6, 1.4))
+        h, w = min(H, max(24, int(side * min(a, 1.0)))), min(W, max(24, int(side / max(a, 1.0))))
+        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        out.append(np.ascontiguousarray(img[y:y + h, x:x + w]))
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -356,14 +382,19 @@ def markdown(res: dict) -> str:
             nm = [f"{r[c]['nme']['mean']:.3f}" if "nme" in r[c] else "–" for c in ("clean", "occluded")]
             lines.append(f"| {name} ({op}) | {r['clean']['faces']} | {r['clean']['threshold']:g} | {fp} | "
                          + " | ".join(cells + nm) + " |")
+    sn = res.get("small_negatives", {})
     lines += ["", "| detector | photos + held-out occluders: found | NME | real masked: found (face >= 20 % of side) "
-              "| real unmasked: found (>= 20 %) |", "|---|---:|---:|---:|---:|"]
+              f"| real unmasked: found (>= 20 %) | small photos without a face ({sn.get('photos', 0)}): "
+              "with a detection |",
+              "|---|---:|---:|---:|---:|---:|"]
     ph = res.get("photos_heldout_occluders", {})
     for name, v in ph.items():
         rm = res.get("real_masked", {}).get(name, {})
         ru = res.get("real_unmasked", {}).get(name, {})
         f = (lambda d: f"{d['found_any'] * 100:.1f} ({d['found_face_ge_20pct'] * 100:.1f})" if d else "–")
-        lines.append(f"| {name} | {v['recall'] * 100:.1f} % of {v['images']} | {v.get('nme_mean', '–')} | {f(rm)} | {f(ru)} |")
+        neg = f"{sn[name]['share'] * 100:.1f} %" if name in sn else "–"
+        lines.append(f"| {name} | {v['recall'] * 100:.1f} % of {v['images']} | {v.get('nme_mean', '–')} | {f(rm)} "
+                     f"| {f(ru)} | {neg} |")
     return "\n".join(lines) + "\n"
 
 
@@ -438,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="more LTDet bundles (or .onnx files) evaluated in the same run, named ltdet[<folder name>]")
     p.add_argument("--scenes", type=int, default=150, help="640x480 scenes (each clean and occluded)")
     p.add_argument("--negatives", type=int, default=100, help="640x480 scenes without faces")
+    p.add_argument("--small-negatives", type=int, default=300,
+                   help="small photos without a face (64-320 px crops of the negative scenes); 0: none")
     p.add_argument("--photos", type=int, default=400, help="held-out photos with held-out occluders")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per detector")
     p.add_argument("--out", default="reports/detector", help="output folder (JSON + PNG)")

@@ -19,6 +19,10 @@ at least 25 % of their box inside the crop are labels (boxes may reach past the 
 **Small photos enlarged** (``lowres_prob``): a share of composed scenes is shrunk and enlarged back, as a 100-300 px
 photo is when the detector runs it at 2x.
 
+**Hard negatives** (``hard_prob``): a share of scenes gets a rendered background of what LTDet mistook for faces
+(:func:`render_hard_negative`: lines of text in OpenCV's fonts, star fields), and a quarter of that share is a small
+non-face photo alone (a crop of such a texture or of a background picture, placed as a tight crop is, no faces).
+
 Backgrounds are non-face images that ship with scikit-image, split into a training and an evaluation pool
 (:data:`TRAIN_BACKGROUNDS`, :data:`EVAL_BACKGROUNDS`), plus procedurally rendered textures.
 """
@@ -33,9 +37,10 @@ import numpy as np
 
 from trainer.detector.labels import LabelSet
 from trainer.detector.occlusion import OccluderSampler
+from trainer.detector.textures import render_hard_negative, render_texture
 
 __all__ = ["EVAL_BACKGROUNDS", "Scene", "SceneConfig", "SceneRenderer", "TRAIN_BACKGROUNDS", "background_pool",
-           "render_texture"]
+           "render_hard_negative", "render_texture"]
 
 TRAIN_BACKGROUNDS = ("brick", "grass", "chelsea", "cat", "cell", "coins", "colorwheel", "immunohistochemistry",
                      "moon", "retina", "shepp_logan_phantom", "text", "binary_blobs", "checkerboard",
@@ -64,44 +69,6 @@ def background_pool(split: str) -> tuple[np.ndarray, ...]:
         a = a[..., :3][..., ::-1]  # RGB(A) -> BGR
         out.append(np.ascontiguousarray(a))
     return tuple(out)
-
-
-def render_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A procedural BGR uint8 texture: blurred multi-scale noise, stripes, shapes or a gradient."""
-    kind = int(rng.integers(4))
-    base = rng.uniform(0, 255, 3)
-    if kind == 0:  # multi-scale noise
-        img = np.zeros((h, w, 3), np.float32)
-        for s in (4, 16, 64):
-            n = rng.normal(0, 1, (max(2, h // s), max(2, w // s), 3)).astype(np.float32)
-            img += cv2.resize(n, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(10, 50)
-        img += base
-    elif kind == 1:  # stripes / checks at an angle
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        a = rng.uniform(0, math.pi)
-        p = rng.uniform(4, 60)
-        u = (xx * math.cos(a) + yy * math.sin(a)) / p
-        v = (-xx * math.sin(a) + yy * math.cos(a)) / p
-        m = (np.floor(u) % 2) if rng.random() < 0.5 else ((np.floor(u) + np.floor(v)) % 2)
-        c2 = rng.uniform(0, 255, 3)
-        img = base * (1 - m[..., None]) + c2 * m[..., None]
-    elif kind == 2:  # random shapes
-        img = np.empty((h, w, 3), np.float32)
-        img[:] = base
-        for _ in range(int(rng.integers(5, 40))):
-            c = tuple(float(v) for v in rng.uniform(0, 255, 3))
-            p = (int(rng.integers(w)), int(rng.integers(h)))
-            r = int(rng.integers(3, max(4, min(h, w) // 4)))
-            if rng.random() < 0.5:
-                cv2.circle(img, p, r, c, -1 if rng.random() < 0.7 else int(rng.integers(1, 5)))
-            else:
-                q = (p[0] + int(rng.integers(-2 * r, 2 * r)), p[1] + int(rng.integers(-2 * r, 2 * r)))
-                cv2.rectangle(img, p, q, c, -1 if rng.random() < 0.7 else int(rng.integers(1, 5)))
-    else:  # gradient
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        t = (xx / max(w, 1) * rng.uniform(-1, 1) + yy / max(h, 1) * rng.uniform(-1, 1))[..., None]
-        img = base + t * rng.uniform(-200, 200, 3) + rng.normal(0, 3, (h, w, 1))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -134,6 +101,9 @@ class SceneConfig:
         real_prob: probability that a face photo (pasted or cut tight) comes from the renderer's ``real`` pool
             (pseudo-labelled real masked photos: no synthetic occluder is added, kind ``"realmask"``); 0 keeps every
             scene the same as without the option.
+        hard_prob: probability that a scene's background is a hard negative (:func:`render_hard_negative`); a
+            quarter of it: the scene is a small non-face photo alone (module doc). Drawn from its own stream, 0
+            keeps every scene the same as without the option.
     """
 
     height: int = 256
@@ -160,6 +130,7 @@ class SceneConfig:
     lowres_prob: float = 0.0
     lowres_factor: tuple[float, float] = (0.3, 0.7)
     real_prob: float = 0.0
+    hard_prob: float = 0.0
 
 
 @dataclass
@@ -330,10 +301,14 @@ class SceneRenderer:
         """Compose scene ``seed``. ``occlude``: None (each face with ``occlude_prob``), True (every face that
         the occluder sampler can cover) or False (all clean). The layout does not depend on ``occlude``."""
         cfg, rng = self.cfg, np.random.default_rng(seed)
+        hard = np.random.default_rng([seed, 15])
+        hard_draw = hard.random() if cfg.hard_prob > 0 else 1.0
+        if hard_draw < cfg.hard_prob / 4:
+            return self._render_negative_photo(hard)
         if cfg.tight_prob > 0 and np.random.default_rng([seed, 11]).random() < cfg.tight_prob:
             return self._render_tight(seed, occlude)
         H, W = cfg.height, cfg.width
-        canvas = self._background(rng)
+        canvas = render_hard_negative(hard, H, W) if hard_draw < cfg.hard_prob else self._background(rng)
         alpha_total = np.zeros((H, W), np.float32)
         boxes: list[np.ndarray] = []
         lms: list[np.ndarray] = []
@@ -476,6 +451,25 @@ class SceneRenderer:
                 ignore.append(bb)
         return Scene(canvas, np.array(boxes, np.float32).reshape(-1, 4), np.array(lms, np.float32).reshape(-1, 5, 2),
                      np.array(occl, bool), kinds, np.array(ignore, np.float32).reshape(-1, 4))
+
+    def _render_negative_photo(self, rng: np.random.Generator) -> Scene:
+        """A small photo without a face (a hard negative or a background picture, 24 px up to the scene's side) at the
+        top-left corner, black elsewhere, as :meth:`_render_tight` places a face photo; no labels."""
+        H, W = self.cfg.height, self.cfg.width
+        side = int(rng.integers(24, min(H, W) + 1))
+        h = int(min(H, max(16, round(side * rng.uniform(0.7, 1.4)))))
+        if rng.random() < 0.6:
+            photo = render_hard_negative(rng, h, side)
+        else:
+            src = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            sh, sw = src.shape[:2]
+            cs = int(rng.integers(min(sh, sw) // 6, min(sh, sw) + 1))
+            y, x = int(rng.integers(sh - cs + 1)), int(rng.integers(sw - cs + 1))
+            photo = cv2.resize(src[y:y + cs, x:x + cs], (side, h), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((H, W, 3), np.uint8)
+        canvas[:h, :side] = self._finish(photo, rng)
+        empty = np.zeros((0, 4), np.float32)
+        return Scene(canvas, empty, np.zeros((0, 5, 2), np.float32), np.zeros(0, bool), [], empty.copy())
 
     def _lowres(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``img`` shrunk and enlarged back with ``lowres_prob`` (:class:`SceneConfig`), else as it is."""

@@ -95,6 +95,7 @@ class DetTrainConfig:
     realistic_prob: float = 0.0  #: share of occluders from the realistic synthesizer (surgical, cloth, harvested...)
     cutouts: str = ""  #: harvested real masks (tools/harvest_occluders.py, harvest part) for realistic occluders
     lowres_prob: float = 0.0  #: share of composed scenes shrunk and enlarged back (small photos run at 2x)
+    hard_prob: float = 0.0  #: share of scenes on rendered hard negatives (text, star fields; 1/4 a small non-face photo)
     real_photos: str = ""  #: real-photo dataset folder (with_mask/): its harvest part, pseudo-labelled, as face photos
     real_prob: float = 0.0  #: share of face photos drawn from the pseudo-labelled real masked photos (--real-photos)
     real_labeller: str = "ltdet-v3"  #: LTDet bundle (folder or built-in name) that pseudo-labels them, with MTCNN
@@ -197,7 +198,8 @@ def train(cfg: DetTrainConfig) -> dict:
         real = build_or_load_real(cfg.real_photos, cfg.real_labeller, cache, progress=cfg.progress)
         log.info("real masked photos: %d with a sure face (%s)", len(real), cache)
     renderer = scene_renderer(labels, table, cfg.crop, cfg.templates, cfg.occlude_prob, cfg.tight_prob,
-                              cfg.realistic_prob, cfg.cutouts, real, cfg.real_prob, cfg.lowres_prob)
+                              cfg.realistic_prob, cfg.cutouts, real, cfg.real_prob, cfg.lowres_prob,
+                              cfg.hard_prob)
 
     def make(ctx: DistContext, ck) -> DetectorPlugin:
         torch.manual_seed(cfg.seed)  # the same initial weights (init "random") in every run
@@ -219,7 +221,7 @@ def _check(cfg: DetTrainConfig) -> None:
                          f"(tools/get_extra_data.py --source face-mask-detection); got {cfg.real_photos!r}")
     if cfg.real_prob > 0 and bundle_ref(cfg.real_labeller) is None:
         raise SystemExit(f"--real-labeller: {cfg.real_labeller} is not an LTDet bundle (folder or built-in name)")
-    for name in ("tight_prob", "realistic_prob", "occlude_prob", "real_prob", "lowres_prob"):
+    for name in ("tight_prob", "realistic_prob", "occlude_prob", "real_prob", "lowres_prob", "hard_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(cfg, name)}")
 
