@@ -28,28 +28,46 @@ def test_previous_default_keeps_the_segmenter_and_the_baseline_embedder():
     assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
 
 
-def test_default_bundle_is_ltdet_v3_and_default_v2_is_the_mask_aware_student():
-    """Issue #14: the default is ltdet-v3 (LTDet + refiner, then maskaware-v3's segmenter, student and mask-aware
-    matching, the chip fitted with weighted points) under its own name; the previous default stays as default-v2
-    (issue #9.7: maskaware-v3 with MTCNN).
-    Both share the files of the built-in bundles (no second copy of the weights)."""
-    d, v3, m, old = load_bundle(), load_bundle("ltdet-v3"), load_bundle("maskaware-v3"), load_bundle("default-v1")
-    assert d.name == "default-v3" and d.mode == "occlusion-aware" and d.stages["complete"] is None
-    assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v3.stages["detect"]
+def test_default_bundle_is_ltdet_v5_and_the_previous_defaults_stay_built_in():
+    """Issue #14: the default is ltdet-v5 (LTDet + refiner, then maskaware-v3's segmenter, student and mask-aware
+    matching, the chip fitted with weighted points) under its own name; the previous defaults stay built in:
+    default-v3 (ltdet-v3's detector, otherwise the same) and default-v2 (issue #9.7: maskaware-v3 with MTCNN).
+    All share the files of the built-in bundles (no second copy of the weights)."""
+    d, v5, m, old = load_bundle(), load_bundle("ltdet-v5"), load_bundle("maskaware-v3"), load_bundle("default-v1")
+    assert d.name == "default-v4" and d.mode == "occlusion-aware" and d.stages["complete"] is None
+    assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v5.stages["detect"]
+    assert d.stages["detect"].config["pad_below"] == d.stages["detect"].config["upscale_below"] == 320
     # the same embedder; the chip is fitted with the eyes weighted over the mouth (mtcnn5w), calibrated for it
-    assert d.stages["embed"].files == v3.stages["embed"].files
-    assert v3.stages["embed"].config["chip_landmarks"] == "mtcnn5"
+    assert d.stages["embed"].files == v5.stages["embed"].files
+    assert v5.stages["embed"].config["chip_landmarks"] == "mtcnn5"
     assert d.stages["embed"].config["chip_landmarks"] == "mtcnn5w"
     assert d.match["calibration"]["embedder"].endswith(":dlib150:mtcnn5w")
-    assert d.operating_points.far == v3.operating_points.far == 1e-3 and abs(d.threshold - v3.threshold) < 0.01
-    assert d.match["min_det_score"] == v3.match["min_det_score"] == 0.75
+    assert d.operating_points.far == v5.operating_points.far == 1e-3 and abs(d.threshold - v5.threshold) < 0.01
+    assert d.match["min_det_score"] == v5.match["min_det_score"] == 0.75
+    v3, d3 = load_bundle("ltdet-v3"), load_bundle("default-v3")
+    assert d3.name == "default-v3" and d3.stages["detect"] == v3.stages["detect"]
+    assert d3.stages["embed"] == d.stages["embed"] and d3.match["calibration"]["embedder"].endswith(":mtcnn5w")
     prev = load_bundle("default-v2")
     assert prev.name == "default-v2" and prev.stages["detect"].kind == "mtcnn"
-    for b in (d, prev):
+    for b in (d, d3, prev):
         assert b.mask_aware == m.mask_aware and b.mask_aware is not None
         assert b.stages["embed"].files["model"].path == m.stages["embed"].files["model"].path
         assert b.stages["segment"].files["model"].path == old.stages["segment"].files["model"].path
     assert prev.threshold == m.threshold and prev.operating_points == m.operating_points
+
+
+def test_default_v3_galleries_open_with_the_default(tmp_path, astronaut_bgr):
+    """default-v4 changed only the detector: the template model id is default-v3's, so a gallery enrolled with
+    default-v3 opens with the default and finds the person; default-v2's (other chips) is refused."""
+    import sdk
+    from sdk.errors import GalleryError
+
+    db = tmp_path / "g.db"
+    sdk.Recognizer("default-v3", gallery=db).enroll("eileen", astronaut_bgr)
+    [m] = sdk.Recognizer(gallery=db).identify(astronaut_bgr)
+    assert m.identity == "eileen" and m.similarity > m.threshold
+    with pytest.raises(GalleryError):
+        sdk.Recognizer("default-v2", gallery=db)
 
 
 def test_builtin_bundle_loads_in_baseline_mode():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_readers_evaluate import tiny_lfw, variants  # noqa: F401  (fixture reused)
 
+from sdk.bundle import load_bundle
 from sdk.occluders import draw_surgical_mask
 from sdk.types import Face
 from trainer.eval.heldout import family_for
@@ -158,10 +159,11 @@ def test_wild_lfw_paints_on_the_photo_and_counts_lost_faces(tiny_lfw, cutouts, t
     assert evaluate_main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     res, meta = rep["results"], rep["meta"]
-    assert set(res) == {f"{b}: {c}" for b in ("default-v2", "default-v3")
+    current = load_bundle().name  # --compare default: the row is named after the bundle
+    assert set(res) == {f"{b}: {c}" for b in ("default-v2", current)
                         for c in ("unmasked", "heldout (probe, on photo)")}
     assert meta["reference faces"] == meta["photos"] == 8 and meta["pairs"] == 8
-    for b in ("default-v2", "default-v3"):
+    for b in ("default-v2", current):
         assert res[f"{b}: unmasked"]["verification"]["accuracy_mean"] == 1.0
         assert meta["faces found"][b]["clean photos (%)"] == 100.0
         row = res[f"{b}: heldout (probe, on photo)"]
@@ -230,7 +232,7 @@ def test_validate_wild_reads_only_calibration_people_and_training_occluders(tiny
     rep = json.loads(out.read_text())
     assert rep["data"].endswith(", 8 images") and rep["genuine pairs"] == 2 * 4 * 3 and 0 < rep["impostor pairs"] <= 50
     [(name, row)] = rep["results"].items()
-    assert name.startswith("default (default-v3,")
+    assert name.startswith(f"default ({load_bundle().name},")
     assert row["unmasked"]["genuine mean"] > 0.9 and 0 <= row["masked photos: face found (%)"] <= 100
     for cond in ("unmasked", "probe masked (trainmix on the photo)"):
         assert all(0 <= row[cond][k] <= 100 for k in ("TAR@FAR=0.01 (%)", "TAR@FAR=0.001 (%)"))
