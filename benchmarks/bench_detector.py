@@ -1,7 +1,9 @@
 """Face-detector throughput: LTDet (ONNX Runtime) vs MTCNN (the SDK's cascade) vs dlib HOG, same run, same frames.
 
 Frames are scenes composed by the detector's own compositor from scikit-image's astronaut (no data folder):
-640x480 with 1 face and with 4 faces, and 1280x720 with 4 faces (face sizes 40-200 px). Each detector runs
+640x480 with 1 face and with 4 faces, and 1280x720 with 4 faces (face sizes 40-200 px); plus a small photo, the masked
+astronaut cut tight (160x160), where LTDet's passes for small photos run (``--compare`` a bundle without them to
+see their cost). Each detector runs
 with ``--threads`` ONNX Runtime threads (dlib HOG is single-threaded, 1 upsampling: faces from ~40 px, the
 setting the evaluation uses). Each case runs ``--rounds`` interleaved rounds of ``--calls`` calls after a
 warm-up (so a burst of load on a shared machine hits every detector), and reports the median ms per frame,
@@ -39,7 +41,26 @@ def frames() -> dict[str, np.ndarray]:
                                           flip=False, background_split="eval"),
                           image_loader=lambda p: table[str(p)])
         out[name] = r.render(3).image
+    out["160x160_tight_masked"] = tight_masked_photo()
     return out
+
+
+def tight_masked_photo(side: int = 160) -> np.ndarray:
+    """The astronaut with a drawn surgical mask, cut to a square 0.7x her face box (forehead and chin off the edge)
+    and resized to ``side`` px: a small photo, where LTDet's ``upscale_below`` / ``pad_below`` passes run."""
+    import cv2
+    from skimage.data import astronaut
+
+    from sdk.detect import MTCNNDetector
+    from sdk.occluders import draw_surgical_mask
+
+    img = np.ascontiguousarray(astronaut()[..., ::-1])
+    face = MTCNNDetector.from_package().detect(img)[0]
+    masked = draw_surgical_mask(img, face.landmarks)[0]
+    x1, y1, x2, y2 = face.box
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.35 * max(x2 - x1, y2 - y1)
+    crop = masked[int(cy - half):int(cy + half), int(cx - half):int(cx + half)]
+    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def detectors(model: str, threads: int, pyramids: list[str], compare: list[str] = ()) -> dict:

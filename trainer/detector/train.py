@@ -40,6 +40,10 @@ of the real-photo split, pseudo-labelled once by ``--real-labeller`` (an LTDet b
 (:mod:`trainer.detector.real_labels`; the validation part the evaluation scores is never read); they are cut tight,
 shrunk and pasted like the LFW / CelebA photos, without a synthetic occluder.
 
+``--hard-prob P`` puts that share of the scenes on rendered hard negatives (text in OpenCV's fonts, star fields:
+:mod:`trainer.detector.textures`), a quarter of it as a small non-face photo alone (``ltdet-v5``:
+``reports/detector/training-v5/README.md``).
+
 ``--data astronaut`` trains on scikit-image's astronaut alone (tests, smoke runs; no data folder needed).
 """
 from __future__ import annotations
