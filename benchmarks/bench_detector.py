@@ -48,19 +48,15 @@ def frames() -> dict[str, np.ndarray]:
 def tight_masked_photo(side: int = 160) -> np.ndarray:
     """The astronaut with a drawn surgical mask, cut to a square 0.7x her face box (forehead and chin off the edge)
     and resized to ``side`` px: a small photo, where LTDet's ``upscale_below`` / ``pad_below`` passes run."""
-    import cv2
     from skimage.data import astronaut
 
+    from sdk.demo import tight_crop
     from sdk.detect import MTCNNDetector
     from sdk.occluders import draw_surgical_mask
 
     img = np.ascontiguousarray(astronaut()[..., ::-1])
     face = MTCNNDetector.from_package().detect(img)[0]
-    masked = draw_surgical_mask(img, face.landmarks)[0]
-    x1, y1, x2, y2 = face.box
-    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.35 * max(x2 - x1, y2 - y1)
-    crop = masked[int(cy - half):int(cy + half), int(cx - half):int(cx + half)]
-    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+    return tight_crop(draw_surgical_mask(img, face.landmarks)[0], face.box, 0.7, side)
 
 
 def detectors(model: str, threads: int, pyramids: list[str], compare: list[str] = ()) -> dict:

@@ -33,6 +33,17 @@ def demo_frames() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return astro, {"astronaut_flipped_rescaled": flipped, "camera_man": camera}
 
 
+def tight_crop(frame: np.ndarray, box, ratio: float = 0.7, side: int = 160) -> np.ndarray:
+    """A square ``ratio`` x the longer side of ``box`` (``x1, y1, x2, y2`` pixels) about its centre, cut from
+    ``frame`` (BGR uint8) and resized to ``side`` px: with ratio < 1 the forehead and chin fall off the edge, the
+    framing of many real masked-face photos (tests and the detector benchmark's small-photo case)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, ratio * max(x2 - x1, y2 - y1) / 2
+    crop = frame[max(0, int(cy - half)):int(cy + half), max(0, int(cx - half)):int(cx + half)]
+    how = cv2.INTER_AREA if crop.shape[0] > side else cv2.INTER_LINEAR
+    return cv2.resize(crop, (side, side), interpolation=how)
+
+
 def run_demo(out_dir: Path, model: str | None = None) -> list[dict]:
     """Run the demo, write annotated PNGs into ``out_dir`` and return one result row per probe."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -222,6 +222,15 @@ def test_ltdet_upscales_small_frames_only(monkeypatch):
     shapes.clear()
     plain.detect(np.zeros((150, 200, 3), np.uint8))
     assert shapes == [(150, 200), (38, 50)]
+    # pad_below: one more call, the photo centred on a black canvas 1.5x its side, at 192 px; camera frames never
+    padded = LTDetDetector(model, LTDetConfig(upscale_below=320, pad_below=320, threads=1))
+    monkeypatch.setattr(padded, "_run", lambda img: (shapes.append(img.shape[:2]), real_run(img))[1])
+    shapes.clear()
+    padded.detect(np.zeros((150, 200, 3), np.uint8))
+    assert shapes == [(300, 400), (150, 200), (38, 50), (192, 192)]
+    shapes.clear()
+    padded.detect(np.zeros((480, 640, 3), np.uint8))
+    assert shapes == [(480, 640), (120, 160)]
     for bad in ({"upscale_below": 8}, {"upscale": 1.0}, {"upscale": 5.0}):
         with pytest.raises(ValueError):
             LTDetConfig(**bad)

@@ -125,10 +125,9 @@ def test_builtin_ltdet_finds_a_tight_masked_crop_and_identifies_her(astronaut_bg
     cut tight around her face (a square 0.6x her face box: forehead and chin off the edge, 128 px, the framing of many real
     masked photos) is found, where ``ltdet-v2`` and MTCNN find nothing; the masked full photo matches her enrolled
     one above the bundle's occluded-probe threshold."""
-    import cv2
-
     import sdk
     from sdk.bundle import load_bundle
+    from sdk.demo import tight_crop
     from sdk.detect import MTCNNDetector
     from sdk.occluders import draw_surgical_mask
 
@@ -138,10 +137,7 @@ def test_builtin_ltdet_finds_a_tight_masked_crop_and_identifies_her(astronaut_bg
     assert spec.kind == "ltdet" and "refiner" in spec.files and spec.config["upscale_below"] == 320
     face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
     masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
-    x1, y1, x2, y2 = face.box
-    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 0.6 * max(x2 - x1, y2 - y1)
-    crop = masked[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
-    crop = cv2.resize(crop, (128, 128), interpolation=cv2.INTER_AREA)
+    crop = tight_crop(masked, face.box, 0.6, 128)
     rec = sdk.Recognizer(name)
     assert len(rec.detect(crop)) == 1
     assert sdk.Recognizer("ltdet-v2").detect(crop) == [] and MTCNNDetector.from_package().detect(crop) == []
@@ -151,8 +147,8 @@ def test_builtin_ltdet_finds_a_tight_masked_crop_and_identifies_her(astronaut_bg
 
 
 @pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
-def test_exporter_sets_keeps_and_clears_upscale_below(tmp_path):
-    """``--upscale-below PX`` writes the setting; re-bundling from ltdet-v3 keeps it; ``--upscale-below 0`` drops it."""
+def test_exporter_sets_keeps_and_clears_the_small_photo_passes(tmp_path):
+    """``--upscale-below PX`` / ``--pad-below PX`` write the settings; re-bundling keeps them; ``0`` drops them."""
     import json
 
     from export.onnx_detector import main
@@ -170,27 +166,29 @@ def test_exporter_sets_keeps_and_clears_upscale_below(tmp_path):
     assert main(["--from-onnx", graph, "--out", str(tmp_path / "c"), "--bundle-from", "ltdet-v3",
                  "--upscale-below", "0"]) == 0
     assert "upscale_below" not in cfg(tmp_path / "c")
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "d"), "--bundle-from", "ltdet-v3",
+                 "--pad-below", "320"]) == 0
+    assert cfg(tmp_path / "d")["pad_below"] == 320 and cfg(tmp_path / "d")["upscale_below"] == 320
+    assert "pad_below" not in cfg(tmp_path / "b")
+    assert main(["--from-onnx", graph, "--out", str(tmp_path / "e"), "--bundle-from", str(tmp_path / "d"),
+                 "--pad-below", "0"]) == 0
+    assert "pad_below" not in cfg(tmp_path / "e") and cfg(tmp_path / "e")["upscale_below"] == 320
 
 
-def test_pad_pass_finds_a_face_that_overflows_a_small_photo(astronaut_bgr, monkeypatch):
+def test_pad_pass_finds_a_face_that_overflows_a_small_photo(astronaut_bgr):
     """``pad_below``: a small photo also runs once centred on a black canvas 1.5x its side (at 192 px), so a face
     larger than the photo is seen whole: the masked astronaut cut at 0.7x her face box (160 px) scores under
-    ``ltdet-v3``'s threshold without the pass and above it with the pass; camera frames never run it; bad values are
-    errors."""
-    import cv2
-
+    ``ltdet-v3``'s threshold without the pass and above it with the pass; bad values are errors (which frames run it:
+    ``tests/test_detect_onnx.py``)."""
     from sdk._registry import build_stage
     from sdk.bundle import load_bundle
+    from sdk.demo import tight_crop
     from sdk.detect import MTCNNDetector
     from sdk.detect_onnx import LTDetConfig
     from sdk.occluders import draw_surgical_mask
 
     face = MTCNNDetector.from_package().detect(astronaut_bgr)[0]
-    masked = draw_surgical_mask(astronaut_bgr, face.landmarks)[0]
-    x1, y1, x2, y2 = face.box
-    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 0.7 * max(x2 - x1, y2 - y1)
-    crop = masked[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
-    crop = cv2.resize(crop, (160, 160), interpolation=cv2.INTER_AREA)
+    crop = tight_crop(draw_surgical_mask(astronaut_bgr, face.landmarks)[0], face.box, 0.7, 160)
     spec = load_bundle("ltdet-v3").stages["detect"]
     plain = build_stage(spec, {"score_threshold": 0.3})
     padded = build_stage(spec, {"score_threshold": 0.3, "pad_below": 320})
@@ -200,36 +198,9 @@ def test_pad_pass_finds_a_face_that_overflows_a_small_photo(astronaut_bgr, monke
     assert 0 <= f.box[0] < f.box[2] <= 160 and 0 <= f.box[1] < f.box[3] <= 160  # clipped to the photo
     assert f.landmarks[0, 0] < f.landmarks[1, 0] and f.landmarks[:2, 1].max() < f.landmarks[3:, 1].min()
 
-    shapes: list[tuple[int, int]] = []
-    real_run = padded._run
-    monkeypatch.setattr(padded, "_run", lambda img: (shapes.append(img.shape[:2]), real_run(img))[1])
-    padded.detect(crop)
-    assert (192, 192) in shapes
-    shapes.clear()
-    padded.detect(np.zeros((480, 640, 3), np.uint8))
-    assert shapes == [(480, 640), (120, 160)]
     for bad in ({"pad_below": 8}, {"pad_canvas": 1.0}, {"pad_side": 100}):
         with pytest.raises(ValueError):
             LTDetConfig(**bad)
-
-
-@pytest.mark.skipif(not (ROOT / "sdk" / "models" / "ltdet-v3" / "manifest.json").is_file(), reason="ltdet-v3 not built")
-def test_exporter_sets_and_clears_pad_below(tmp_path):
-    import json
-
-    from export.onnx_detector import main
-
-    graph = str(ROOT / "sdk" / "models" / "ltdet-v3" / "detector.onnx")
-
-    def cfg(out):
-        return json.loads((out / "manifest.json").read_text())["stages"]["detect"]["config"]
-
-    assert main(["--from-onnx", graph, "--out", str(tmp_path / "a"), "--bundle-from", "ltdet-v3",
-                 "--pad-below", "320"]) == 0
-    assert cfg(tmp_path / "a")["pad_below"] == 320 and cfg(tmp_path / "a")["upscale_below"] == 320
-    assert main(["--from-onnx", graph, "--out", str(tmp_path / "b"), "--bundle-from", str(tmp_path / "a"),
-                 "--pad-below", "0"]) == 0
-    assert "pad_below" not in cfg(tmp_path / "b")
 
 
 def test_hard_negative_scenes(astronaut_set):
