@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from export import triton
+from sdk.bundle import load_bundle
 
 
 def test_repository_for_a_bundle_with_segmenter_and_embedder(tmp_path):
@@ -62,8 +63,9 @@ def test_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "export", "triton", "--bundle", "default", "--out", str(tmp_path / "r")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "r" / "default_v3_segment" / "config.pbtxt").is_file()
-    assert (tmp_path / "r" / "default_v3_embed" / "config.pbtxt").is_file()
+    prefix = load_bundle("default").name.replace("-", "_")  # Triton model names: the bundle's name, "_" for "-"
+    assert (tmp_path / "r" / f"{prefix}_segment" / "config.pbtxt").is_file()
+    assert (tmp_path / "r" / f"{prefix}_embed" / "config.pbtxt").is_file()
     bad = subprocess.run([sys.executable, "-m", "export", "triton", "--bundle", "baseline", "--out",
                           str(tmp_path / "b")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no ONNX stage" in bad.stderr
