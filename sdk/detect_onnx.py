@@ -274,21 +274,29 @@ class LTDetDetector:
             lm = self._refine(bgr, b)
         return _faces(b, lm, sc, W, H)
 
+    def _run_window(self, bgr: np.ndarray, X1: int, Y1: int, n: int, side: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The net on the square window ``[X1, X1 + n) x [Y1, Y1 + n)`` of the frame (black where it leaves the
+        frame), resized to ``side`` px: ``(scores, boxes, landmarks)`` of every anchor, in frame pixels. Both the
+        ``pad_below`` pass (a window larger than the frame) and :meth:`refine` (a window around a box) use it."""
+        H, W = bgr.shape[:2]
+        window = np.zeros((n, n, 3), np.uint8)
+        sx1, sy1, sx2, sy2 = max(X1, 0), max(Y1, 0), min(X1 + n, W), min(Y1 + n, H)
+        if sx2 > sx1 and sy2 > sy1:
+            window[sy1 - Y1:sy2 - Y1, sx1 - X1:sx2 - X1] = bgr[sy1:sy2, sx1:sx2]
+        k = side / n
+        window = cv2.resize(window, (side, side), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+        sc, bx, lm = self._run(window)
+        off = np.array([X1, Y1], np.float32)
+        return sc, bx / k + np.tile(off, 2), lm / k + off
+
     def _padded(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The ``pad_below`` pass (:class:`LTDetConfig`): faces ``(boxes, landmarks, scores)`` in frame pixels whose
         box centre lies inside the frame and whose score passes the threshold, or None."""
         cfg = self.config
         H, W = bgr.shape[:2]
         L = max(int(round(cfg.pad_canvas * max(H, W))), H + 2, W + 2)
-        top, left = (L - H) // 2, (L - W) // 2
-        canvas = cv2.copyMakeBorder(bgr, top, L - H - top, left, L - W - left, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        k = cfg.pad_side / L
-        how = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
-        canvas = cv2.resize(canvas, (cfg.pad_side, cfg.pad_side), interpolation=how)
-        sc, bx, lm = self._run(canvas)
-        off = np.array([left, top], np.float32)
-        bx = bx / k - np.tile(off, 2)
-        lm = lm / k - off
+        sc, bx, lm = self._run_window(bgr, -((L - W) // 2), -((L - H) // 2), L, cfg.pad_side)
         ctr = (bx[:, :2] + bx[:, 2:]) / 2
         ok = (sc >= cfg.score_threshold) & (ctr[:, 0] >= 0) & (ctr[:, 0] < W) & (ctr[:, 1] >= 0) & (ctr[:, 1] < H)
         if not ok.any():
@@ -332,23 +340,19 @@ class LTDetDetector:
             out_b[i] = (x1, y1, x2, y2)
             X1, Y1 = int(np.floor(cx - half)), int(np.floor(cy - half))
             n = max(1, int(np.ceil(2 * half)))
-            window = np.zeros((n, n, 3), np.uint8)
-            sx1, sy1, sx2, sy2 = max(X1, 0), max(Y1, 0), min(X1 + n, W), min(Y1 + n, H)
-            if sx2 <= sx1 or sy2 <= sy1:
+            if min(X1 + n, W) <= max(X1, 0) or min(Y1 + n, H) <= max(Y1, 0):
                 continue  # the box is outside the frame
-            window[sy1 - Y1:sy2 - Y1, sx1 - X1:sx2 - X1] = bgr[sy1:sy2, sx1:sx2]
-            k = S / n
-            window = cv2.resize(window, (S, S), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
-            sc, bx, lm = self._run(window)
+            sc, bx, lm = self._run_window(bgr, X1, Y1, n, S)
             ctr = (bx[:, :2] + bx[:, 2:]) / 2
             size = np.sqrt(np.clip(bx[:, 2] - bx[:, 0], 0, None) * np.clip(bx[:, 3] - bx[:, 1], 0, None))
-            ok = (np.abs(ctr - S / 2).max(axis=1) <= 0.5 * side * k) & (size >= 0.5 * side * k) & (size <= 2 * side * k)
+            near = np.abs(ctr - np.array([X1 + n / 2, Y1 + n / 2])).max(axis=1) <= 0.5 * side
+            ok = near & (size >= 0.5 * side) & (size <= 2 * side)
             if not ok.any():
                 continue
             j = int(np.flatnonzero(ok)[np.argmax(sc[ok])])
             out_s[i] = float(sc[j])
-            out_b[i] = bx[j] / k + np.array([X1, Y1, X1, Y1])
-            out_lm[i] = lm[j] / k + np.array([X1, Y1])
+            out_b[i] = bx[j]
+            out_lm[i] = lm[j]
         found = out_s > 0
         if self._refiner is not None and found.any():
             out_lm[found] = self._refine(bgr, out_b[found].astype(np.float32))
