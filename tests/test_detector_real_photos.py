@@ -200,3 +200,38 @@ def test_real_photo_check_counts_validation_photos_only(real_dataset, tmp_path):
     assert res["without_mask"]["photos"] == 1 and res["without_mask"]["found"] == 1
     with pytest.raises(SystemExit, match="no validation photos"):
         main(["--model", "ltdet-v3", "--photos", str(tmp_path), "--split", str(split)])
+
+
+@pytest.mark.skipif(not HAVE_V3, reason="ltdet-v3 not built")
+def test_face_size_labels_from_labellers_then_by_hand(real_dataset, tmp_path):
+    """``tools/label_real_face_sizes.py``: validation photos only; the masked astronaut gets her face's side from the
+    labellers (MTCNN + ``ltdet-v3``; they agree within a few px); the blank photo is left unlabelled and drawn on the
+    contact sheet until a manual row gives it a size; bad manual rows are errors."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from label_real_face_sizes import main
+    finally:
+        sys.path.pop(0)
+    from sdk.detect import MTCNNDetector
+
+    root, split = real_dataset
+    out, sheet = tmp_path / "sizes.json", tmp_path / "sheet.png"
+    base = ["--photos", str(root), "--split", str(split), "--labeller", "ltdet-v3"]
+    assert main(base + ["--sheet", str(sheet), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["photos"]) == {"with_mask/v.jpg", "without_mask/u.jpg"}  # harvest photos are never read
+    assert doc["unlabelled"] == ["with_mask/v2.png"] and cv2.imread(str(sheet)) is not None
+    v = doc["photos"]["with_mask/v.jpg"]
+    assert sorted(v["source"]) == ["ltdet-v3", "mtcnn"]
+    x1, y1, x2, y2 = MTCNNDetector.from_package().detect(cv2.imread(str(root / "with_mask" / "v.jpg")))[0].box
+    assert abs(v["face_px"] - np.sqrt((x2 - x1) * (y2 - y1))) < 0.2 * v["face_px"]
+    manual = tmp_path / "manual.csv"
+    manual.write_text("name,face_px,note\nwith_mask/v2.png,0,no face\n")
+    assert main(base + ["--manual", str(manual), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["unlabelled"] == [] and doc["photos"]["with_mask/v2.png"] == {"face_px": 0.0, "source": ["manual"]}
+    manual.write_text("name,face_px\nwith_mask/v2.png,big\n")
+    with pytest.raises(SystemExit, match="face_px must be a number"):
+        main(base + ["--manual", str(manual), "--out", str(out)])

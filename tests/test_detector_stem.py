@@ -56,7 +56,7 @@ def test_stem_net_keeps_everything_after_the_cut(ltdet_net):
     from trainer.detector.model import DetectorNet, NetConfig, with_stem
 
     net = with_stem(ltdet_net, cut=33, width=16, blocks=1)
-    assert net.cfg.stem == {"cut": 33, "width": 16, "blocks": 1, "out": 32}
+    assert net.cfg.stem == {"cut": 33, "width": 16, "blocks": 1, "out": 32, "stride": 4}
     sd, td = net.state_dict(), ltdet_net.state_dict()
     assert all(torch.equal(v, td[k]) for k, v in sd.items() if not k.startswith("stem."))
     assert "backbone.convs.0.weight" not in sd and "backbone.convs.13.weight" not in sd  # before the cut: gone
@@ -74,6 +74,46 @@ def test_stem_net_keeps_everything_after_the_cut(ltdet_net):
 
         TFLiteBackbone([dict(st) for st in ltdet_net.backbone.steps if st["op"] not in ("conv", "dwconv")],
                        ltdet_net.backbone.features, ltdet_net.backbone.input_id, cut=20)
+
+
+@pytest.mark.parametrize("hw", [(128, 160), (96, 224)])
+def test_stride2_stem_matches_the_cut_and_keeps_full_resolution(ltdet_net, hw):
+    """The stride-2 layout: a 3x3 stride-2 first layer (every input pixel seen at stride 2), output the shape of the
+    teacher's tensor at the cut; a checkpoint config without ``stride`` (older stem runs) still builds the stride-4
+    stem; other strides are refused."""
+    from trainer.detector.model import DetectorNet, FastStem, NetConfig, with_stem
+
+    net = with_stem(ltdet_net, cut=33, width=16, blocks=2, stride=2)
+    assert net.cfg.stem["stride"] == 2 and net.stem.conv.stride == (2, 2) and net.stem.down is not None
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        assert net.stem(x).shape == ltdet_net.backbone(x, until=33).shape
+    old = NetConfig.from_json({**net.cfg.to_json(), "stem": {"cut": 33, "width": 16, "blocks": 1, "out": 32}})
+    assert DetectorNet(old).stem.conv.stride == (4, 4)
+    with pytest.raises(ValueError, match="stride must be 2 or 4"):
+        FastStem(16, 1, 32, stride=3)
+
+
+def test_decode_equals_per_anchor_decoding_of_the_raw_heads(ltdet_net):
+    """``decode`` adds the anchor centres on the channel-first maps and transposes once; the numbers must be those
+    of the raw heads (``forward``) decoded anchor by anchor with :func:`anchor_grid` (BlazeFace's order)."""
+    from trainer.detector.model import anchor_grid
+
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        s, b, lm = ltdet_net.decode(x)
+        raw = ltdet_net(x)
+    S, B, L = [], [], []
+    for (lg, bx, lk), st, a in zip(raw, ltdet_net.cfg.strides, ltdet_net.cfg.anchors):
+        anc = torch.from_numpy(anchor_grid(96 // st, 160 // st, st, a))
+        c, half = anc[None] + bx[..., :2], 0.5 * bx[..., 2:].abs()
+        S.append(torch.sigmoid(lg))
+        B.append(torch.cat([c - half, c + half], -1))
+        L.append(anc[None, :, None] + lk)
+    for got, want in zip((s, b, lm), (torch.cat(S, 1), torch.cat(B, 1), torch.cat(L, 1))):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-4)
+    assert float(b[0, :, 0].std()) > 1.0  # anchors spread over the frame: a transposition would not pass above
 
 
 @pytest.mark.slow

@@ -229,3 +229,26 @@ def test_hard_negative_scenes(astronaut_set):
         else:
             with_faces += 1
     assert alone >= 2 and with_faces >= 12
+
+
+def test_from_onnx_traces_an_older_graph_again_with_the_same_outputs(tmp_path, astronaut_bgr):
+    """``--from-onnx`` on a graph exported before the cheaper in-graph decoding: the weights are read back and
+    traced again -- a different graph (bytes) with the same scores, boxes and landmarks."""
+    import cv2
+    import onnxruntime as ort
+
+    from export.onnx_detector import main
+    from trainer.detector.data import to_input
+
+    graph = ROOT / "sdk" / "models" / "ltdet-v1" / "detector.onnx"
+    assert main(["--from-onnx", str(graph), "--out", str(tmp_path / "a"), "--bundle-from", "ltdet-v1"]) == 0
+    new = tmp_path / "a" / "detector.onnx"
+    assert new.read_bytes() != graph.read_bytes()
+    x = to_input(cv2.resize(astronaut_bgr, (320, 256))[None]).contiguous().numpy()
+    old_out, new_out = [ort.InferenceSession(str(g), providers=["CPUExecutionProvider"]).run(
+        ["scores", "boxes", "landmarks"], {"image": x}) for g in (graph, new)]
+    assert np.abs(old_out[0] - new_out[0]).max() < 1e-5
+    top = old_out[0][0] > 0.5
+    assert top.any()
+    for a, b in zip(old_out[1:], new_out[1:]):
+        assert np.abs(a[0][top] - b[0][top]).max() < 1e-2

@@ -12,7 +12,9 @@ Protocols (all on identities held out from training, :func:`~trainer.detector.la
 * **lfw_masked**: LFW / CelebA photos as they are (250x250) with a held-out occluder on the main face: did the
   detector find that face.
 * **real_masked**: real photos of people wearing masks (``--real``, e.g. the ``with_mask`` folder of
-  chandrikadeb7/Face-Mask-Detection; no boxes): share of photos where a face is found.
+  chandrikadeb7/Face-Mask-Detection; no boxes): share of photos where a face is found; with ``--real-sizes``
+  (the side of each photo's largest face, :mod:`tools.label_real_face_sizes`) also the share of photos whose face
+  is >= 40 px where a face at least half that side is found (the issue's target is stated for faces >= 40 px).
 * **small_negatives**: ``--small-negatives`` small photos without a face (64-320 px crops of the negative scenes,
   seeded): share with any detection at each detector's operating point -- the false positives of the passes that
   run on small photos only (LTDet's ``upscale_below`` / ``pad_below``), which the 640x480 scenes never trigger.
@@ -310,12 +312,15 @@ def run(args: argparse.Namespace) -> dict:
         k: {"found": v["found"], "images": v["n"], "recall": round(v["found"] / max(v["n"], 1), 4),
             **({"nme_mean": round(float(np.mean(v["nme"])), 4)} if v["nme"] else {})} for k, v in lfw.items()}
 
-    # real photos (masked; optionally unmasked), validation part of the split file when given
+    # real photos (masked; optionally unmasked), validation part of the split file when given; face sizes from
+    # --real-sizes (tools/label_real_face_sizes.py) for the recall on faces >= 40 px
+    sizes = {n: float(v["face_px"]) for n, v in json.loads(Path(args.real_sizes).read_text())["photos"].items()} \
+        if args.real_sizes else {}
     for key, folder in (("real_masked", args.real), ("real_unmasked", args.real_clean)):
         if not folder or not Path(folder).is_dir():
             continue
         files = _real_files(Path(folder), args.real_split, args.real_max)
-        real = {d.name: {"any": 0, "big": 0, "n": 0} for d in dets}
+        real = {d.name: {"any": 0, "big": 0, "n": 0, "n40": 0, "hit40": 0} for d in dets}
         for f in tqdm(files, desc=key, unit="img"):
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None or min(img.shape[:2]) < 24:
@@ -329,9 +334,15 @@ def run(args: argparse.Namespace) -> dict:
                 real[d.name]["n"] += 1
                 real[d.name]["any"] += bool(k.any())
                 real[d.name]["big"] += bool((_size(r.boxes[k]) >= 0.2 * min(img.shape[:2])).any()) if k.any() else 0
+                px = sizes.get(f"{f.parent.name}/{f.name}", 0.0)
+                if px >= 40:  # a labelled face >= 40 px: found when a kept face is at least half its side
+                    real[d.name]["n40"] += 1
+                    real[d.name]["hit40"] += bool((_size(r.boxes[k]) >= 0.5 * px).any()) if k.any() else 0
         res[key] = {"folder": str(folder), "split": str(args.real_split or ""), "images": real[dets[0].name]["n"],
                     **{k: {"found_any": round(v["any"] / max(v["n"], 1), 4),
-                           "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4)} for k, v in real.items()}}
+                           "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4),
+                           **({"images_face_ge_40px": v["n40"], "found_face_ge_40px": round(v["hit40"] / v["n40"], 4)}
+                              if v["n40"] else {})} for k, v in real.items()}}
     if args.small_negatives and conds["negatives"]:
         crops = small_negative_photos([sc.image for sc in conds["negatives"]], args.small_negatives)
         hits = {d.name: 0 for d in dets}
@@ -383,18 +394,21 @@ def markdown(res: dict) -> str:
             lines.append(f"| {name} ({op}) | {r['clean']['faces']} | {r['clean']['threshold']:g} | {fp} | "
                          + " | ".join(cells + nm) + " |")
     sn = res.get("small_negatives", {})
+    n40 = next((v["images_face_ge_40px"] for v in res.get("real_masked", {}).values()
+                if isinstance(v, dict) and "images_face_ge_40px" in v), 0)
     lines += ["", "| detector | photos + held-out occluders: found | NME | real masked: found (face >= 20 % of side) "
-              f"| real unmasked: found (>= 20 %) | small photos without a face ({sn.get('photos', 0)}): "
-              "with a detection |",
-              "|---|---:|---:|---:|---:|---:|"]
+              f"| real masked, labelled face >= 40 px ({n40}): found | real unmasked: found (>= 20 %) "
+              f"| small photos without a face ({sn.get('photos', 0)}): with a detection |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     ph = res.get("photos_heldout_occluders", {})
     for name, v in ph.items():
         rm = res.get("real_masked", {}).get(name, {})
         ru = res.get("real_unmasked", {}).get(name, {})
         f = (lambda d: f"{d['found_any'] * 100:.1f} ({d['found_face_ge_20pct'] * 100:.1f})" if d else "–")
         neg = f"{sn[name]['share'] * 100:.1f} %" if name in sn else "–"
+        big = f"{rm['found_face_ge_40px'] * 100:.1f}" if "found_face_ge_40px" in rm else "–"
         lines.append(f"| {name} | {v['recall'] * 100:.1f} % of {v['images']} | {v.get('nme_mean', '–')} | {f(rm)} "
-                     f"| {f(ru)} | {neg} |")
+                     f"| {big} | {f(ru)} | {neg} |")
     return "\n".join(lines) + "\n"
 
 
@@ -461,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", default="", help="folder of real masked photos (no labels), e.g. .../dataset/with_mask")
     p.add_argument("--real-clean", default="", help="folder of real unmasked photos, e.g. .../dataset/without_mask")
     p.add_argument("--real-split", default="", help="split JSON: use only its 'validation' files of those folders")
+    p.add_argument("--real-sizes", default="",
+                   help="face-size labels of the real photos (tools/label_real_face_sizes.py; the committed "
+                        "trainer/data/splits/face_mask_detection_sizes.json): adds the recall on faces >= 40 px")
     p.add_argument("--real-max", type=int, default=300, help="at most this many real photos per folder")
     p.add_argument("--real-side", type=int, default=640, help="real photos are downscaled to this longest side (px)")
     p.add_argument("--ltdet-pyramids", nargs="*", default=[], metavar="S1,S2",

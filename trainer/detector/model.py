@@ -61,7 +61,8 @@ class NetConfig:
         channels: feature channels, per stride.
         steps, features, input_id: the backbone's op records (:class:`TFLiteBackbone`), weights excluded.
         stem: empty, or a :class:`FastStem` replacing the backbone up to tensor ``stem["cut"]``:
-            ``{"cut": id, "width": w, "blocks": b, "out": channels of the cut tensor}``.
+            ``{"cut": id, "width": w, "blocks": b, "out": channels of the cut tensor, "stride": 4 or 2}``
+            (no ``stride``: 4, the first layout).
     """
 
     source: str = "blazeface-front"
@@ -102,18 +103,27 @@ def anchor_grid(h: int, w: int, stride: int, per_cell: int) -> np.ndarray:
 
 
 class FastStem(nn.Module):
-    """A cheap stride-4 stem: a 4x4 stride-4 convolution (3 -> ``width``, ReLU), ``blocks`` residual
-    depthwise-3x3 + pointwise blocks (ReLU) at stride 4, and a 1x1 projection to ``out`` channels (ReLU).
+    """A cheap stem standing in for BlazeFace's first stage (a 5x5 stride-2 convolution and three blocks at stride 2,
+    ~290 M multiply-adds on a 640x480 frame, most of LTDet's time), trained to reproduce that stage's stride-4 output
+    (:mod:`trainer.detector.stem`); everything after the cut is the trained net, unchanged. Two layouts:
 
-    It stands in for BlazeFace's first stage (a 5x5 stride-2 convolution and three blocks at stride 2, ~290 M
-    multiply-adds on a 640x480 frame, most of LTDet's time) and is trained to reproduce that stage's stride-4
-    output (:mod:`trainer.detector.stem`); everything after the cut is the trained net, unchanged."""
+    * ``stride=4``: a 4x4 stride-4 convolution (3 -> ``width``, ReLU), ``blocks`` residual depthwise-3x3 +
+      pointwise blocks (ReLU) at stride 4, a 1x1 projection to ``out`` channels (ReLU). Cheapest; loses faces
+      under ~40 px (a 4x4 patch per cell from the first layer on).
+    * ``stride=2``: a 3x3 stride-2 convolution (3 -> ``width``, ReLU), ``blocks`` residual blocks at stride 2, a
+      depthwise 3x3 stride-2 convolution and the 1x1 projection to ``out`` (ReLU): the teacher's resolution up to
+      the cut at ~1/4 of its multiply-adds (``width=16, blocks=2``: ~75 M on 640x480).
+    """
 
-    def __init__(self, width: int = 48, blocks: int = 2, out: int = 32):
+    def __init__(self, width: int = 48, blocks: int = 2, out: int = 32, stride: int = 4):
         super().__init__()
-        self.conv = nn.Conv2d(3, width, 4, stride=4)
+        if stride not in (2, 4):
+            raise ValueError(f"stem stride must be 2 or 4, got {stride}")
+        self.stride = stride
+        self.conv = nn.Conv2d(3, width, 4, stride=4) if stride == 4 else nn.Conv2d(3, width, 3, stride=2, padding=1)
         self.dw = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1, groups=width) for _ in range(blocks)])
         self.pw = nn.ModuleList([nn.Conv2d(width, width, 1) for _ in range(blocks)])
+        self.down = None if stride == 4 else nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width)
         self.proj = nn.Conv2d(width, out, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -126,6 +136,8 @@ class FastStem(nn.Module):
         y = torch.relu(self.conv(x))
         for dw, pw in zip(self.dw, self.pw):
             y = torch.relu(y + pw(dw(y)))
+        if self.down is not None:
+            y = self.down(y)
         return torch.relu(self.proj(y))
 
 
@@ -146,7 +158,7 @@ class DetectorNet(nn.Module):
                 st["weight"] = np.zeros((o, i, kh, kw), np.float32)
                 st["bias"] = np.zeros(o, np.float32)
         st = cfg.stem or {}
-        self.stem = FastStem(st["width"], st["blocks"], st["out"]) if st else None
+        self.stem = FastStem(st["width"], st["blocks"], st["out"], st.get("stride", 4)) if st else None
         self.backbone = TFLiteBackbone(steps, cfg.features, cfg.input_id, cut=st.get("cut"))
         self.cls = nn.ModuleList()
         self.box = nn.ModuleList()
@@ -175,29 +187,38 @@ class DetectorNet(nn.Module):
 
     @staticmethod
     def anchors_like(feat_hw: tuple[int, int], stride: int, per_cell: int, device=None) -> torch.Tensor:
-        """Anchor centres as a tensor (traceable: built from the feature map's size)."""
+        """Anchor centres ``(h * w * per_cell, 2)`` as a tensor (the order of :meth:`forward`'s outputs)."""
         h, w = feat_hw
+        c = DetectorNet._centre_maps(h, w, stride, device)  # (2, h, w)
+        return c.permute(1, 2, 0).reshape(-1, 1, 2).expand(-1, per_cell, 2).reshape(-1, 2)
+
+    @staticmethod
+    def _centre_maps(h: int, w: int, stride: int, device=None) -> torch.Tensor:
+        """``(2, h, w)``: the x and y pixel centre of every cell of a stride-``stride`` map (traceable: built from
+        the map's size)."""
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        c = torch.stack([gx, gy], -1).reshape(-1, 1, 2).expand(-1, per_cell, 2)
-        return c.reshape(-1, 2)
+        return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], 0)
 
     def decode(self, x: torch.Tensor):
-        """``(scores (N, A), boxes (N, A, 4) x1y1x2y2, landmarks (N, A, 5, 2))`` in input pixels."""
+        """``(scores (N, A), boxes (N, A, 4) x1y1x2y2, landmarks (N, A, 5, 2))`` in input pixels.
+
+        The anchor centres are added on the heads' channel-first maps (``(2, h, w)`` broadcast over whole planes)
+        and each output is transposed once at the end: the same numbers as adding them per anchor after the
+        transpose, ~1 ms less on ONNX Runtime's CPU at 640x480 (small-last-axis broadcasts are slow there)."""
         feats = self.features(x)
         S, B, L = [], [], []
         for f, s, a, cls, box, lmk in zip(feats, self.cfg.strides, self.cfg.anchors, self.cls, self.box, self.lmk):
             n, _, h, w = f.shape
-            anc = self.anchors_like((h, w), s, a, f.device)  # (A, 2)
-            lg = cls(f).permute(0, 2, 3, 1).reshape(n, -1)
-            bx = box(f).permute(0, 2, 3, 1).reshape(n, -1, 4)
-            lm = lmk(f).permute(0, 2, 3, 1).reshape(n, -1, 5, 2)
-            c = anc[None] + bx[..., :2]
-            half = 0.5 * bx[..., 2:].abs()
-            B.append(torch.cat([c - half, c + half], -1))
-            L.append(anc[None, :, None] + lm)
-            S.append(torch.sigmoid(lg))
+            c = self._centre_maps(h, w, s, f.device)  # (2, h, w)
+            bx = box(f).reshape(n, a, 4, h, w)
+            ctr = bx[:, :, :2] + c
+            half = 0.5 * bx[:, :, 2:].abs()
+            corners = torch.cat([ctr - half, ctr + half], 2)  # (n, a, 4, h, w)
+            points = lmk(f).reshape(n, a, 5, 2, h, w) + c
+            S.append(torch.sigmoid(cls(f)).permute(0, 2, 3, 1).reshape(n, -1))
+            B.append(corners.permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            L.append(points.permute(0, 4, 5, 1, 2, 3).reshape(n, -1, 5, 2))
         return torch.cat(S, 1), torch.cat(B, 1), torch.cat(L, 1)
 
 
@@ -270,16 +291,17 @@ def build_net(init: str = "blazeface", variant: str = "front") -> DetectorNet:
     return net
 
 
-def with_stem(teacher: DetectorNet, cut: int = 33, width: int = 48, blocks: int = 2) -> DetectorNet:
-    """A copy of ``teacher`` whose backbone up to tensor ``cut`` is replaced by a new :class:`FastStem` (random
-    init); every weight after the cut and the heads are the teacher's. Tensor 33 of the BlazeFace front graph is
+def with_stem(teacher: DetectorNet, cut: int = 33, width: int = 48, blocks: int = 2, stride: int = 4
+              ) -> DetectorNet:
+    """A copy of ``teacher`` whose backbone up to tensor ``cut`` is replaced by a new :class:`FastStem` of ``stride``
+    (random init); every weight after the cut and the heads are the teacher's. Tensor 33 of the BlazeFace front graph is
     the stride-4, 32-channel output of its first stride-2 block."""
     import copy
 
     with torch.no_grad():
         out = int(teacher.backbone(torch.zeros(1, 3, 64, 64), until=cut).shape[1])
     cfg = copy.deepcopy(teacher.cfg)
-    cfg.stem = {"cut": int(cut), "width": int(width), "blocks": int(blocks), "out": out}
+    cfg.stem = {"cut": int(cut), "width": int(width), "blocks": int(blocks), "out": out, "stride": int(stride)}
     net = DetectorNet(cfg)
     missing, _ = net.load_state_dict(teacher.state_dict(), strict=False)
     if any(not k.startswith("stem.") for k in missing):

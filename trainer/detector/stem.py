@@ -2,9 +2,10 @@
 
 Most of LTDet's time on a 640x480 frame goes to BlazeFace's first stage (a 5x5 stride-2 convolution and three
 blocks on a 320x240 map). This command keeps the trained net (``--teacher``: a bundle, an LTDet ``.onnx`` or a
-detector run folder) and replaces that stage by a :class:`~trainer.detector.model.FastStem` (4x4 stride-4
-convolution, ``--blocks`` depthwise/pointwise blocks at stride 4), trained with everything after the cut frozen to
-reproduce the teacher:
+detector run folder) and replaces that stage by a :class:`~trainer.detector.model.FastStem` (``--stride 4``: a 4x4
+stride-4 convolution and ``--blocks`` depthwise/pointwise blocks at stride 4; ``--stride 2``: a 3x3 stride-2
+convolution, the blocks at stride 2 and a depthwise stride-2 convolution), trained with everything after the cut
+frozen (or tuned at ``--tune-rest`` x the learning rate) to reproduce the teacher:
 
 * ``feat``: mean squared error between the stem's output and the teacher's tensor at the cut (stride 4),
   divided by the teacher tensor's mean square;
@@ -63,7 +64,8 @@ class StemConfig:
     per_identity: int = 2  #: images per identity to label (LFW + CelebA)
     cut: int = 33  #: teacher tensor the stem replaces (33: stride 4, 32 channels, BlazeFace front)
     width: int = 48  #: stem channels
-    blocks: int = 2  #: stem residual blocks at stride 4
+    blocks: int = 2  #: stem residual blocks (at the stem's stride)
+    stride: int = 4  #: 4: 4x4 stride-4 first convolution (cheapest, loses small faces); 2: 3x3 stride-2 (keeps them)
     steps: int = 1500  #: optimiser steps
     batch_size: int = 12  #: scenes per step
     crop: int = 256  #: scene side (px, multiple of 32)
@@ -157,7 +159,7 @@ class StemPlugin(NetPluginMixin, StepPlugin):
             if self.net.stem is None or self.net.cfg.stem.get("cut") != cfg.cut:
                 raise SystemExit(f"--init {cfg.init}: not a net with a stem at tensor {cfg.cut}")
         else:
-            self.net = with_stem(teacher, cfg.cut, cfg.width, cfg.blocks)
+            self.net = with_stem(teacher, cfg.cut, cfg.width, cfg.blocks, cfg.stride)
         rest = [p for n, p in self.net.named_parameters() if not n.startswith("stem.")]
         for prm in rest:
             prm.requires_grad_(cfg.tune_rest > 0)
@@ -247,5 +249,5 @@ def _check(cfg: StemConfig) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``detector-stem`` on ``trainer/main.py``."""
-    return add_command(subparsers, "detector-stem", "distil LTDet's first stage into a cheap stride-4 stem (speed)",
+    return add_command(subparsers, "detector-stem", "distil LTDet's first stage into a cheap stem (speed)",
                        __doc__, StemConfig, train, check=_check)
