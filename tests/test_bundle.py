@@ -153,3 +153,23 @@ def test_unknown_bundle_and_bare_engine(tmp_path):
         load_bundle(tmp_path / "nothing-here")
     with pytest.raises(BundleError, match="TensorRT engine"):
         load_bundle(tmp_path / "engine.plan")
+
+
+def test_ltdet_fast_is_the_default_with_the_stride2_stem_detector(tmp_path, astronaut_bgr):
+    """``ltdet-fast``: the default's refiner, segmenter, embedder, chip and detection settings, only the detector
+    graph differs (ltdet-v5 with a stride-2 stem: smaller and faster); its own calibrated thresholds. Same template
+    model id as the default, so a gallery enrolled with the default opens with it and finds the person."""
+    import sdk
+
+    d, f = load_bundle(), load_bundle("ltdet-fast")
+    assert f.name == "ltdet-fast" and f.stages["detect"].kind == "ltdet"
+    assert f.stages["detect"].config == d.stages["detect"].config
+    assert f.stages["detect"].files["refiner"] == d.stages["detect"].files["refiner"]
+    assert f.stages["detect"].files["model"].sha256 != d.stages["detect"].files["model"].sha256
+    assert f.stages["detect"].files["model"].bytes < d.stages["detect"].files["model"].bytes
+    assert f.stages["embed"] == d.stages["embed"] and f.stages["segment"] == d.stages["segment"]
+    assert f.mask_aware == d.mask_aware and "sdk/models/ltdet-fast" in f.match["calibration"]["command"]
+    db = tmp_path / "g.db"
+    sdk.Recognizer(gallery=db).enroll("eileen", astronaut_bgr)
+    [m] = sdk.Recognizer("ltdet-fast", gallery=db).identify(astronaut_bgr)
+    assert m.identity == "eileen" and m.similarity > m.threshold

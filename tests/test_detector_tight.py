@@ -119,7 +119,7 @@ def test_bad_fine_tuning_flags_are_clear_errors(tmp_path):
         main(base + ["--tight-prob", "2"])
 
 
-@pytest.mark.parametrize("name", ["ltdet-v3", "ltdet-v4", "ltdet-v5"])
+@pytest.mark.parametrize("name", ["ltdet-v3", "ltdet-v4", "ltdet-v5", "ltdet-fast"])
 def test_builtin_ltdet_finds_a_tight_masked_crop_and_identifies_her(astronaut_bgr, name):
     """``ltdet-v3`` / ``ltdet-v4`` (fine-tuned nets + ltdet-v2's refiner, small photos at 2x): the masked astronaut
     cut tight around her face (a square 0.6x her face box: forehead and chin off the edge, 128 px, the framing of many real

@@ -314,8 +314,13 @@ def run(args: argparse.Namespace) -> dict:
 
     # real photos (masked; optionally unmasked), validation part of the split file when given; face sizes from
     # --real-sizes (tools/label_real_face_sizes.py) for the recall on faces >= 40 px
-    sizes = {n: float(v["face_px"]) for n, v in json.loads(Path(args.real_sizes).read_text())["photos"].items()} \
-        if args.real_sizes else {}
+    sizes: dict[str, float] = {}
+    if args.real_sizes:
+        doc = json.loads(Path(args.real_sizes).read_text())
+        if int(doc.get("setup", {}).get("side", -1)) != args.real_side:
+            raise SystemExit(f"--real-sizes {args.real_sizes}: labelled at side {doc.get('setup', {}).get('side')} px, "
+                             f"the photos here are downscaled to {args.real_side} px (--real-side)")
+        sizes = {n: float(v["face_px"]) for n, v in doc["photos"].items()}
     for key, folder in (("real_masked", args.real), ("real_unmasked", args.real_clean)):
         if not folder or not Path(folder).is_dir():
             continue
