@@ -4,7 +4,7 @@ Videos are rendered by this script from scikit-image's two people (:mod:`sdk.sce
 1 / 4 / 16 faces moving on a static background, half of them wearing a surgical mask, entering one after the
 other (and half of them leaving before the end). For each video:
 
-* **ours, throughput**: ``Stream`` on the file frame by frame (default bundle, CPU): frames/s, milliseconds
+* **ours, throughput**: ``Stream`` on the file frame by frame (``--model``, default bundle; CPU): frames/s, milliseconds
   per frame per stage (p50/p95/p99), full/region detections, and *face-frame accuracy*: the share of
   (frame, visible face) pairs for which a track covers the face (IoU > 0.3) and carries the right identity;
 * **ours, real time**: the same file played at its frame rate (``realtime=True``, frames dropped when behind,
@@ -331,6 +331,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="JSON report (default: print); the plot goes beside it (.png)")
+    ap.add_argument("--model", default="default", help="bundle: built-in name or folder (default: %(default)s)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="WxH:faces,... (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=250, help="frames per video (default 250 = 10 s at 25 fps)")
     ap.add_argument("--baseline-frames", type=int, default=25,
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdk.recognizer import Recognizer
 
-    rec = Recognizer().prepare()
+    rec = Recognizer(args.model).prepare()
     for person in PEOPLE:
         rec.enroll(person, person_image(person))
     report = {"command": "python benchmarks/bench_stream.py " + " ".join(argv if argv is not None else sys.argv[1:]),
