@@ -324,5 +324,10 @@ def test_small_negative_photos_and_their_column():
     assert all(a.shape == b.shape for a, b in zip(crops, small_negative_photos(scenes, 30)))
     res = {"scenes": {}, "photos_heldout_occluders": {"ltdet": {"recall": 0.9, "images": 10}},
            "small_negatives": {"photos": 30, "ltdet": {"with_detection": 3, "share": 0.1}}}
-    assert "| ltdet | 90.0 % of 10 | – | – | – | 10.0 % |" in markdown(res)
+    assert "| ltdet | 90.0 % of 10 | – | – | – | – | 10.0 % |" in markdown(res)
     assert "small photos without a face (30)" in markdown(res)
+    # with --real-sizes: the share of the photos whose labelled face is >= 40 px, and their number in the header
+    res["real_masked"] = {"images": 5, "ltdet": {"found_any": 0.8, "found_face_ge_20pct": 0.6,
+                                                 "images_face_ge_40px": 4, "found_face_ge_40px": 0.75}}
+    assert "| ltdet | 90.0 % of 10 | – | 80.0 (60.0) | 75.0 | – | 10.0 % |" in markdown(res)
+    assert "labelled face >= 40 px (4): found" in markdown(res)

@@ -17,7 +17,6 @@ import platform
 import time
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 log = logging.getLogger("check_real_photos")
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdk._registry import build_stage
     from sdk.bundle import load_bundle
-    from trainer.data.realmask_split import DEFAULT_SPLIT, split_files
+    from trainer.data.realmask_split import DEFAULT_SPLIT, read_photo, split_files
 
     spec = load_bundle(args.model).stages["detect"]
     opts: dict = {"threads": args.threads}
@@ -54,12 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         n = found = 0
         missed = []
         for path, _ in tqdm(files, desc=folder, unit="photo"):
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None or min(img.shape[:2]) < 24:
+            img = read_photo(path, args.side)
+            if img is None:
                 continue
-            if max(img.shape[:2]) > args.side:
-                f = args.side / max(img.shape[:2])
-                img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
             n += 1
             if det.detect(img):
                 found += 1

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdk._registry import build_stage
     from sdk.bundle import load_bundle
     from sdk.detect import DetectorConfig, MTCNNDetector
-    from trainer.data.realmask_split import DEFAULT_SPLIT, split_files
+    from trainer.data.realmask_split import DEFAULT_SPLIT, read_photo, split_files
 
     manual = read_manual(args.manual)
     labellers = {"mtcnn": MTCNNDetector.from_package(DetectorConfig(threads=args.threads))}
@@ -117,12 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             raise SystemExit(f"{args.photos / folder}: no validation photos found (tools/get_extra_data.py)")
         for path, _ in tqdm(files, desc=folder, unit="photo"):
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None or min(img.shape[:2]) < 24:
+            img = read_photo(path, args.side)
+            if img is None:
                 continue
-            if max(img.shape[:2]) > args.side:
-                f = args.side / max(img.shape[:2])
-                img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
             sides, who = [], []
             for name, det in labellers.items():
                 faces = det.detect(img)

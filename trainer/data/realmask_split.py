@@ -178,3 +178,15 @@ def split_files(root: str | Path, part: str, folder: str, split: str | Path = DE
             raise ValueError(f"{p}: SHA-1 differs from the split file {split} (a different extraction?)")
         out.append((p, e.sha1))
     return out
+
+
+def read_photo(path: str | Path, side: int = 640) -> np.ndarray | None:
+    """A real photo as the detector checks and evaluations see it: uint8 BGR, downscaled (area) so its longer side is
+    at most ``side`` px; None when it is unreadable or under 24 px on a side."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or min(img.shape[:2]) < 24:
+        return None
+    if max(img.shape[:2]) > side:
+        f = side / max(img.shape[:2])
+        img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    return img

@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from trainer.detector.data import load_eval_labels
+    from trainer.data.realmask_split import read_photo
 
     labels = load_eval_labels(args.data, args.cache, args.per_identity)
     log.info("evaluation identities: %d images", len(labels))
@@ -327,12 +328,9 @@ def run(args: argparse.Namespace) -> dict:
         files = _real_files(Path(folder), args.real_split, args.real_max)
         real = {d.name: {"any": 0, "big": 0, "n": 0, "n40": 0, "hit40": 0} for d in dets}
         for f in tqdm(files, desc=key, unit="img"):
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is None or min(img.shape[:2]) < 24:
+            img = read_photo(f, args.real_side)  # every detector sees the same resized photo
+            if img is None:
                 continue
-            if max(img.shape[:2]) > args.real_side:  # every detector sees the same resized photo
-                f_ = args.real_side / max(img.shape[:2])
-                img = cv2.resize(img, None, fx=f_, fy=f_, interpolation=cv2.INTER_AREA)
             for d in dets:
                 r = d(img)
                 k = r.scores >= thr[d.name]
