@@ -341,6 +341,9 @@ def run(args: argparse.Namespace) -> dict:
                 if px >= 40:  # a labelled face >= 40 px: found when a kept face is at least half its side
                     real[d.name]["n40"] += 1
                     real[d.name]["hit40"] += bool((_size(r.boxes[k]) >= 0.5 * px).any()) if k.any() else 0
+        if sizes and key == "real_masked" and not real[dets[0].name]["n40"]:
+            log.warning("--real-sizes: no photo of %s has a labelled face >= 40 px (keys are '<folder>/<name>', "
+                        "e.g. 'with_mask/0001.jpg')", folder)
         res[key] = {"folder": str(folder), "split": str(args.real_split or ""), "images": real[dets[0].name]["n"],
                     **{k: {"found_any": round(v["any"] / max(v["n"], 1), 4),
                            "found_face_ge_20pct": round(v["big"] / max(v["n"], 1), 4),

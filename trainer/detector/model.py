@@ -186,13 +186,6 @@ class DetectorNet(nn.Module):
         return out
 
     @staticmethod
-    def anchors_like(feat_hw: tuple[int, int], stride: int, per_cell: int, device=None) -> torch.Tensor:
-        """Anchor centres ``(h * w * per_cell, 2)`` as a tensor (the order of :meth:`forward`'s outputs)."""
-        h, w = feat_hw
-        c = DetectorNet._centre_maps(h, w, stride, device)  # (2, h, w)
-        return c.permute(1, 2, 0).reshape(-1, 1, 2).expand(-1, per_cell, 2).reshape(-1, 2)
-
-    @staticmethod
     def _centre_maps(h: int, w: int, stride: int, device=None) -> torch.Tensor:
         """``(2, h, w)``: the x and y pixel centre of every cell of a stride-``stride`` map (traceable: built from
         the map's size)."""
