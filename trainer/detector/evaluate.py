@@ -331,13 +331,13 @@ def run(args: argparse.Namespace) -> dict:
             img = read_photo(f, args.real_side)  # every detector sees the same resized photo
             if img is None:
                 continue
+            px = sizes.get(f"{f.parent.name}/{f.name}", 0.0)  # labelled face side, 0 = unknown / no face
             for d in dets:
                 r = d(img)
                 k = r.scores >= thr[d.name]
                 real[d.name]["n"] += 1
                 real[d.name]["any"] += bool(k.any())
                 real[d.name]["big"] += bool((_size(r.boxes[k]) >= 0.2 * min(img.shape[:2])).any()) if k.any() else 0
-                px = sizes.get(f"{f.parent.name}/{f.name}", 0.0)
                 if px >= 40:  # a labelled face >= 40 px: found when a kept face is at least half its side
                     real[d.name]["n40"] += 1
                     real[d.name]["hit40"] += bool((_size(r.boxes[k]) >= 0.5 * px).any()) if k.any() else 0

@@ -119,7 +119,6 @@ class FastStem(nn.Module):
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"stem stride must be 2 or 4, got {stride}")
-        self.stride = stride
         self.conv = nn.Conv2d(3, width, 4, stride=4) if stride == 4 else nn.Conv2d(3, width, 3, stride=2, padding=1)
         self.dw = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1, groups=width) for _ in range(blocks)])
         self.pw = nn.ModuleList([nn.Conv2d(width, width, 1) for _ in range(blocks)])
