@@ -44,8 +44,8 @@ from .preprocess import Preprocess
 from .stages import StageKind, config_from, file_of
 from .types import Face
 
-__all__ = ["DetectorConfig", "MTCNNDetector", "PREPROCESS", "load_mtcnn_session", "onet_crops", "onet_faces",
-           "onet_points"]
+__all__ = ["DetectorConfig", "MIRROR", "MTCNNDetector", "PREPROCESS", "load_mtcnn_session", "mirror_onet_points",
+           "onet_crops", "onet_faces", "onet_points"]
 
 #: How the three networks want their input (RGB, (x - 127.5) / 128, (N, W, H, 3)); crops are cut and resized
 #: by the cascade itself, from the whole frame.
@@ -514,6 +514,20 @@ def onet_points(sq: np.ndarray, lm: np.ndarray) -> np.ndarray:
     bw = (sq[:, 2] - sq[:, 0] + 1)[:, None]
     bh = (sq[:, 3] - sq[:, 1] + 1)[:, None]
     return np.stack([bw * lm[:, 0:5] + sq[:, 0:1] - 1, bh * lm[:, 5:10] + sq[:, 1:2] - 1], axis=2)
+
+
+#: MTCNN's five points (left eye, right eye, nose, left / right mouth corner) after a left-right mirror: the eyes
+#: and the mouth corners swap places
+MIRROR = (1, 0, 2, 4, 3)
+
+
+def mirror_onet_points(lm: np.ndarray) -> np.ndarray:
+    """O-Net landmark rows ``(N, 10)`` (x0..x4, y0..y4, fractions of the square crop) predicted on crops mirrored
+    left-right -> the same points on the unmirrored crops: ``x -> 1 - x`` (the crop's edges map onto each other)
+    and the left / right points swapped (:data:`MIRROR`)."""
+    lm = np.asarray(lm)
+    order = list(MIRROR)
+    return np.concatenate([1.0 - lm[:, :5][:, order], lm[:, 5:][:, order]], axis=1)
 
 
 def onet_faces(sq: np.ndarray, reg: np.ndarray, lm: np.ndarray, prob: np.ndarray, W: int, H: int) -> list[Face]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from sdk.backends import BackendConfig, open_backend
 from sdk.detect import load_mtcnn_session
-from sdk.detect import onet_crops, onet_points, refine_inputs
+from sdk.detect import mirror_onet_points, onet_crops, onet_points, refine_inputs
 from sdk.errors import BundleError, ModelFileError
 from sdk.frame import as_bgr
 from sdk.preprocess import Preprocess
@@ -112,6 +112,9 @@ class LTDetConfig:
         min_face_size: detections smaller than this (px, sqrt of box area, frame pixels) are dropped.
         threads: ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
         refine_context: with a landmark refiner, the side of its square crop relative to the box's longer side.
+        refine_mirror: with a landmark refiner, also run it on each crop mirrored left-right and average the two
+            sets of points (mirrored back, left / right points swapped): twice the refiner's work (~0.1 ms a face),
+            a smaller landmark error on occluded faces (``reports/detector/landmarks``).
         upscale_below: frames whose longer side is at most this (px) also run at ``upscale`` x (small photos,
             where faces are 10-30 px); None: never. Camera frames (>= 640 px) are not affected.
         upscale: the extra scale for small frames.
@@ -131,6 +134,7 @@ class LTDetConfig:
     min_face_size: float = 12.0
     threads: int = 0
     refine_context: float = 1.0
+    refine_mirror: bool = False
     upscale_below: int | None = None
     upscale: float = 2.0
     pad_below: int | None = None
@@ -367,8 +371,13 @@ class LTDetDetector:
         """The refiner's landmarks ``(N, 5, 2)`` (frame pixels) for LTDet's ``boxes`` (N, 4)."""
         sess, name, outs = self._refiner
         sq, crops = onet_crops(bgr, boxes, self.config.refine_context)
-        _, lm, _ = sess.run(outs, {name: crops})
-        return onet_points(sq, lm).astype(np.float32)
+        if not self.config.refine_mirror:
+            _, lm, _ = sess.run(outs, {name: crops})
+            return onet_points(sq, lm).astype(np.float32)
+        n = len(crops)  # crops are width-major (N, W, H, 3): axis 1 is x
+        _, lm, _ = sess.run(outs, {name: np.concatenate([crops, crops[:, ::-1]])})
+        return onet_points(sq, (lm[:n] + mirror_onet_points(lm[n:])) / 2).astype(np.float32)
+
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,6 +42,63 @@ def test_onet_port_matches_the_shipped_graph(astronaut_bgr):
     assert np.abs(prob - want["softmax_2"]).max() < 1e-5
 
 
+def test_an_exported_refiner_reads_back_as_the_same_net(onet_refiner):
+    """A refiner file written by ``export_refiner`` (torch names, PReLU slopes renamed by the exporter) loads back
+    into the same weights: training can continue from a bundle's ``refiner.onnx``."""
+    from trainer.detector.landmarks import initial_net, onet_from_onnx
+
+    x = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (4, 48, 48, 3)).astype(np.float32))
+    with torch.no_grad():
+        want = [t.numpy() for t in onet_from_onnx()(x)]
+        for net in (onet_from_onnx(onet_refiner), initial_net(str(onet_refiner))):
+            for a, b in zip(net(x), want):
+                assert np.abs(a.numpy() - b).max() < 1e-5
+
+
+def test_mirrored_scene_keeps_points_on_their_pixels():
+    """``mirror_scene``: a point on pixel column ``i`` (x = i + 0.5) lands on the mirrored image's marked pixel, the
+    eyes and mouth corners swap, boxes mirror; twice is the identity."""
+    from trainer.detector.landmarks import mirror_scene
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    cols, rows = np.array([10, 30, 20, 12, 28]), np.array([8, 8, 18, 28, 29])
+    img[rows, cols] = np.arange(1, 6)[:, None] * 40
+    lm = np.stack([cols + 0.5, rows + 0.5], 1)[None]
+    box = np.array([[5.0, 2.0, 35.0, 34.0]])
+    im2, b2, lm2 = mirror_scene(img, box, lm)
+    assert np.array_equal(im2, img[:, ::-1]) and np.allclose(b2, [[25.0, 2.0, 55.0, 34.0]])
+    for k in range(5):
+        x, y = lm2[0, k]
+        assert im2[int(y), int(x), 0] > 0
+    assert np.allclose(lm2[0, :, 0], 60 - lm[0, [1, 0, 2, 4, 3], 0])
+    im3, b3, lm3 = mirror_scene(im2, b2, lm2)
+    assert np.array_equal(im3, img) and np.allclose(b3, box) and np.allclose(lm3, lm)
+
+
+def test_refine_mirror_averages_the_crop_and_its_mirror(astronaut_bgr, onet_refiner):
+    """``refine_mirror``: the points are the mean of the refiner on the crop and on its mirror (mirrored back);
+    for MTCNN's near-symmetric O-Net the two agree within a few pixels on the astronaut, and the mirror of the
+    mirror is the identity."""
+    import onnxruntime as ort
+
+    from sdk.detect import mirror_onet_points
+    from sdk.detect_onnx import LTDetConfig, LTDetDetector
+
+    lm = np.random.default_rng(0).uniform(0, 1, (3, 10))
+    assert np.allclose(mirror_onet_points(mirror_onet_points(lm)), lm)
+    plain = LTDetDetector(LTDET / "detector.onnx", LTDetConfig(score_threshold=0.75), refiner=onet_refiner)
+    both = LTDetDetector(LTDET / "detector.onnx", LTDetConfig(score_threshold=0.75, refine_mirror=True),
+                         refiner=onet_refiner).prepare()
+    a, b = plain.detect(astronaut_bgr), both.detect(astronaut_bgr)
+    assert len(a) == len(b) >= 1 and np.array_equal(a[0].box, b[0].box)
+    sq, crops = onet_crops(astronaut_bgr, a[0].box[None])
+    sess = ort.InferenceSession(str(onet_refiner), providers=["CPUExecutionProvider"])
+    fwd = sess.run(["landmarks"], {"crops": crops})[0]
+    back = mirror_onet_points(sess.run(["landmarks"], {"crops": np.ascontiguousarray(crops[:, ::-1])})[0])
+    assert np.allclose(b[0].landmarks, onet_points(sq, (fwd + back) / 2)[0], atol=1e-3)
+    assert 0.05 < np.abs(onet_points(sq, back) - onet_points(sq, fwd)).max() < 4.0
+
+
 def test_onet_from_a_foreign_file_is_a_clear_error():
     from trainer.detector.landmarks import onet_from_onnx
 
@@ -141,7 +198,14 @@ def test_tiny_refiner_run_resumes_and_exports(tmp_path, astronaut_bgr):
     rows = list(csv.DictReader(open(run / "steps.csv")))
     assert [int(x["step"]) for x in rows] == [1, 2, 3] and all(x["val_nme"] for x in rows)
     val = json.loads((run / "refiner.json").read_text())["validation"]
-    assert val["faces"] == 4 and np.isfinite(val["nme"]) and np.isfinite(val["nme_onet"])
+    assert val["faces"] == 4 and np.isfinite(val["nme"]) and np.isfinite(val["nme_onet"]) and "nme_init" not in val
+    # a second run continues from the first one's exported file, with mirrored scenes and realistic occluders
+    cfg2 = {**cfg, "out": str(tmp_path / "run2"), "init": str(run / "refiner.onnx"), "flip_prob": 0.5,
+            "realistic_prob": 0.5}
+    r2 = train(LandmarkConfig(steps=2, **cfg2))
+    assert r2["steps"] == 2 and r2["validation"]["nme_init"] == pytest.approx(val["nme"], abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="--init"):
+        train(LandmarkConfig(steps=1, **{**cfg2, "out": str(tmp_path / "run3"), "init": str(tmp_path / "nope")}))
     assert (run / "nme.png").is_file()
     load_mtcnn_session(run / "refiner.onnx", "onet", 1, ())
     net = load_refiner(run)

@@ -49,8 +49,8 @@ from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINAL", "LandmarkConfig", "LandmarkSamples", "ONet", "export_refiner", "load_refiner", "nme",
-           "onet_from_onnx", "train"]
+__all__ = ["FINAL", "LandmarkConfig", "LandmarkSamples", "ONet", "export_refiner", "initial_net",
+           "load_refiner", "mirror_scene", "nme", "onet_from_onnx", "train"]
 
 KIND = "landmark_refiner"
 FINAL = "refiner"
@@ -101,7 +101,8 @@ _ONNX_NAMES = {
 
 
 def onet_from_onnx(path: str | Path | None = None) -> ONet:
-    """An :class:`ONet` with the weights of an O-Net ONNX file (default: the SDK's ``models/mtcnn/onet.onnx``).
+    """An :class:`ONet` with the weights of an O-Net ONNX file (default: the SDK's ``models/mtcnn/onet.onnx``) or
+    of a refiner written by :func:`export_refiner` (e.g. a bundle's ``refiner.onnx``: training continues from it).
 
     Raises:
         ValueError: the file lacks one of O-Net's initializers or a shape differs."""
@@ -111,16 +112,30 @@ def onet_from_onnx(path: str | Path | None = None) -> ONet:
     from sdk.detect import WEIGHTS_DIR
 
     p = Path(path) if path else WEIGHTS_DIR / "onet.onnx"
-    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+    model = onnx.load(str(p))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     net = ONet()
     sd = net.state_dict()
+    if "c1.weight" in inits:  # a refiner written by export_refiner: torch names, PReLU slopes in node order
+        slopes = [n.input[1] for n in model.graph.node if n.op_type == "PRelu"]
+        names = {k: k for k in sd if k in inits}
+        names.update({name: f"{m}.weight" for name, m in zip(slopes, ("p1", "p2", "p3", "p4", "pf"))})
+        if len(slopes) != 5 or len(names) != len(sd):
+            raise ValueError(f"{p}: not MTCNN's O-Net file (nor a refiner exported from it)")
+        for name, key in names.items():
+            a = inits[name]
+            if a.size != sd[key].numel():
+                raise ValueError(f"{p}: {name} has {a.size} values, {key} needs {sd[key].numel()}")
+            sd[key] = torch.from_numpy(np.array(a, np.float32)).reshape(sd[key].shape)
+        net.load_state_dict(sd)
+        return net.eval()
     for name, (key, transpose) in _ONNX_NAMES.items():
         if name not in inits:
             raise ValueError(f"{p}: no initializer {name!r}: not MTCNN's O-Net file")
         a = inits[name].T if transpose else inits[name]
-        sd[key] = torch.from_numpy(np.array(a, np.float32)).reshape(sd[key].shape)
         if a.size != sd[key].numel():
             raise ValueError(f"{p}: {name} has {a.size} values, {key} needs {sd[key].numel()}")
+        sd[key] = torch.from_numpy(np.array(a, np.float32)).reshape(sd[key].shape)
     net.load_state_dict(sd)
     return net.eval()
 
@@ -145,14 +160,30 @@ def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, amount: float) -> 
     return np.concatenate([c - wh / 2, c + wh / 2], 1)
 
 
+def mirror_scene(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray):
+    """A scene mirrored left-right: ``(image (H, W, 3), boxes (N, 4), landmarks (N, 5, 2))`` -> the same with
+    ``x -> W - x`` (box corners swapped) and the points re-ordered (:data:`sdk.detect.MIRROR`) so that point 0 is again the
+    eye on the image's left. ``x -> W - x`` is MTCNN's own convention: on 40 LFW photos and their mirrors its
+    points satisfy ``x + x' = W + 0.6 +- 1.0`` px."""
+    from sdk.detect import MIRROR
+
+    W = image.shape[1]
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 5, 2)[:, MIRROR].copy()
+    lm[:, :, 0] = W - lm[:, :, 0]
+    return (np.ascontiguousarray(image[:, ::-1]), np.stack([W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]], 1), lm)
+
+
 class LandmarkSamples:
     """Map-style dataset: item ``i`` = up to ``per_scene`` faces of scene ``seed * 10_000_019 + i``:
     ``(crops float32 (K, 48, 48, 3), targets float32 (K, 10), clean-label inter-ocular / crop side (K,),
-    valid bool (K,))``, padded to ``K = per_scene``. Faces under ``min_px`` are skipped."""
+    valid bool (K,))``, padded to ``K = per_scene``. Faces under ``min_px`` are skipped; with probability
+    ``flip_prob`` the scene is mirrored first (:func:`mirror_scene`)."""
 
-    def __init__(self, renderer, length: int, seed: int, jitter: float, per_scene: int = 4, min_px: float = 14.0):
+    def __init__(self, renderer, length: int, seed: int, jitter: float, per_scene: int = 4, min_px: float = 14.0,
+                 flip_prob: float = 0.0):
         self.r, self.length, self.seed, self.jitter = renderer, int(length), int(seed), float(jitter)
-        self.per_scene, self.min_px = int(per_scene), float(min_px)
+        self.per_scene, self.min_px, self.flip_prob = int(per_scene), float(min_px), float(flip_prob)
 
     def __len__(self) -> int:
         return self.length
@@ -167,13 +198,16 @@ class LandmarkSamples:
         tg = np.zeros((K, 10), np.float32)
         iod = np.ones(K, np.float32)
         valid = np.zeros(K, bool)
+        image = sc.image
         b = np.asarray(sc.boxes, np.float64).reshape(-1, 4)
         lm = np.asarray(sc.landmarks, np.float64).reshape(-1, 5, 2)
+        if self.flip_prob > 0 and np.random.default_rng([seed, 12]).random() < self.flip_prob:
+            image, b, lm = mirror_scene(image, b, lm)
         size = np.sqrt(np.clip((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 0, None))
         keep = np.flatnonzero(size >= self.min_px)[:K]
         if len(keep):
             rng = np.random.default_rng([seed, 11])
-            sq, cr = onet_crops(sc.image, jitter_boxes(b[keep], rng, self.jitter))
+            sq, cr = onet_crops(image, jitter_boxes(b[keep], rng, self.jitter))
             n = len(keep)
             crops[:n], tg[:n], valid[:n] = cr, _targets(sq, lm[keep]), True
             iod[:n] = np.linalg.norm(lm[keep, 0] - lm[keep, 1], axis=1) / (sq[:, 2] - sq[:, 0] + 1)
@@ -213,6 +247,10 @@ class LandmarkConfig:
     weight_decay: float = 1e-4  #: AdamW weight decay
     jitter: float = 0.06  #: box jitter (centre shift / log-scale std, in face sizes)
     occlude_prob: float = 0.8  #: share of faces with a training-family occluder
+    realistic_prob: float = 0.0  #: share of occluders from the realistic synthesizer (3-D warps, harvested masks)
+    cutouts: str = ""  #: folder of harvested real masks (tools/harvest_occluders.py, harvest part) for the above
+    flip_prob: float = 0.0  #: share of training scenes mirrored left-right (points re-ordered)
+    init: str = ""  #: start from this refiner (run folder, checkpoint or refiner .onnx) instead of MTCNN's O-Net
     val_faces: int = 600  #: held-out validation faces (held-out identities, occluders and backgrounds)
     workers: int = 1  #: DataLoader worker processes rendering scenes
     threads: int = 2  #: torch intra-op threads
@@ -238,7 +276,9 @@ def _renderers(cfg: LandmarkConfig):
     loader = (lambda p: table[str(p)]) if table else None
     train_cfg = SceneConfig(height=cfg.scene, width=cfg.scene, faces=(2, 5), face_px=(16.0, 180.0),
                             occlude_prob=cfg.occlude_prob)
-    tr = SceneRenderer(labels, train_cfg, OccluderSampler("train", cfg.templates or None), image_loader=loader)
+    sampler = OccluderSampler("train", cfg.templates or None, realistic_prob=cfg.realistic_prob,
+                              cutouts_dir=cfg.cutouts or None)
+    tr = SceneRenderer(labels, train_cfg, sampler, image_loader=loader)
     val_labels = load_eval_labels(cfg.data, cfg.cache, cfg.per_identity)  # astronaut: the one image again
     val_cfg = dataclasses.replace(train_cfg, occlude_prob=1.0, background_split="eval")
     va = SceneRenderer(val_labels, val_cfg, OccluderSampler("eval", cfg.templates or None), image_loader=loader)
@@ -269,13 +309,16 @@ class LandmarkPlugin(StepPlugin):
     def __init__(self, cfg: LandmarkConfig, train_renderer, val: tuple[torch.Tensor, ...]):
         self.cfg, self.val = cfg, val
         self.out = Path(cfg.out)
-        self.net = onet_from_onnx()
+        self.net = initial_net(cfg.init)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ds = LandmarkSamples(train_renderer, cfg.steps * cfg.batch_size, cfg.seed, cfg.jitter)
+        self.ds = LandmarkSamples(train_renderer, cfg.steps * cfg.batch_size, cfg.seed, cfg.jitter,
+                                  flip_prob=cfg.flip_prob)
         self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = _lr_at(cfg, 0)
         self.val_onet = nme(onet_from_onnx(), val)
-        log.info("validation: %d held-out faces, untouched O-Net NME %.4f", len(val[0]), self.val_onet)
+        self.val_init = nme(self.net.eval(), val) if cfg.init else self.val_onet
+        log.info("validation: %d held-out faces, untouched O-Net NME %.4f, start %.4f", len(val[0]), self.val_onet,
+                 self.val_init)
 
     def modules(self) -> dict:
         return {"model": self.net}
@@ -321,6 +364,7 @@ class LandmarkPlugin(StepPlugin):
                weights_sha1) -> tuple[dict, None]:
         net = self.net.eval()
         val = {"faces": len(self.val[0]), "nme": round(nme(net, self.val), 5), "nme_onet": round(self.val_onet, 5),
+               **({"nme_init": round(self.val_init, 5)} if self.cfg.init else {}),
                "what": "held-out identities, held-out occluder families, evaluation backgrounds, jittered boxes; "
                        "NME = mean point error / clean inter-ocular distance vs MTCNN on the clean photo"}
         save_checkpoint(self.out / FINAL, {"model": net}, {**self.meta(), "step": step, "validation": val})
@@ -329,6 +373,17 @@ class LandmarkPlugin(StepPlugin):
         log.info("validation NME %.4f (untouched O-Net %.4f)", val["nme"], val["nme_onet"])
         return {"out": str(self.out), "steps": step, "validation": val, "stopped_early": stopped_early,
                 "seconds": round(train_seconds, 1)}, None
+
+
+def initial_net(init: str | Path = "") -> ONet:
+    """The net training starts from: MTCNN's O-Net (``init`` empty), a refiner ``.onnx`` file
+    (:func:`onet_from_onnx`), or a run folder / checkpoint (:func:`load_refiner`)."""
+    if not init:
+        return onet_from_onnx()
+    p = Path(init)
+    if not p.exists():
+        raise FileNotFoundError(f"--init {p}: no such refiner file or run folder")
+    return onet_from_onnx(p) if p.suffix == ".onnx" else load_refiner(p)
 
 
 def load_refiner(path: str | Path) -> ONet:
