@@ -240,3 +240,27 @@ def test_builtin_ltdet_v2_places_points_like_mtcnn_and_identifies_the_masked_ast
     masked = draw_surgical_mask(astronaut_bgr, got)[0]
     [m] = rec.identify(masked)
     assert m.identity == "eileen" and m.similarity > m.threshold
+
+
+def test_compare_refiners_tool_writes_per_point_nme(tmp_path, onet_refiner):
+    """``tools/compare_refiners.py`` on the astronaut scenes: MTCNN's O-Net first, then the given refiner (here the
+    same weights, so the same numbers), per point, single and mirrored, occluded and clean; a PNG."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_refiners", ROOT / "tools" / "compare_refiners.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--refiner", str(onet_refiner), "--data", "astronaut", "--faces", "6", "--out",
+                      str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "refiners.json").read_text())
+    assert [r["name"] for r in res["refiners"]] == ["onet", str(onet_refiner)]
+    a, b = res["refiners"]
+    assert res["faces"] == {"occluded": 6, "clean": 6}
+    for state in ("occluded", "clean"):
+        for mode in ("single", "mirrored"):
+            assert a[state][mode]["nme"] == pytest.approx(b[state][mode]["nme"], abs=1e-4)
+            assert 0 < a[state][mode]["nme"] < 1 and len(a[state][mode]["per_point"]) == 5
+        assert a[state]["single"]["per_point"] != a[state]["mirrored"]["per_point"]  # the second pass counts
+    assert (tmp_path / "refiners.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no landmark refiner"):
+        tool.refiner_file("baseline")
