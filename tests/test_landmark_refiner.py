@@ -264,3 +264,35 @@ def test_compare_refiners_tool_writes_per_point_nme(tmp_path, onet_refiner):
     assert (tmp_path / "refiners.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no landmark refiner"):
         tool.refiner_file("baseline")
+
+
+def test_erase_lower_face_covers_nose_and_mouth_only(astronaut_bgr):
+    """The random cover paints over the nose and mouth points, leaves the eyes and the top of the head alone, is
+    seeded, turns with the face (a face rotated by 90 degrees gets the cover beside its eyes, not below), and
+    the samples with ``erase_prob`` keep their clean targets."""
+    from sdk.detect import MTCNNDetector
+    from trainer.detector.landmarks import erase_lower_face
+
+    lm = MTCNNDetector.from_package().detect(astronaut_bgr)[0].landmarks.astype(np.float64)
+    changed = []
+    for seed in range(12):
+        img = astronaut_bgr.copy()
+        erase_lower_face(img, lm, np.random.default_rng(seed))
+        diff = np.abs(img.astype(int) - astronaut_bgr.astype(int)).sum(2) > 0
+        for x, y in lm[:2]:  # the eyes stay visible
+            assert not diff[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3].any()
+        assert diff[:int(lm[:2, 1].min()) - 10].sum() == 0  # nothing above the eyes
+        assert all(diff[int(y), int(x)] for x, y in lm[2:])  # nose and mouth corners covered
+        changed.append(img)
+    again = astronaut_bgr.copy()
+    erase_lower_face(again, lm, np.random.default_rng(0))
+    assert np.array_equal(again, changed[0]) and not np.array_equal(changed[0], changed[1])
+    # rotate the face 90 degrees clockwise: the eyes now sit on a vertical line, the mouth to their left
+    rot = np.ascontiguousarray(np.rot90(astronaut_bgr, -1))
+    H = astronaut_bgr.shape[0]
+    lm_r = np.stack([H - 1 - lm[:, 1], lm[:, 0]], 1)
+    img = rot.copy()
+    erase_lower_face(img, lm_r, np.random.default_rng(0))
+    diff = np.abs(img.astype(int) - rot.astype(int)).sum(2) > 0
+    assert all(diff[int(y), int(x)] for x, y in lm_r[2:])
+    assert diff[:, int(lm_r[:2, 0].max()) + 10:].sum() == 0  # nothing on the far side of the eyes

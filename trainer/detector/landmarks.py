@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ from trainer.loops import DistContext, LoopSettings, StepPlugin, run_loop
 log = logging.getLogger(__name__)
 
 __all__ = ["FINAL", "LandmarkConfig", "LandmarkSamples", "ONet", "export_refiner", "initial_net",
-           "load_refiner", "mirror_scene", "nme", "onet_from_onnx", "train"]
+           "erase_lower_face", "load_refiner", "mirror_scene", "nme", "onet_from_onnx", "train"]
 
 KIND = "landmark_refiner"
 FINAL = "refiner"
@@ -174,16 +175,79 @@ def mirror_scene(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray):
     return (np.ascontiguousarray(image[:, ::-1]), np.stack([W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]], 1), lm)
 
 
+def erase_lower_face(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paint one random occluder over the nose and mouth of a face (in place; BGR ``(H, W, 3)`` uint8): a polygon
+    from below the eyes (0.3-0.6 of the eye-to-mouth distance, a little higher mid-face) to past the chin, 0.8-1.4 inter-ocular
+    distances to each side with jittered vertices, in the face's own frame (it turns with the face), filled with a
+    flat colour (any, or skin-like) plus noise, stripes, or a patch of the image from elsewhere; edges softened.
+    No family of the evaluation is drawn: the point is that the refiner must place hidden points from the face
+    around any cover, not from the look of the masks it trained on. ``landmarks``: (5, 2) px, MTCNN order."""
+    lm = np.asarray(landmarks, np.float64).reshape(5, 2)
+    e, m = (lm[0] + lm[1]) / 2, (lm[3] + lm[4]) / 2
+    u = lm[1] - lm[0]
+    d = max(float(np.linalg.norm(u)), 2.0)
+    u = u / d
+    v = m - e
+    if float(np.linalg.norm(v)) < 1.0:
+        return image
+    side = np.array([-u[1], u[0]])  # perpendicular to the eyes' line; oriented to point at the mouth
+    if float(side @ v) < 0:
+        side = -side
+    down = float(np.linalg.norm(v))
+    top, bottom = rng.uniform(0.3, 0.6) * down, rng.uniform(1.5, 2.2) * down
+    wl, wr = rng.uniform(0.8, 1.4) * d, rng.uniform(0.8, 1.4) * d
+    k = 12
+    t = np.linspace(0, 1, k)
+    # top edge left -> right (slight curve), then the lower outline right -> left (rounded, chin-like)
+    top_edge = [(-wl + (wl + wr) * a, top + rng.normal(0, 0.04) * down - 0.1 * down * np.sin(np.pi * a)) for a in t]
+    ang = np.linspace(0, np.pi, k)
+    low = [(((wr + wl) / 2) * np.cos(a) + (wr - wl) / 2, top + (bottom - top) * np.sin(a) ** 0.7) for a in ang]
+    pts = np.array(top_edge + low) + rng.normal(0, 0.04 * d, (2 * k, 2))
+    xy = e[None] + pts[:, :1] * u[None] + pts[:, 1:] * side[None]
+    H, W = image.shape[:2]
+    mask = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(mask, [np.round(xy * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return image
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = y1 - y0, x1 - x0
+    kind = rng.integers(4)
+    if kind == 0:  # any flat colour
+        fill = np.full((h, w, 3), rng.integers(0, 256, 3), np.float32)
+    elif kind == 1:  # skin-like (BGR), a hand or a bare arm
+        base = np.array([rng.uniform(60, 200), rng.uniform(90, 210), rng.uniform(120, 240)])
+        fill = np.full((h, w, 3), base, np.float32)
+    elif kind == 2:  # stripes of two colours
+        period = rng.uniform(3, max(4.0, d / 2))
+        yy, xx = np.mgrid[0:h, 0:w]
+        a = rng.uniform(0, np.pi)
+        band = (np.sin((xx * np.cos(a) + yy * np.sin(a)) * 2 * np.pi / period) > 0)[..., None]
+        fill = np.where(band, rng.integers(0, 256, 3), rng.integers(0, 256, 3)).astype(np.float32)
+    else:  # a patch of the same image from elsewhere (texture)
+        sy, sx = int(rng.integers(0, max(1, H - h))), int(rng.integers(0, max(1, W - w)))
+        fill = cv2.resize(image[sy:sy + max(h, 1), sx:sx + max(w, 1)], (w, h)).astype(np.float32)
+    fill = fill + rng.normal(0, rng.uniform(0, 12), fill.shape)
+    shade = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(0.85, 1.15), h)[:, None, None]  # light from above / below
+    fill = np.clip(fill * shade, 0, 255)
+    alpha = cv2.GaussianBlur(mask[y0:y1, x0:x1].astype(np.float32) / 255, (0, 0), max(0.6, d / 40))[..., None]
+    roi = image[y0:y1, x0:x1].astype(np.float32)
+    image[y0:y1, x0:x1] = np.clip(roi * (1 - alpha) + fill * alpha, 0, 255).astype(np.uint8)
+    return image
+
+
 class LandmarkSamples:
     """Map-style dataset: item ``i`` = up to ``per_scene`` faces of scene ``seed * 10_000_019 + i``:
     ``(crops float32 (K, 48, 48, 3), targets float32 (K, 10), clean-label inter-ocular / crop side (K,),
     valid bool (K,))``, padded to ``K = per_scene``. Faces under ``min_px`` are skipped; with probability
-    ``flip_prob`` the scene is mirrored first (:func:`mirror_scene`)."""
+    ``flip_prob`` the scene is mirrored first (:func:`mirror_scene`); each kept face gets a random cover over nose
+    and mouth (:func:`erase_lower_face`) with probability ``erase_prob``."""
 
     def __init__(self, renderer, length: int, seed: int, jitter: float, per_scene: int = 4, min_px: float = 14.0,
-                 flip_prob: float = 0.0):
+                 flip_prob: float = 0.0, erase_prob: float = 0.0):
         self.r, self.length, self.seed, self.jitter = renderer, int(length), int(seed), float(jitter)
         self.per_scene, self.min_px, self.flip_prob = int(per_scene), float(min_px), float(flip_prob)
+        self.erase_prob = float(erase_prob)
 
     def __len__(self) -> int:
         return self.length
@@ -206,6 +270,13 @@ class LandmarkSamples:
         size = np.sqrt(np.clip((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 0, None))
         keep = np.flatnonzero(size >= self.min_px)[:K]
         if len(keep):
+            if self.erase_prob > 0:
+                er = np.random.default_rng([seed, 13])
+                hit = [k for k in keep if er.random() < self.erase_prob]
+                if hit:
+                    image = image.copy()
+                    for k in hit:
+                        erase_lower_face(image, lm[k], er)
             rng = np.random.default_rng([seed, 11])
             sq, cr = onet_crops(image, jitter_boxes(b[keep], rng, self.jitter))
             n = len(keep)
@@ -250,6 +321,7 @@ class LandmarkConfig:
     realistic_prob: float = 0.0  #: share of occluders from the realistic synthesizer (3-D warps, harvested masks)
     cutouts: str = ""  #: folder of harvested real masks (tools/harvest_occluders.py, harvest part) for the above
     flip_prob: float = 0.0  #: share of training scenes mirrored left-right (points re-ordered)
+    erase_prob: float = 0.0  #: share of training faces given a random cover over nose and mouth (any colour/texture)
     init: str = ""  #: start from this refiner (run folder, checkpoint or refiner .onnx) instead of MTCNN's O-Net
     val_faces: int = 600  #: held-out validation faces (held-out identities, occluders and backgrounds)
     workers: int = 1  #: DataLoader worker processes rendering scenes
@@ -312,7 +384,7 @@ class LandmarkPlugin(StepPlugin):
         self.net = initial_net(cfg.init)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ds = LandmarkSamples(train_renderer, cfg.steps * cfg.batch_size, cfg.seed, cfg.jitter,
-                                  flip_prob=cfg.flip_prob)
+                                  flip_prob=cfg.flip_prob, erase_prob=cfg.erase_prob)
         self.steps, self.batch_size, self.workers, self.seed = cfg.steps, cfg.batch_size, cfg.workers, cfg.seed
         self.lr = _lr_at(cfg, 0)
         self.val_onet = nme(onet_from_onnx(), val)
