@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="landmark refiner: refiner.onnx or the run folder of 'trainer/main.py landmarks' (default: "
                         "the base bundle's refiner, if it has one)")
     p.add_argument("--no-refiner", action="store_true", help="bundle without a landmark refiner")
+    p.add_argument("--refine-mirror", choices=("on", "off"), default=None,
+                   help="also run the refiner on each mirrored crop and average (LTDetConfig.refine_mirror; default: "
+                        "the base bundle's setting)")
     p.add_argument("--upscale-below", type=int, default=None, metavar="PX",
                    help="photos whose longer side is at most PX also run at 2x (LTDetConfig.upscale_below; ltdet-v3: "
                         "320); 0 turns it off (default: the base bundle's setting)")
@@ -236,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         config.pop("pad_below", None)
         if args.pad_below > 0:
             config["pad_below"] = args.pad_below
+    if args.refine_mirror is not None:
+        config.pop("refine_mirror", None)
+        if args.refine_mirror == "on":
+            config["refine_mirror"] = True
     refiner = _refiner_bytes(args, base_dir, base_detect)
+    if config.get("refine_mirror") and refiner is None:
+        raise SystemExit("--refine-mirror on needs a landmark refiner (--refiner, or a base bundle with one)")
     if args.from_onnx is not None:
         if not args.from_onnx.is_file():
             raise SystemExit(f"--from-onnx {args.from_onnx}: not a file")

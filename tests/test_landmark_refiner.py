@@ -180,6 +180,20 @@ def test_exporter_bundles_keeps_and_drops_the_refiner(tmp_path, astronaut_bgr, o
     got = sdk.Recognizer(str(a)).detect(astronaut_bgr)
     want = LTDetDetector(LTDET / "detector.onnx", LTDetConfig(score_threshold=0.75), refiner=onet_refiner)
     assert np.allclose(got[0].landmarks, want.detect(astronaut_bgr)[0].landmarks, atol=1e-4)
+    # --refine-mirror on: written to the detect config, kept when re-bundled, refused without a refiner
+    m = tmp_path / "m"
+    assert main(["--from-onnx", str(a / "detector.onnx"), "--out", str(m), "--bundle-from", str(a),
+                 "--refine-mirror", "on"]) == 0
+    assert json.loads((m / "manifest.json").read_text())["stages"]["detect"]["config"]["refine_mirror"] is True
+    assert main(["--from-onnx", str(m / "detector.onnx"), "--out", str(tmp_path / "m2"), "--bundle-from", str(m)]) == 0
+    assert json.loads((tmp_path / "m2" / "manifest.json").read_text())["stages"]["detect"]["config"]["refine_mirror"]
+    mirrored = LTDetDetector(LTDET / "detector.onnx", LTDetConfig(score_threshold=0.75, refine_mirror=True),
+                             refiner=onet_refiner)
+    assert np.allclose(sdk.Recognizer(str(m)).detect(astronaut_bgr)[0].landmarks,
+                       mirrored.detect(astronaut_bgr)[0].landmarks, atol=1e-4)
+    with pytest.raises(SystemExit, match="needs a landmark refiner"):
+        main(["--from-onnx", str(a / "detector.onnx"), "--out", str(tmp_path / "m3"), "--bundle-from", str(a),
+              "--no-refiner", "--refine-mirror", "on"])
 
 
 @pytest.mark.slow
