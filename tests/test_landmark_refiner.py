@@ -276,8 +276,37 @@ def test_compare_refiners_tool_writes_per_point_nme(tmp_path, onet_refiner):
             assert 0 < a[state][mode]["nme"] < 1 and len(a[state][mode]["per_point"]) == 5
         assert a[state]["single"]["per_point"] != a[state]["mirrored"]["per_point"]  # the second pass counts
     assert (tmp_path / "refiners.png").stat().st_size > 10_000
+    assert res["hidden_points_reference"] is None  # one labelled face: no reference fit
     with pytest.raises(SystemExit, match="no landmark refiner"):
         tool.refiner_file("baseline")
+
+    # the geometric reference: faces that are similarity transforms of one face (plus a per-face mouth shift that
+    # the box does not show) -> nose exact, mouth error = the shift
+    from trainer.detector.labels import LabelSet
+
+    rng = np.random.default_rng(0)
+    face = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 62.0], [35.0, 80.0], [65.0, 80.0]])
+    box = np.array([[10.0, 10.0], [90.0, 105.0]])
+
+    def labels(n, shift):
+        lm, bx = [], []
+        for _ in range(n):
+            a, k, t = rng.uniform(-0.3, 0.3), rng.uniform(0.5, 2.0), rng.uniform(0, 200, 2)
+            R = k * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            f = face.copy()
+            f[3:, 1] += rng.choice([-1, 1]) * shift  # mouth up or down by `shift` px (inter-ocular 40 px)
+            lm.append(f @ R.T + t)
+            bx.append((box @ R.T + t).reshape(-1))  # corners turned like the face (a test: boxes are not upright)
+        z = np.zeros(n, np.int64)
+        return LabelSet(np.array([f"{i}.jpg" for i in range(n)]), np.array(["x"] * n), np.array(["t"] * n),
+                        np.arange(n), z + 1, np.arange(n), np.array(bx, np.float32), np.array(lm, np.float32),
+                        np.ones(n, np.float32))
+
+    ref = tool.hidden_points_reference(labels(200, 0.0), labels(100, 4.0))
+    pp = ref["per_point"]
+    assert pp["left eye"] == pp["right eye"] == 0 and pp["nose"] < 1e-3
+    assert pp["left mouth"] == pytest.approx(0.1, abs=2e-3) and ref["nme"] == pytest.approx(0.04, abs=2e-3)
+    assert tool.hidden_points_reference(labels(10, 0.0), labels(100, 0.0)) is None
 
 
 def test_erase_lower_face_covers_nose_and_mouth_only(astronaut_bgr):
