@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from sdk.bundle import BUILTIN_DIR, load_bundle
@@ -28,46 +29,71 @@ def test_previous_default_keeps_the_segmenter_and_the_baseline_embedder():
     assert d.stages["embed"] == b.stages["embed"] and d.threshold == b.threshold
 
 
-def test_default_bundle_is_ltdet_v5_and_the_previous_defaults_stay_built_in():
-    """Issue #14: the default is ltdet-v5 (LTDet + refiner, then maskaware-v3's segmenter, student and mask-aware
-    matching, the chip fitted with weighted points) under its own name; the previous defaults stay built in:
-    default-v3 (ltdet-v3's detector, otherwise the same) and default-v2 (issue #9.7: maskaware-v3 with MTCNN).
-    All share the files of the built-in bundles (no second copy of the weights)."""
-    d, v5, m, old = load_bundle(), load_bundle("ltdet-v5"), load_bundle("maskaware-v3"), load_bundle("default-v1")
-    assert d.name == "default-v4" and d.mode == "occlusion-aware" and d.stages["complete"] is None
-    assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v5.stages["detect"]
-    assert d.stages["detect"].config["pad_below"] == d.stages["detect"].config["upscale_below"] == 320
-    # the same embedder; the chip is fitted with the eyes weighted over the mouth (mtcnn5w), calibrated for it
-    assert d.stages["embed"].files == v5.stages["embed"].files
-    assert v5.stages["embed"].config["chip_landmarks"] == "mtcnn5"
-    assert d.stages["embed"].config["chip_landmarks"] == "mtcnn5w"
-    assert d.match["calibration"]["embedder"].endswith(":dlib150:mtcnn5w")
-    assert d.operating_points.far == v5.operating_points.far == 1e-3 and abs(d.threshold - v5.threshold) < 0.01
-    assert d.match["min_det_score"] == v5.match["min_det_score"] == 0.75
+def test_default_bundle_is_ltdet_v6_and_the_previous_defaults_stay_built_in():
+    """Issue #14: the default is ltdet-v6 (LTDet + the retrained refiner with its mirrored pass, then maskaware-v3's
+    segmenter, student and mask-aware matching, the chip fitted with weighted points) under its own name; the
+    previous defaults stay built in: default-v4 (ltdet-v5's detector and ltdet-v2's refiner), default-v3 (ltdet-v3's
+    detector) and default-v2 (issue #9.7: maskaware-v3 with MTCNN). All share the files of the built-in bundles (no
+    second copy of the weights)."""
+    d, v6, m, old = load_bundle(), load_bundle("ltdet-v6"), load_bundle("maskaware-v3"), load_bundle("default-v1")
+    assert d.name == "default-v5" and d.mode == "occlusion-aware" and d.stages["complete"] is None
+    assert d.stages["detect"].kind == "ltdet" and d.stages["detect"] == v6.stages["detect"]
+    cfg = d.stages["detect"].config
+    assert cfg["pad_below"] == cfg["upscale_below"] == 320 and cfg["refine_mirror"] is True
+    # the same embedder, chip and calibration data as ltdet-v6 (it was exported on the default)
+    assert d.stages["embed"] == v6.stages["embed"] and d.stages["embed"].config["chip_landmarks"] == "mtcnn5w"
+    assert d.match["calibration"]["embedder"].endswith(":dlib150:mtcnn5w") and d.match == v6.match
+    assert d.operating_points.far == 1e-3 and d.match["min_det_score"] == 0.75
+    # default-v4: ltdet-v5's detector and ltdet-v2's refiner, otherwise the same files
+    v5, d4 = load_bundle("ltdet-v5"), load_bundle("default-v4")
+    assert d4.name == "default-v4" and d4.stages["detect"].files == v5.stages["detect"].files
+    assert "refine_mirror" not in d4.stages["detect"].config
+    assert d4.stages["embed"] == d.stages["embed"] and abs(d4.threshold - d.threshold) < 0.01
     v3, d3 = load_bundle("ltdet-v3"), load_bundle("default-v3")
     assert d3.name == "default-v3" and d3.stages["detect"] == v3.stages["detect"]
     assert d3.stages["embed"] == d.stages["embed"] and d3.match["calibration"]["embedder"].endswith(":mtcnn5w")
     prev = load_bundle("default-v2")
     assert prev.name == "default-v2" and prev.stages["detect"].kind == "mtcnn"
-    for b in (d, d3, prev):
+    for b in (d, d4, d3, prev):
         assert b.mask_aware == m.mask_aware and b.mask_aware is not None
         assert b.stages["embed"].files["model"].path == m.stages["embed"].files["model"].path
         assert b.stages["segment"].files["model"].path == old.stages["segment"].files["model"].path
     assert prev.threshold == m.threshold and prev.operating_points == m.operating_points
 
 
-def test_default_v3_galleries_open_with_the_default(tmp_path, astronaut_bgr):
-    """default-v4 changed only the detector: the template model id is default-v3's, so a gallery enrolled with
-    default-v3 opens with the default and finds the person; default-v2's (other chips) is refused."""
+def test_ltdet_v6_detects_as_ltdet_v5_and_moves_only_the_points(astronaut_bgr):
+    """ltdet-v6's graph is ltdet-v5's weights re-traced (cheaper decoding): the same boxes and scores on the
+    astronaut, clean and masked; its refiner (retrained, mirrored pass) moves the points by a few pixels at most on
+    the clean face."""
+    import sdk
+    from sdk.occluders import draw_surgical_mask
+
+    r5, r6 = sdk.Recognizer("ltdet-v5"), sdk.Recognizer("ltdet-v6")
+    a = r5.detect(astronaut_bgr)
+    masked = draw_surgical_mask(astronaut_bgr, a[0].landmarks)[0]
+    for img in (astronaut_bgr, masked):
+        f5, f6 = r5.detect(img), r6.detect(img)
+        assert len(f5) == len(f6) >= 1
+        for x, y in zip(f5, f6):
+            assert np.abs(x.box - y.box).max() < 1e-3 and abs(x.score - y.score) < 1e-5
+    d = np.abs(r5.detect(astronaut_bgr)[0].landmarks - r6.detect(astronaut_bgr)[0].landmarks).max()
+    assert 0.05 < d < 4.0
+
+
+def test_default_v4_and_v3_galleries_open_with_the_default(tmp_path, astronaut_bgr):
+    """default-v5 changed only the landmark refiner and default-v4 only the detector: the template model id is
+    default-v3's, so galleries enrolled with default-v4 or default-v3 open with the default and find the person;
+    default-v2's (other chips) is refused."""
     import sdk
     from sdk.errors import GalleryError
 
-    db = tmp_path / "g.db"
-    sdk.Recognizer("default-v3", gallery=db).enroll("eileen", astronaut_bgr)
-    [m] = sdk.Recognizer(gallery=db).identify(astronaut_bgr)
-    assert m.identity == "eileen" and m.similarity > m.threshold
+    for name in ("default-v4", "default-v3"):
+        db = tmp_path / f"{name}.db"
+        sdk.Recognizer(name, gallery=db).enroll("eileen", astronaut_bgr)
+        [m] = sdk.Recognizer(gallery=db).identify(astronaut_bgr)
+        assert m.identity == "eileen" and m.similarity > m.threshold
     with pytest.raises(GalleryError):
-        sdk.Recognizer("default-v2", gallery=db)
+        sdk.Recognizer("default-v2", gallery=tmp_path / "default-v3.db")
 
 
 def test_builtin_bundle_loads_in_baseline_mode():
@@ -156,12 +182,13 @@ def test_unknown_bundle_and_bare_engine(tmp_path):
 
 
 def test_ltdet_fast_is_the_default_with_the_stride2_stem_detector(tmp_path, astronaut_bgr):
-    """``ltdet-fast``: the default's refiner, segmenter, embedder, chip and detection settings, only the detector
-    graph differs (ltdet-v5 with a stride-2 stem: smaller and faster); its own calibrated thresholds. Same template
-    model id as the default, so a gallery enrolled with the default opens with it and finds the person."""
+    """``ltdet-fast``: default-v4's refiner, segmenter, embedder, chip and detection settings (it was built on the
+    default of its day), only the detector graph differs (ltdet-v5 with a stride-2 stem: smaller and faster); its own
+    calibrated thresholds. Same template model id as the default, so a gallery enrolled with the default opens with
+    it and finds the person."""
     import sdk
 
-    d, f = load_bundle(), load_bundle("ltdet-fast")
+    d, f = load_bundle("default-v4"), load_bundle("ltdet-fast")
     assert f.name == "ltdet-fast" and f.stages["detect"].kind == "ltdet"
     assert f.stages["detect"].config == d.stages["detect"].config
     assert f.stages["detect"].files["refiner"] == d.stages["detect"].files["refiner"]
