@@ -163,8 +163,8 @@ def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, amount: float) -> 
 
 def mirror_scene(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray):
     """A scene mirrored left-right: ``(image (H, W, 3), boxes (N, 4), landmarks (N, 5, 2))`` -> the same with
-    ``x -> W - x`` (box corners swapped) and the points re-ordered (:data:`sdk.detect.MIRROR`) so that point 0 is again the
-    eye on the image's left. ``x -> W - x`` is MTCNN's own convention: on 40 LFW photos and their mirrors its
+    ``x -> W - x`` (box corners swapped) and the points re-ordered (:data:`sdk.detect.MIRROR`) so that point 0 is
+    again the eye on the image's left. ``x -> W - x`` is MTCNN's own convention: on 40 LFW photos and their mirrors its
     points satisfy ``x + x' = W + 0.6 +- 1.0`` px."""
     from sdk.detect import MIRROR
 
@@ -177,11 +177,12 @@ def mirror_scene(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray):
 
 def erase_lower_face(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Paint one random occluder over the nose and mouth of a face (in place; BGR ``(H, W, 3)`` uint8): a polygon
-    from below the eyes (0.3-0.6 of the eye-to-mouth distance, a little higher mid-face) to past the chin, 0.8-1.4 inter-ocular
-    distances to each side with jittered vertices, in the face's own frame (it turns with the face), filled with a
-    flat colour (any, or skin-like) plus noise, stripes, or a patch of the image from elsewhere; edges softened.
-    No family of the evaluation is drawn: the point is that the refiner must place hidden points from the face
-    around any cover, not from the look of the masks it trained on. ``landmarks``: (5, 2) px, MTCNN order."""
+    from below the eyes (0.3-0.6 of the eye-to-mouth distance, a little higher mid-face) to past the chin, 0.8-1.4
+    inter-ocular distances to each side with jittered vertices, in the face's own frame (it turns with the face),
+    filled with a flat colour (any, or skin-like) plus noise, stripes, or a patch of the image from elsewhere; edges
+    softened. No family of the evaluation is drawn: the point is that the refiner must place hidden points from the
+    face around any cover, not from the look of the masks it trained on. ``landmarks``: (5, 2) px, MTCNN order.
+    Returns ``image``."""
     lm = np.asarray(landmarks, np.float64).reshape(5, 2)
     e, m = (lm[0] + lm[1]) / 2, (lm[3] + lm[4]) / 2
     u = lm[1] - lm[0]
